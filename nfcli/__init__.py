@@ -1,0 +1,35 @@
+"""nfcli: fit planar and radial normalizing flows to a density known up to a constant.
+
+from nfcli import load_energy, fit, FitConfig
+energy = load_energy("0.5*((sqrt(x**2 + y**2) - 2)/0.4)**2")
+result = fit(energy, FitConfig(K=16))
+samples = result.flow.sample(10_000)
+"""
+
+__version__ = "0.1.0"
+
+from nfcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nfcli.diagnostics import free_energy, quadrature
+from nfcli.energy import Energy, load_energy
+from nfcli.errors import NfcliError
+from nfcli.expr import parse
+from nfcli.flows import Flow, planar, radial
+from nfcli.train import FitConfig, FitResult, fit
+
+__all__ = [
+    "Checkpoint",
+    "Energy",
+    "FitConfig",
+    "FitResult",
+    "Flow",
+    "NfcliError",
+    "fit",
+    "free_energy",
+    "load_checkpoint",
+    "load_energy",
+    "parse",
+    "planar",
+    "quadrature",
+    "radial",
+    "save_checkpoint",
+]

@@ -1,0 +1,5 @@
+"""python -m nfcli"""
+
+from nfcli.cli import main
+
+main()

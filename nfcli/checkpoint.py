@@ -1,0 +1,127 @@
+"""The checkpoint format: one ``torch.save`` file of plain types, loaded with weights_only=True.
+
+    {
+      "format": "nfcli-checkpoint", "format_version": 1,
+      "state_dict": {name: tensor},       # the flow's parameters (Flow.state_dict())
+      "dim": int,
+      "config": {...},                     # the FitConfig, as a dict of plain values
+      "energy": {"kind", "text", "path", "name", "vars"},   # see nfcli.energy.Energy.source
+      "history": {"loss": tensor, "loss_beta1": tensor},    # per step: F_β and F at β = 1
+      "metrics": {...},                    # what metrics.json holds
+      "versions": {"nfcli", "torch", "python", "sympy"},    # as strings
+    }
+
+Nothing in it is a pickled object, so loading it cannot run code; ``sample`` needs only this file.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sympy
+import torch
+from torch import Tensor
+
+from nfcli import __version__
+from nfcli.errors import NfcliError
+from nfcli.flows import Flow
+from nfcli.io import atomic_write
+from nfcli.train import FitConfig
+
+FORMAT = "nfcli-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    flow: Flow
+    config: FitConfig
+    energy_source: dict[str, Any]
+    history: dict[str, Tensor]
+    metrics: dict[str, Any]
+    versions: dict[str, str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.energy_source["vars"])
+
+
+def versions() -> dict[str, str]:
+    return {
+        "nfcli": __version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "sympy": str(sympy.__version__),
+    }
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    data = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.flow.state_dict().items()},
+        "dim": ckpt.flow.dim,
+        "config": ckpt.config.to_dict(),
+        "energy": dict(ckpt.energy_source),
+        "history": {k: v.detach().cpu().clone() for k, v in ckpt.history.items()},
+        "metrics": dict(ckpt.metrics),
+        "versions": dict(ckpt.versions),
+    }
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and check a checkpoint; every way it can be wrong is a one-paragraph NfcliError."""
+    path = Path(path)
+    if not path.is_file():
+        raise NfcliError(
+            f"The checkpoint {path} does not exist. Give the model.pt written by nfcli fit "
+            "(e.g. runs/u1/model.pt)."
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise NfcliError(
+            f"{path} was refused: it holds Python objects that loading would have to run "
+            f"({str(e).splitlines()[0][:200]}). nfcli checkpoints contain only tensors and plain "
+            "values; do not load this file with anything that runs pickles."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise NfcliError(
+            f"{path} is not a readable nfcli checkpoint (truncated or another kind of file: "
+            f"{str(e).splitlines()[0][:200]}). Re-run nfcli fit to make a new one."
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise NfcliError(f"{path} is a torch file but not an nfcli checkpoint.")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise NfcliError(
+            f"{path} has checkpoint format version {version}, newer than this nfcli reads "
+            f"({FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
+        )
+    try:
+        known = set(FitConfig.field_names())
+        config = FitConfig(**{k: v for k, v in data["config"].items() if k in known})
+        flow = Flow(data["dim"], config.K, config.flow, config.init_scale, config.base_scale)
+        flow.load_state_dict(data["state_dict"])
+        return Checkpoint(
+            flow.eval(),
+            config,
+            data["energy"],
+            data["history"],
+            data["metrics"],
+            data["versions"],
+        )
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise NfcliError(
+            f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
+            "Re-run nfcli fit to make a new one."
+        ) from None

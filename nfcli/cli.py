@@ -1,0 +1,267 @@
+"""The ``nfcli`` command: a thin Typer layer over the library.
+
+Progress and messages go to stderr; stdout carries only data (``sample -o -``, ``targets``).
+Every NfcliError becomes one paragraph on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nfcli.checkpoint import load_checkpoint
+from nfcli.energy import energy_from_source, load_energy
+from nfcli.errors import NfcliError
+from nfcli.io import check_sample_path, ensure_dir, save_samples
+from nfcli.run import check_output, run_fit, write_figures
+from nfcli.targets import TARGETS
+from nfcli.train import FitConfig
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fit normalizing flows (planar/radial) to a density known up to a constant.",
+)
+err = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn NfcliError into a message on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NfcliError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- fit ---
+
+RUN_KEYS = ("target", "output", "vars", "force")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a run configuration; its keys are the long option names of ``nfcli fit``."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise NfcliError(f"Cannot read the config file {path}: {e.strerror or e}.") from None
+    except yaml.YAMLError as e:
+        raise NfcliError(
+            f"The config file {path} is not valid YAML: {str(e).splitlines()[0]} "
+            f"({getattr(e, 'problem_mark', '') or 'see the file'}). Fix its syntax."
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise NfcliError(f"The config file {path} must be a mapping of option: value lines.")
+    allowed = set(FitConfig.field_names()) | set(RUN_KEYS)
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        raise NfcliError(
+            f"The config file {path} has unknown keys: {', '.join(unknown)}. "
+            f"Allowed keys: {', '.join(sorted(allowed))}."
+        )
+    return data
+
+
+def merge_config(flags: dict[str, Any], yaml_values: dict[str, Any]) -> dict[str, Any]:
+    """Flags given on the command line win over the YAML file, which wins over the defaults."""
+    merged = dict(yaml_values)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    return merged
+
+
+def make_config(values: dict[str, Any]) -> FitConfig:
+    """A validated FitConfig from merged option values (YAML gives strings such as 1e-3)."""
+    defaults = FitConfig()
+    kwargs: dict[str, Any] = {}
+    for name in FitConfig.field_names():
+        if name not in values:
+            continue
+        v, kind = values[name], type(getattr(defaults, name))
+        try:
+            if isinstance(v, bool) or (kind is int and not isinstance(v, int)):
+                raise ValueError
+            kwargs[name] = kind(v)
+        except (TypeError, ValueError):
+            raise NfcliError(
+                f"{name}: {v!r} is not a valid {kind.__name__} "
+                f"(for example {name}: {getattr(defaults, name)})."
+            ) from None
+    cfg = FitConfig(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+@app.command()
+@user_errors
+def fit(
+    target: str = typer.Argument(
+        None, help="Energy U: an expression such as 'x**2/2 + y**2/2', a .py file, or a built-in."
+    ),
+    K: int = typer.Option(None, "--K", help="Number of flow layers. [default: 32]"),
+    flow: str = typer.Option(None, "--flow", help="planar or radial. [default: planar]"),
+    iters: int = typer.Option(None, "--iters", help="Optimisation steps. [default: 6000]"),
+    batch: int = typer.Option(None, "--batch", help="Samples per step. [default: 256]"),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate. [default: 5e-3]"),
+    seed: int = typer.Option(None, "--seed", help="Random seed. [default: 0]"),
+    anneal: int = typer.Option(
+        None, "--anneal", help="Steps of the β schedule 0.01→1; 0 turns it off. [default: 2000]"
+    ),
+    output: Path = typer.Option(None, "--output", "-o", help="Output folder. [default: .]"),
+    vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),
+    config: Path = typer.Option(None, "--config", help="YAML file of options; flags win."),
+    force: bool = typer.Option(None, "--force", help="Overwrite an existing model.pt."),
+) -> None:
+    """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures."""
+    flags = dict(
+        target=target,
+        K=K,
+        flow=flow,
+        iters=iters,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        anneal=anneal,
+        output=output,
+        vars=vars,
+        force=force,
+    )
+    values = merge_config(flags, load_yaml(config) if config is not None else {})
+    if not values.get("target"):
+        raise NfcliError(
+            "No target given. Pass an expression, a .py file or a built-in name "
+            "(nfcli targets lists them), e.g. nfcli fit u1, or set target: in --config."
+        )
+    cfg = make_config(values)
+    names = _split_vars(values.get("vars"))
+    energy = load_energy(str(values["target"]), names)
+    out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
+
+    with Progress(
+        TextColumn("[bold]fit[/] {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:>9.4f}  β {task.fields[beta]:.3f}"),
+        TextColumn("{task.fields[rate]:>6.0f} it/s"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("fit", total=cfg.iters, loss=math.nan, beta=0.0, rate=0.0)
+        start = time.perf_counter()
+
+        def progress(done: int, loss: float, beta: float) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
+
+        _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress)
+    err.print(summary_table(metrics, out_dir))
+    for w in metrics["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {w}")
+
+
+def _split_vars(text: str | list | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = text if isinstance(text, list) else [v.strip() for v in str(text).split(",")]
+    if not all(isinstance(n, str) and n for n in names):
+        raise NfcliError(f"--vars {text!r} must be comma-separated names, e.g. --vars x,y.")
+    return names
+
+
+def summary_table(m: dict[str, Any], out_dir: Path) -> Table:
+    t = Table(title=f"nfcli fit: {m['target']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("flow", f"{m['flow']}, K = {m['K']}, D = {m['dim']} ({', '.join(m['vars'])})")
+    t.add_row("steps", f"{m['iters']} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
+    t.add_row("final loss (β = 1)", f"{m['final_loss_beta1']:.4f}")
+    t.add_row("ELBO", f"{m['elbo']:.4f} ± {m['elbo_se']:.4f}")
+    if "log_z_quadrature" in m:
+        t.add_row("ln Z (quadrature)", f"{m['log_z_quadrature']:.4f}")
+        t.add_row("KL(q‖p)", f"{m['kl_qp']:.4f} ± {m['kl_qp_se']:.4f} nats")
+    t.add_row("written", f"{out_dir}/ model.pt samples.npy metrics.json *.png")
+    return t
+
+
+# --- sample, plot, targets ---------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def sample(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    n: int = typer.Option(10_000, "-n", help="Number of samples."),
+    output: str = typer.Option(
+        "samples.npy", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Draw samples from a fitted flow; needs only the checkpoint."""
+    if n <= 0:
+        raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
+    check_sample_path(output)
+    ckpt = load_checkpoint(model)
+    samples = ckpt.flow.sample(n, torch.Generator().manual_seed(seed))
+    save_samples(samples, output, ckpt.names)
+    if output != "-":
+        err.print(f"wrote {n} samples of {ckpt.flow.dim} variables to {output}")
+
+
+@app.command()
+@user_errors
+def plot(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder [default: the model's]."),
+    trust: bool = typer.Option(
+        False, "--trust", help="Run the checkpoint's stored Python-file energy (its code)."
+    ),
+) -> None:
+    """Redraw density.png and loss.png from a checkpoint alone."""
+    ckpt = load_checkpoint(model)
+    out_dir = ensure_dir(output if output is not None else model.parent)
+    try:
+        energy = energy_from_source(ckpt.energy_source, trust)
+    except NfcliError as e:
+        if ckpt.energy_source["kind"] != "file" or trust:
+            raise
+        err.print(f"[yellow]note:[/] drawing the fitted density only. {e}")
+        energy = None
+    for path in write_figures(ckpt, energy, out_dir):
+        err.print(f"wrote {path}")
+
+
+@app.command()
+def targets() -> None:
+    """List the built-in targets with their formulas and reference ln Z."""
+    t = Table(title="built-in targets (p ∝ exp(−U), variables z1, z2)", show_lines=True)
+    for col in ("name", "description", "U(z1, z2)", "ln Z"):
+        t.add_column(col, overflow="fold")
+    for tg in TARGETS.values():
+        log_z = f"{tg.log_z:.4f} ({tg.log_z_source})" if math.isfinite(tg.log_z) else "—"
+        t.add_row(tg.name, tg.description, tg.shown, log_z)
+    out.print(t)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,96 @@
+"""Writing files so that a crash never leaves one half-written, and sample files by extension."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nfcli.errors import NfcliError
+
+SAMPLE_FORMATS = (".npy", ".csv", ".pt")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write via a temporary file in the same folder, fsync it, then os.replace it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create an output folder, or explain why it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".nfcli-probe-"):
+            pass
+    except OSError as e:
+        raise NfcliError(
+            f"Cannot write to the output folder {path}: {e.strerror or e}. "
+            "Choose another folder with -o/--output, or fix its permissions."
+        ) from None
+    return path
+
+
+def check_sample_path(path: str) -> str:
+    """The sample format named by a path's extension, or an error before any work is done."""
+    if path == "-":
+        return "-"
+    suffix = Path(path).suffix.lower()
+    if suffix not in SAMPLE_FORMATS:
+        raise NfcliError(
+            f"Cannot tell the format of {path!r} from its extension {suffix or '(none)'}. "
+            f"Use one of {', '.join(SAMPLE_FORMATS)}, or - for CSV on standard output."
+        )
+    if not Path(path).parent.is_dir():
+        raise NfcliError(f"The folder of {path!r} does not exist; create it or choose another.")
+    return suffix
+
+
+def save_samples(samples: Tensor, path: str, names: Sequence[str]) -> None:
+    """Samples to .npy, .csv (header: variable names) or .pt by extension; '-' is CSV on stdout."""
+    if path == "-":
+        _write_csv(sys.stdout, samples, names)
+        sys.stdout.flush()
+        return
+    suffix = check_sample_path(path)
+    data = samples.detach().cpu()
+    if suffix == ".npy":
+        atomic_write(path, lambda f: np.save(f, data.numpy()))
+    elif suffix == ".pt":
+        atomic_write(path, lambda f: torch.save(data, f))
+    else:
+
+        def write(f: IO[bytes]) -> None:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            _write_csv(text, data, names)
+            text.flush()
+            text.detach()
+
+        atomic_write(path, write)
+
+
+def _write_csv(out: IO[str], samples: Tensor, names: Sequence[str]) -> None:
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(names)
+    w.writerows([f"{v:.9g}" for v in row] for row in samples.detach().cpu().double().tolist())

@@ -1,0 +1,151 @@
+"""Figures, drawn headless (Agg) and written atomically: density.png and loss.png."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+from nfcli.diagnostics import Grid
+from nfcli.io import atomic_write
+from nfcli.train import beta_schedule
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_density_2d(
+    path: str | Path,
+    grid: Grid | None,
+    samples: Tensor,
+    names: Sequence[str],
+    title: str,
+    kl: float | None = None,
+) -> None:
+    """Target density (from the grid) next to the fitted density (a normalised 2-D histogram of
+    the samples on the same cells), on one colour scale."""
+    s = samples.detach().cpu().double()
+    if grid is not None:
+        (x0, x1), (y0, y1) = grid.window
+        n = min(200, len(grid.xs))
+    else:
+        lo, hi = torch.quantile(s, 0.001, dim=0), torch.quantile(s, 0.999, dim=0)
+        pad = 0.1 * (hi - lo)
+        (x0, x1), (y0, y1) = (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
+        x0, x1, y0, y1 = float(x0), float(x1), float(y0), float(y1)
+        n = 200
+    hist, _ = torch.histogramdd(s, bins=[n, n], range=[x0, x1, y0, y1])
+    cell = (x1 - x0) * (y1 - y0) / n**2
+    q = (hist / (len(s) * cell)).T  # rows are y
+    panels = [("fitted q (histogram of samples)", q)]
+    if grid is not None:
+        p = grid.log_p.exp()
+        k = max(1, len(grid.xs) // n)
+        if k > 1:
+            p = torch.nn.functional.avg_pool2d(p[None, None], k)[0, 0]
+        panels.insert(0, ("target p", p))
+    vmax = max(float(img.max()) for _, img in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (label, img) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(
+            img.numpy(),
+            origin="lower",
+            extent=(x0, x1, y0, y1),
+            vmin=0,
+            vmax=vmax,
+            cmap="viridis",
+            aspect="auto",
+        )
+        ax.set_title(label)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="density")
+    suptitle = title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats"
+    fig.suptitle(suptitle)
+    _save(fig, path)
+
+
+def plot_density_1d(
+    path: str | Path, energy_fn, samples: Tensor, name: str, title: str, log_z: float | None
+) -> None:
+    """The target density (normalised by quadrature) and a histogram of the fitted samples."""
+    s = samples.detach().cpu().double().reshape(-1)
+    lo, hi = torch.quantile(s, 0.0005).item(), torch.quantile(s, 0.9995).item()
+    pad = 0.2 * (hi - lo)
+    xs = torch.linspace(lo - pad, hi + pad, 1000, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(
+        s.numpy(),
+        bins=150,
+        range=(xs[0].item(), xs[-1].item()),
+        density=True,
+        alpha=0.5,
+        label="fitted q (samples)",
+    )
+    if energy_fn is not None:
+        with torch.no_grad():
+            neg_u = -energy_fn(xs[:, None]).double()
+        log_z_grid = torch.logsumexp(neg_u, 0).item() + math.log((xs[1] - xs[0]).item())
+        ax.plot(
+            xs.numpy(),
+            (neg_u - (log_z if log_z is not None else log_z_grid)).exp().numpy(),
+            label="target p",
+            color="k",
+        )
+    ax.set_xlabel(name)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_loss(
+    path: str | Path,
+    loss: Tensor,
+    loss_beta1: Tensor,
+    anneal: int,
+    log_z: float | None,
+    title: str,
+) -> None:
+    """F_β and the negative ELBO F(β=1) per step (smoothed); −ln Z is the floor F approaches."""
+    n = len(loss)
+    steps = torch.arange(1, n + 1)
+    w = max(1, n // 200)
+
+    def smooth(x: Tensor) -> Tensor:
+        x = torch.where(torch.isfinite(x), x, torch.nan).double()
+        kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
+        return torch.nn.functional.conv1d(x[None, None], kernel)[0, 0]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps[w - 1 :], smooth(loss_beta1).numpy(), label="−ELBO = F(β = 1)", lw=1.2)
+    ax.plot(steps[w - 1 :], smooth(loss).numpy(), label="annealed objective F_β", lw=1, alpha=0.7)
+    if log_z is not None:
+        ax.axhline(-log_z, color="k", ls="--", lw=1, label=f"−ln Z = {-log_z:.4f} (the floor)")
+    finite = loss_beta1[torch.isfinite(loss_beta1)]
+    if len(finite):
+        lo = float(finite.min()) if log_z is None else min(-log_z, float(finite.min()))
+        hi = float(torch.quantile(finite.double(), 0.9))
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    if anneal:
+        ax2 = ax.twinx()
+        ax2.plot(steps.numpy(), beta_schedule(steps - 1, anneal).numpy(), color="gray", lw=0.8)
+        ax2.set_ylabel("β", color="gray")
+        ax2.set_ylim(0, 1.05)
+    ax.legend(loc="upper right")
+    _save(fig, path)

@@ -1,0 +1,153 @@
+"""One fit, end to end, as a library call: energy in; checkpoint, samples, metrics, figures out.
+
+``nfcli fit`` is a thin layer over ``run_fit``; ``nfcli plot`` over ``write_figures``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nfcli.checkpoint import Checkpoint, save_checkpoint, versions
+from nfcli.diagnostics import Grid, choose_window, free_energy
+from nfcli.energy import Energy
+from nfcli.errors import NfcliError
+from nfcli.flows import Flow
+from nfcli.io import atomic_write, ensure_dir, save_samples
+from nfcli.plots import plot_density_1d, plot_density_2d, plot_loss
+from nfcli.train import FitConfig, Progress, fit
+
+N_SAMPLES = 10_000
+N_MONTE_CARLO = 100_000
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    grid: Grid | None
+
+
+def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Evaluation:
+    """ELBO by Monte Carlo; in 2-D also ln Z by quadrature and so KL(q‖p) = F + ln Z."""
+    torch.manual_seed(seed + 1)
+    F, se = free_energy(flow, energy, N_MONTE_CARLO)
+    m: dict[str, Any] = {"elbo": -F, "elbo_se": se, "monte_carlo_samples": N_MONTE_CARLO}
+    if energy.log_z is not None:
+        m["log_z_reference"] = energy.log_z
+    grid = None
+    warnings = []
+    if energy.dim == 2:
+        grid = choose_window(samples, energy)
+        m.update(
+            log_z_quadrature=grid.log_z,
+            kl_qp=F + grid.log_z,
+            kl_qp_se=se,
+            quadrature_window=[list(grid.window[0]), list(grid.window[1])],
+            quadrature_edge_mass=grid.edge_mass,
+        )
+        if grid.edge_mass > 1e-4:
+            warnings.append(
+                f"{grid.edge_mass:.2%} of the target's mass lies at the edge of the quadrature "
+                "window even after widening it: the target may be improper (infinite mass) or "
+                "far wider than the fit; ln Z and KL are then unreliable."
+            )
+    if not math.isfinite(F):
+        warnings.append("The negative ELBO is not finite: U is infinite or NaN at some samples.")
+    m["warnings"] = warnings
+    return Evaluation(m, grid)
+
+
+def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, Any]:
+    tail = max(1, len(result_loss) // 100)
+    return {
+        "final_loss": result_loss[-tail:].mean().item(),
+        "final_loss_beta1": result_loss1[-tail:].mean().item(),
+        "wall_time_s": seconds,
+        "iters_per_s": len(result_loss) / seconds if seconds > 0 else math.inf,
+    }
+
+
+def check_output(output: Path, force: bool) -> Path:
+    """The output folder exists and is writable; refuse to overwrite model.pt unless ``force``."""
+    output = ensure_dir(output)
+    model = output / "model.pt"
+    if model.exists() and not force:
+        raise NfcliError(
+            f"{model} already exists and would be overwritten. Pass --force to replace it, or "
+            "choose another folder with -o/--output."
+        )
+    return output
+
+
+def run_fit(
+    energy: Energy,
+    config: FitConfig,
+    output: str | Path = ".",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Checkpoint, dict[str, Any]]:
+    """Fit, evaluate and write model.pt, samples.npy, metrics.json, density.png and loss.png."""
+    config.validate()
+    out = check_output(Path(output), force)
+    result = fit(energy, config, progress)
+    flow = result.flow.eval()
+    samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
+    ev = evaluate(flow, energy, samples, config.seed)
+    metrics = {
+        "target": energy.label,
+        "dim": energy.dim,
+        "vars": list(energy.names),
+        "K": config.K,
+        "flow": config.flow,
+        "iters": config.iters,
+        **summary_metrics(result.loss, result.loss_beta1, result.seconds),
+        **ev.metrics,
+    }
+    history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
+    ckpt = Checkpoint(flow, config, energy.source, history, metrics, versions())
+    save_checkpoint(out / "model.pt", ckpt)
+    save_samples(samples, str(out / "samples.npy"), energy.names)
+    write_metrics(out / "metrics.json", metrics)
+    write_figures(ckpt, energy, out, samples, ev.grid)
+    return ckpt, metrics
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_figures(
+    ckpt: Checkpoint,
+    energy: Energy | None,
+    out: Path,
+    samples: Tensor | None = None,
+    grid: Grid | None = None,
+) -> list[Path]:
+    """density.png (D ≤ 2) and loss.png from a checkpoint; ``energy`` None draws q alone."""
+    flow, names, m = ckpt.flow, ckpt.names, ckpt.metrics
+    title = f"{m.get('target', '')}: {ckpt.config.flow} flow, K = {ckpt.config.K}"
+    if samples is None:
+        samples = flow.sample(200_000, torch.Generator().manual_seed(ckpt.config.seed))
+    written = []
+    if flow.dim == 2:
+        if grid is None and energy is not None:
+            grid = choose_window(samples, energy)
+        kl = m.get("kl_qp")
+        plot_density_2d(out / "density.png", grid, samples, names, title, kl)
+        written.append(out / "density.png")
+    elif flow.dim == 1:
+        log_z = m.get("log_z_reference")
+        plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
+        written.append(out / "density.png")
+    log_z = m.get("log_z_quadrature", m.get("log_z_reference"))
+    h = ckpt.history
+    plot_loss(out / "loss.png", h["loss"], h["loss_beta1"], ckpt.config.anneal, log_z, title)
+    written.append(out / "loss.png")
+    return written

@@ -1,0 +1,135 @@
+"""Fitting a flow by annealed reverse KL (Rezende & Mohamed 2015, section 6).
+
+Minimises F_β = E_{z0~q0}[ln q0(z0) − Σ_k ln|det J_k| + β_t·U(z_K)] with Adam, where the inverse
+temperature β_t = min(1, β_0 + t/T_anneal) rises from β_0 = 0.01 to 1 over ``anneal`` steps (the
+paper's schedule with T = 10,000). At β = 1, F is the negative ELBO and KL(q‖p) = F + ln Z.
+The learning rate is held, then decays by cosine to zero over the last ``decay`` fraction of steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor
+
+from nfcli.energy import Energy
+from nfcli.errors import NfcliError
+from nfcli.flows import FLOW_TYPES, Flow
+
+
+@dataclass
+class FitConfig:
+    """Every knob of a fit. Defaults were chosen by ``benchmarks/quality.py`` (see README)."""
+
+    K: int = 32
+    flow: str = "planar"
+    iters: int = 6000
+    batch: int = 256
+    lr: float = 5e-3
+    seed: int = 0
+    anneal: int = 2000  # steps of β from 0.01 to 1; 0 turns annealing off
+    decay: float = 0.3  # fraction of the steps, at the end, over which lr decays to 0
+    init_scale: float = 0.5  # std of the initial u, w (planar) or centres (radial)
+    base_scale: float = 1.0  # initial std of q0
+
+    def validate(self) -> None:
+        checks = [
+            ("K", self.K >= 1, "the number of layers; use e.g. --K 16"),
+            ("iters", self.iters >= 1, "the number of optimisation steps; use e.g. --iters 5000"),
+            ("batch", self.batch >= 1, "samples per step; use e.g. --batch 256"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "Adam's step size; use e.g. --lr 1e-3"),
+            ("anneal", self.anneal >= 0, "steps of the β schedule, 0 for none"),
+            ("decay", 0 <= self.decay <= 1, "a fraction between 0 and 1"),
+            ("init_scale", self.init_scale > 0, "a positive standard deviation"),
+            ("base_scale", self.base_scale > 0, "a positive standard deviation"),
+        ]
+        for name, ok, meaning in checks:
+            if not ok:
+                raise NfcliError(
+                    f"{name} = {getattr(self, name)} is out of range: it is {meaning}. "
+                    "Give a positive value."
+                )
+        if self.flow not in FLOW_TYPES:
+            raise NfcliError(
+                f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
+                "(e.g. --flow radial)."
+            )
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def beta_schedule(t: int | Tensor, anneal: int, beta0: float = 0.01):
+    """β_t = min(1, β_0 + t/anneal); 1 throughout when anneal = 0."""
+    if anneal == 0:
+        return 1.0 if isinstance(t, int) else torch.ones_like(t, dtype=torch.float32)
+    if isinstance(t, int):
+        return min(1.0, beta0 + t / anneal)
+    return (beta0 + t.float() / anneal).clamp(max=1.0)
+
+
+def lr_factor(t: int, iters: int, decay: float) -> float:
+    """1 until the last ``decay``·iters steps, then a cosine from 1 to 0."""
+    start = iters * (1 - decay)
+    if t < start or decay == 0:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (t - start) / (iters - start)))
+
+
+@dataclass
+class FitResult:
+    flow: Flow
+    config: FitConfig
+    loss: Tensor  # (iters,) the annealed objective F_β at each step
+    loss_beta1: Tensor  # (iters,) F at β = 1 on the same batch: the negative ELBO
+    seconds: float
+
+    @property
+    def iters_per_second(self) -> float:
+        return len(self.loss) / self.seconds if self.seconds > 0 else math.inf
+
+
+Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
+
+
+def fit(
+    energy: Energy, config: FitConfig, progress: Progress | None = None, every: int = 100
+) -> FitResult:
+    """Fit a flow to exp(−U) by annealed reverse KL. ``progress`` is called every ``every`` steps
+    (the only points where the loop waits for the loss values)."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    flow = Flow(energy.dim, config.K, config.flow, config.init_scale, config.base_scale)
+    opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: lr_factor(t, config.iters, config.decay)
+    )
+    loss_hist = torch.empty(config.iters)
+    loss1_hist = torch.empty(config.iters)
+    start = time.perf_counter()
+    for t in range(config.iters):
+        beta = beta_schedule(t, config.anneal)
+        z, log_q = flow.rsample(config.batch)
+        u = energy(z)
+        log_q_mean, u_mean = log_q.mean(), u.mean()
+        loss = log_q_mean + beta * u_mean
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            loss_hist[t] = loss
+            loss1_hist[t] = log_q_mean + u_mean
+        if progress is not None and ((t + 1) % every == 0 or t + 1 == config.iters):
+            lo = max(0, t + 1 - every)
+            progress(t + 1, loss1_hist[lo : t + 1].mean().item(), beta)
+    seconds = time.perf_counter() - start
+    return FitResult(flow, config, loss_hist, loss1_hist, seconds)
