@@ -458,11 +458,11 @@ def compile_expression(tree: sp.Expr, names: Sequence[str]) -> Callable[[Tensor]
     return energy
 
 
-def _tensor(v: Value, like: Sequence[Value]) -> Tensor:
-    if isinstance(v, Tensor):
-        return v
-    ref = next(x for x in like if isinstance(x, Tensor))
-    return torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
+def _tensor(value: Value, env: list[Tensor]) -> Tensor:
+    """A constant as a tensor of z's dtype and device (env[0] is z's first column)."""
+    if isinstance(value, Tensor):
+        return value
+    return torch.as_tensor(value, dtype=env[0].dtype, device=env[0].device)
 
 
 def _compile_node(e: sp.Basic, slots: dict[sp.Basic, int]) -> Node:
@@ -516,8 +516,7 @@ def _compile_node(e: sp.Basic, slots: dict[sp.Basic, int]) -> Node:
 
 def _all(args: Sequence[Node], v: list[Tensor]) -> list[Tensor]:
     """Evaluate nodes and make constants tensors like the others (torch.maximum etc. need them)."""
-    vals = [a(v) for a in args]
-    return [_tensor(x, vals) for x in vals]
+    return [_tensor(a(v), v) for a in args]
 
 
 def _compile_pow(e: sp.Pow, args: list[Node]) -> Node:
@@ -547,12 +546,9 @@ def _compile_piecewise(e: sp.Piecewise, slots: dict[sp.Basic, int]) -> Node:
     conds = [None if c == sp.true else _compile_node(c, slots) for _, c in e.args]
 
     def piecewise(v: list[Tensor]) -> Tensor:
-        vals = [x(v) for x in values]
-        tests = [None if c is None else c(v) for c in conds]
-        like = vals + [t for t in tests if t is not None]
-        out = _tensor(math.nan, like)
-        for x, t in zip(reversed(vals), reversed(tests), strict=True):
-            out = _tensor(x, like) if t is None else torch.where(t, _tensor(x, like), out)
+        out = _tensor(math.nan, v)
+        for x, c in zip(reversed(values), reversed(conds), strict=True):
+            out = _tensor(x(v), v) if c is None else torch.where(c(v), _tensor(x(v), v), out)
         return out
 
     return piecewise

@@ -38,11 +38,12 @@ def planar(z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tens
     """One planar layer: f(z) = z + û·h(wᵀz + b), h = tanh.
 
     ln|det ∂f/∂z| = ln|1 + ûᵀψ(z)|, ψ(z) = h′(wᵀz + b)·w, so ln|det| = ln(1 + (1 − h²)·wᵀû),
-    which is O(D) and positive inside the log because wᵀû > −1 (see ``planar_u_hat``).
+    which is O(D) and non-negative inside the log because wᵀû ≥ −1 (see ``planar_u_hat``); wᵀû
+    is clamped at −1 because rounding in û can put it a hair below when |wᵀu| is large.
     z: (N, D); u_hat, w: (D,); b: scalar. Returns (f(z), ln|det|) of shapes (N, D), (N,).
     """
     h = torch.tanh(z @ w + b)
-    log_det = torch.log1p((1.0 - h * h) * (w @ u_hat))
+    log_det = torch.log1p((1.0 - h * h) * (w @ u_hat).clamp_min(-1.0))
     return z + h.unsqueeze(-1) * u_hat, log_det
 
 
@@ -122,16 +123,17 @@ class PlanarStack(torch.autograd.Function):
             z = torch.addr(z, h, u_k)
             hs.append(h)
         h = torch.stack(hs)
-        s = (w * u_hat).sum(-1, keepdim=True)
-        ctx.save_for_backward(torch.stack(inputs), h, u_hat, w, s)
+        s_raw = (w * u_hat).sum(-1, keepdim=True)
+        s = s_raw.clamp_min(-1.0)  # as in ``planar``
+        ctx.save_for_backward(torch.stack(inputs), h, u_hat, w, s, s_raw >= -1.0)
         return z, torch.log1p((1.0 - h * h) * s).sum(0)
 
     @staticmethod
     def backward(ctx, g_z: Tensor, g_ld: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        inputs, h, u_hat, w, s = ctx.saved_tensors
+        inputs, h, u_hat, w, s, unclamped = ctx.saved_tensors
         dh = 1.0 - h * h
         ratio = g_ld / (1.0 + dh * s)
-        g_s = (ratio * dh).sum(1, keepdim=True)
+        g_s = (ratio * dh).sum(1, keepdim=True) * unclamped
         g_a_logdet = -2.0 * s * h * ratio * dh
         g_zs, g_as = [], []
         layers = zip(u_hat.unbind(0), w.unbind(0), dh.unbind(0), g_a_logdet.unbind(0), strict=True)

@@ -1,0 +1,246 @@
+"""The command line end to end: fit, sample, plot, targets, config files and bad input."""
+
+import csv
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nfcli.checkpoint import FORMAT_VERSION, load_checkpoint
+from nfcli.cli import app
+from nfcli.errors import NfcliError
+
+runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+QUICK = ["--iters", "300", "--anneal", "100", "--K", "8"]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def u1_run(tmp_path_factory):
+    """One short fit of the paper's U1 through the CLI, shared by the tests that read its output."""
+    out = tmp_path_factory.mktemp("u1")
+    result = run("fit", "u1", "--iters", "1500", "--anneal", "500", "--K", "16", "-o", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_fit_u1_reaches_a_small_kl_and_writes_every_output(u1_run):
+    out, result = u1_run
+    for name in ("model.pt", "samples.npy", "metrics.json", "density.png", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    # KL(q‖p) = F + ln Z with ln Z by quadrature; 1500 steps at K = 16 measured ≈ 0.04
+    assert m["log_z_quadrature"] == pytest.approx(1.8775, abs=1e-3)
+    assert 0 <= m["kl_qp"] < 0.1
+    assert m["kl_qp"] == pytest.approx(m["elbo"] * -1 + m["log_z_quadrature"], abs=1e-9)
+    for key in ("final_loss", "final_loss_beta1", "wall_time_s", "iters_per_s"):
+        assert np.isfinite(m[key])
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (10_000, 2) and np.isfinite(samples).all()
+    # the two modes of U1 (z1 ≈ ±2) both hold mass
+    assert 0.3 < (samples[:, 0] > 0).mean() < 0.7
+    assert "KL(q‖p)" in result.output
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_everything(u1_run):
+    out, _ = u1_run
+    data = torch.load(out / "model.pt", weights_only=True)
+    assert data["format_version"] == FORMAT_VERSION
+    assert data["energy"]["kind"] == "builtin" and data["energy"]["vars"] == ["z1", "z2"]
+    assert data["config"]["K"] == 16 and data["config"]["iters"] == 1500
+    assert data["history"]["loss"].shape == (1500,)
+    assert set(data["versions"]) == {"nfcli", "torch", "python", "sympy"}
+    assert all(isinstance(v, str) for v in data["versions"].values())
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.flow.K == 16 and ckpt.names == ("z1", "z2")
+
+
+def test_fit_refuses_to_overwrite_without_force(u1_run):
+    out, _ = u1_run
+    before = (out / "model.pt").read_bytes()
+    result = run("fit", "u1", *QUICK, "-o", out)
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "--force" in result.output
+    assert (out / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt", [".npy", ".csv", ".pt"])
+def test_sample_writes_each_format(u1_run, tmp_path, fmt):
+    out, _ = u1_run
+    path = tmp_path / f"s{fmt}"
+    result = run("sample", out / "model.pt", "-n", "500", "-o", path, "--seed", "3")
+    assert result.exit_code == 0, result.output
+    if fmt == ".npy":
+        data = np.load(path)
+    elif fmt == ".pt":
+        data = torch.load(path, weights_only=True).numpy()
+    else:
+        rows = list(csv.reader(path.open()))
+        assert rows[0] == ["z1", "z2"]
+        data = np.array(rows[1:], dtype=float)
+    assert data.shape == (500, 2) and np.isfinite(data).all()
+
+
+def test_sample_is_reproducible_by_seed_and_writes_csv_to_stdout(u1_run):
+    out, _ = u1_run
+    a = run("sample", out / "model.pt", "-n", "5", "-o", "-", "--seed", "7")
+    b = run("sample", out / "model.pt", "-n", "5", "-o", "-", "--seed", "7")
+    assert a.exit_code == 0 and a.stdout == b.stdout
+    rows = list(csv.reader(io.StringIO(a.stdout)))
+    assert rows[0] == ["z1", "z2"] and len(rows) == 6
+
+
+def test_plot_from_checkpoint_alone(u1_run, tmp_path):
+    out, _ = u1_run
+    result = run("plot", out / "model.pt", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    for name in ("density.png", "loss.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_lists_every_builtin_with_log_z():
+    result = run("targets")
+    assert result.exit_code == 0
+    for name in ("u1", "u2", "u3", "u4", "ring8", "moons"):
+        assert name in result.stdout
+    assert "1.8775" in result.stdout and "2.9337" in result.stdout
+
+
+def test_fit_expression_with_vars_and_yaml_config(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"target: 'x**2/2 + (y - 1)**2/2'\nK: 4\niters: 200\nlr: 1e-2\noutput: {tmp_path}\n"
+    )
+    result = run("fit", "--config", cfg, "--iters", "150", "--vars", "y,x")  # flags win
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt.config.iters == 150 and ckpt.config.K == 4 and ckpt.config.lr == 1e-2
+    assert ckpt.names == ("y", "x")
+    assert ckpt.energy_source == {
+        "kind": "expression",
+        "text": "x**2/2 + (y - 1)**2/2",
+        "path": None,
+        "name": None,
+        "vars": ["y", "x"],
+    }
+    # the mean of q follows the variable order: y ≈ 1, x ≈ 0
+    mean = np.load(tmp_path / "samples.npy").mean(0)
+    assert abs(mean[0] - 1) < 0.2 and abs(mean[1]) < 0.2
+
+
+def test_fit_python_file_with_radial_flow(tmp_path):
+    result = run("fit", EXAMPLES / "funnel.py", "--flow", "radial", *QUICK, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt.energy_source["kind"] == "file" and ckpt.names == ("v", "x")
+    assert ckpt.energy_source["text"] == (EXAMPLES / "funnel.py").read_text()
+    # plotting a file energy without --trust does not run the stored code: q alone is drawn
+    result = run("plot", tmp_path / "model.pt")
+    assert result.exit_code == 0 and "--trust" in result.output
+    assert run("plot", tmp_path / "model.pt", "--trust").exit_code == 0
+
+
+def test_one_dimensional_and_higher_dimensional_fits(tmp_path):
+    assert run("fit", "x**2/2", *QUICK, "-o", tmp_path / "d1").exit_code == 0
+    assert (tmp_path / "d1" / "density.png").exists()
+    result = run("fit", "(x1**2 + x2**2 + x3**2)/2 + x4**2", *QUICK, "-o", tmp_path / "d4")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "d4" / "samples.npy").shape == (10_000, 4)
+
+
+# --- bad input: one paragraph, exit code 2, no traceback --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["fit", "u1", "--K", "0"], "K = 0 is out of range"),
+        (["fit", "u1", "--iters", "-5"], "iters = -5"),
+        (["fit", "u1", "--batch", "0"], "batch = 0"),
+        (["fit", "u1", "--lr", "0"], "lr = 0.0"),
+        (["fit", "u1", "--flow", "maf"], "Unknown flow type 'maf'"),
+        (["fit", "exp(x"], "not valid syntax"),
+        (["fit", "foo(x)"], "unknown function 'foo'"),
+        (["fit", "x + y", "--vars", "x"], "leaves out y"),
+        (["fit", "missing.py"], "does not exist"),
+        (["fit"], "No target given"),
+        (["sample", "nowhere.pt"], "does not exist"),
+        (["sample", "nowhere.pt", "-o", "s.xlsx"], "extension .xlsx"),
+        (["sample", "nowhere.pt", "-n", "0"], "must be positive"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_exit_code_2(args, fragment):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert fragment in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("K: [1, 2\n")
+    assert "not valid YAML" in run("fit", "u1", "--config", bad).output
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("K: 4\nlearning_rate: 0.1\n")
+    result = run("fit", "u1", "--config", unknown)
+    assert result.exit_code == 2 and "unknown keys: learning_rate" in result.output
+    wrong_type = tmp_path / "type.yaml"
+    wrong_type.write_text("K: many\n")
+    assert "'many' is not a valid int" in run("fit", "u1", "--config", wrong_type).output
+
+
+def test_checkpoint_that_carries_code_is_refused_not_run(tmp_path):
+    canary = tmp_path / "canary"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {canary}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": "nfcli-checkpoint", "x": Evil()}, f)
+    torch.save({"format": "nfcli-checkpoint", "evil": Evil()}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(NfcliError):
+            load_checkpoint(p)
+    assert not canary.exists()
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(u1_run, tmp_path):
+    out, _ = u1_run
+    data = (out / "model.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    for name, fragment in [
+        ("trunc.pt", "not a readable nfcli checkpoint"),
+        ("text.pt", "not a readable nfcli checkpoint"),
+        ("other.pt", "not an nfcli checkpoint"),
+    ]:
+        result = run("sample", tmp_path / name)
+        assert result.exit_code == 2 and fragment in " ".join(result.output.split()), name
+
+
+def test_module_entry_point_runs_without_traceback(tmp_path):
+    """python -m nfcli works, and a user error is one paragraph with exit code 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nfcli", "fit", "sqrt(-1) + x", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "complex number" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -1,0 +1,153 @@
+"""Flows: log-determinants against autograd Jacobians, the invertibility constraints, and the
+hand-written planar backward pass against autograd through the readable ``planar``."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from nfcli.flows import (
+    Flow,
+    PlanarStack,
+    planar,
+    planar_u_hat,
+    radial,
+    radial_alpha_beta,
+)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These tests compare to 1e-10: run them in float64, and restore the default afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _logabsdet_by_autograd(f, z: torch.Tensor) -> torch.Tensor:
+    """ln|det ∂f/∂z| per row of z, from the full Jacobian (O(D³), for checking only)."""
+    return torch.stack([torch.linalg.slogdet(jacobian(f, zi))[1] for zi in z])
+
+
+@pytest.mark.parametrize("D", [1, 2, 5])
+def test_planar_log_det_matches_autograd_jacobian(D):
+    g = torch.Generator().manual_seed(D)
+    z = torch.randn(6, D, generator=g)
+    u, w = torch.randn(D, generator=g) * 2, torch.randn(D, generator=g)
+    b = torch.randn((), generator=g)
+    u_hat = planar_u_hat(u, w)
+    _, log_det = planar(z, u_hat, w, b)
+    expected = _logabsdet_by_autograd(lambda x: planar(x[None], u_hat, w, b)[0][0], z)
+    torch.testing.assert_close(log_det, expected, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("D", [1, 2, 5])
+def test_radial_log_det_matches_autograd_jacobian(D):
+    g = torch.Generator().manual_seed(10 + D)
+    z = torch.randn(6, D, generator=g)
+    z0 = torch.randn(D, generator=g)
+    alpha, beta = radial_alpha_beta(torch.randn((), generator=g), torch.randn((), generator=g))
+    _, log_det = radial(z, z0, alpha, beta)
+    expected = _logabsdet_by_autograd(lambda x: radial(x[None], z0, alpha, beta)[0][0], z)
+    torch.testing.assert_close(log_det, expected, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_planar_constraint_keeps_every_layer_invertible(scale):
+    """wᵀû ≥ −1 for arbitrary raw (u, w), including wᵀu hugely negative (where softplus underflows
+    and wᵀû reaches the edge −1), so along w the layer α ↦ α + wᵀû·tanh(α + b) is increasing."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2000, 3, generator=g) * scale
+    w = torch.randn(2000, 3, generator=g) * scale
+    u[:500] = -w[:500] * 50  # wᵀu ≪ 0: the case the constraint exists for
+    b = torch.randn(2000, generator=g)
+    u_hat = planar_u_hat(u, w)
+    wu_hat = (w * u_hat).sum(-1)
+    torch.testing.assert_close(
+        wu_hat.clamp_min(-1), -1 + torch.nn.functional.softplus((w * u).sum(-1))
+    )
+    alpha = torch.linspace(-6, 6, 2001)[:, None]
+    image = alpha + wu_hat.clamp_min(-1) * torch.tanh(alpha + b)
+    assert torch.all(image[1:] > image[:-1])  # strictly increasing, hence one-to-one
+    # and the layer's log-determinant is never NaN there, in float32 as in float64
+    for dtype in (torch.float32, torch.float64):
+        z = torch.randn(64, 3, generator=g).to(dtype)
+        for k in range(0, 2000, 97):
+            _, ld = planar(z, u_hat[k].to(dtype), w[k].to(dtype), b[k].to(dtype))
+            assert not torch.isnan(ld).any()
+
+
+def test_planar_constraint_uses_the_square_of_the_norm():
+    """û − u is parallel to w and makes wᵀû = m(wᵀu) = −1 + softplus(wᵀu) exactly."""
+    u, w = torch.tensor([0.3, -2.0]), torch.tensor([3.0, 4.0])  # ‖w‖ = 5, ‖w‖² = 25
+    wu = (w * u).sum()
+    u_hat = planar_u_hat(u, w)
+    torch.testing.assert_close((w * u_hat).sum(), -1 + torch.nn.functional.softplus(wu))
+
+
+def test_radial_constraint_keeps_every_layer_invertible():
+    g = torch.Generator().manual_seed(1)
+    a_raw, b_raw = torch.randn(1000, generator=g) * 20, torch.randn(1000, generator=g) * 20
+    alpha, beta = radial_alpha_beta(a_raw, b_raw)
+    assert torch.all(alpha > 0) and torch.all(beta >= -alpha)
+    r = torch.linspace(0, 50, 201)[:, None]
+    h = 1 / (alpha + r)
+    # both determinant factors non-negative for all r (to rounding), and r ↦ r(1 + βh) increasing
+    assert torch.all(1 + beta * h >= -1e-12) and torch.all(1 + beta * alpha * h * h >= -1e-12)
+    rho = r * (1 + beta * h)
+    assert torch.all(rho[1:] > rho[:-1])
+
+
+def test_planar_stack_matches_readable_layers_values_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    K, D, N = 6, 3, 9
+    z = torch.randn(N, D, generator=g, requires_grad=True)
+    u = torch.randn(K, D, generator=g, requires_grad=True)
+    w = torch.randn(K, D, generator=g, requires_grad=True)
+    b = torch.randn(K, generator=g, requires_grad=True)
+
+    def readable(z, u, w, b):
+        u_hat, total = planar_u_hat(u, w), 0
+        for k in range(K):
+            z, ld = planar(z, u_hat[k], w[k], b[k])
+            total = total + ld
+        return z, total
+
+    def fast(z, u, w, b):
+        return PlanarStack.apply(z, planar_u_hat(u, w), w, b)
+
+    g_z, g_ld = torch.randn(N, D, generator=g), torch.randn(N, generator=g)
+    results = []
+    for fn in (readable, fast):
+        zk, ld = fn(z, u, w, b)
+        grads = torch.autograd.grad((zk * g_z).sum() + (ld * g_ld).sum(), (z, u, w, b))
+        results.append((zk, ld, *grads))
+    for a, c in zip(*results, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
+    assert torch.autograd.gradcheck(fast, (z, u, w, b))
+
+
+@pytest.mark.parametrize("kind", ["planar", "radial"])
+def test_flow_log_q_is_base_density_minus_log_dets(kind):
+    torch.manual_seed(0)
+    flow = Flow(3, 4, kind, init_scale=0.7, base_scale=0.5)
+    with torch.no_grad():
+        flow.base.loc.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    z0, log_q0 = flow.base.rsample(50, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(log_q0, flow.base.log_prob(z0))
+    zk, log_det = flow.layers(z0)
+    z_again, log_q = flow.rsample(50, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(z_again, zk)
+    torch.testing.assert_close(log_q, log_q0 - log_det)
+
+
+def test_base_log_prob_is_the_normal_density():
+    base = Flow(2, 1).base
+    with torch.no_grad():
+        base.loc.copy_(torch.tensor([1.0, -1.0]))
+        base.log_scale.copy_(torch.tensor([math.log(2.0), 0.0]))
+    z = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    normal = torch.distributions.Normal(base.loc, base.log_scale.exp())
+    torch.testing.assert_close(base.log_prob(z), normal.log_prob(z).sum(-1))
