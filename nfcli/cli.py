@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from nfcli.checkpoint import load_checkpoint
 from nfcli.energy import energy_from_source, load_energy
@@ -48,8 +50,20 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NfcliError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: nothing more was written.")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if os.environ.get("NFCLI_DEBUG"):
+                raise
+            msg = (
+                f"{type(e).__name__}: {e}. This is a bug in nfcli, not in your input; run again "
+                "with NFCLI_DEBUG=1 for the traceback and report it."
+            )
+            err.print(Text.assemble(("internal error: ", "bold red"), msg), soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,9 +80,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise NfcliError(f"Cannot read the config file {path}: {e.strerror or e}.") from None
     except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise NfcliError(
-            f"The config file {path} is not valid YAML: {str(e).splitlines()[0]} "
-            f"({getattr(e, 'problem_mark', '') or 'see the file'}). Fix its syntax."
+            f"The config file {path} is not valid YAML: {what}{where}. Fix its syntax; each line "
+            "is option: value, e.g. K: 16."
         ) from None
     if data is None:
         return {}
@@ -177,7 +194,7 @@ def fit(
         _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress)
     err.print(summary_table(metrics, out_dir))
     for w in metrics["warnings"]:
-        err.print(f"[bold yellow]warning:[/] {w}")
+        err.print(Text.assemble(("warning: ", "bold yellow"), w), soft_wrap=True)
 
 
 def _split_vars(text: str | list | None) -> list[str] | None:
@@ -245,7 +262,7 @@ def plot(
     except NfcliError as e:
         if ckpt.energy_source["kind"] != "file" or trust:
             raise
-        err.print(f"[yellow]note:[/] drawing the fitted density only. {e}")
+        err.print(Text.assemble(("note: ", "yellow"), f"drawing the fitted density only. {e}"))
         energy = None
     for path in write_figures(ckpt, energy, out_dir):
         err.print(f"wrote {path}")

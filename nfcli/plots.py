@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from nfcli.diagnostics import Grid
+from nfcli.diagnostics import grid_points
 from nfcli.io import atomic_write
 from nfcli.train import beta_schedule
 
@@ -26,38 +26,44 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def display_window(samples: Tensor, pad: float = 0.25) -> tuple[float, float, float, float]:
+    """The samples' 0.1%–99.9% extent, padded by ``pad`` of its span on each side, made square."""
+    s = samples.detach().cpu().double()
+    lo, hi = torch.quantile(s, 0.001, dim=0), torch.quantile(s, 0.999, dim=0)
+    mid, half = (lo + hi) / 2, ((hi - lo).max() / 2 * (1 + 2 * pad)).clamp_min(1e-3)
+    return (
+        (mid[0] - half).item(),
+        (mid[0] + half).item(),
+        (mid[1] - half).item(),
+        (mid[1] + half).item(),
+    )
+
+
 def plot_density_2d(
     path: str | Path,
-    grid: Grid | None,
+    energy_fn: Callable[[Tensor], Tensor] | None,
+    log_z: float | None,
     samples: Tensor,
     names: Sequence[str],
     title: str,
     kl: float | None = None,
+    bins: int = 150,
 ) -> None:
-    """Target density (from the grid) next to the fitted density (a normalised 2-D histogram of
-    the samples on the same cells), on one colour scale."""
+    """Target density exp(−U − ln Z) next to the fitted density (a normalised 2-D histogram of the
+    samples on the same cells), on one colour scale."""
+    x0, x1, y0, y1 = display_window(samples)
     s = samples.detach().cpu().double()
-    if grid is not None:
-        (x0, x1), (y0, y1) = grid.window
-        n = min(200, len(grid.xs))
-    else:
-        lo, hi = torch.quantile(s, 0.001, dim=0), torch.quantile(s, 0.999, dim=0)
-        pad = 0.1 * (hi - lo)
-        (x0, x1), (y0, y1) = (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
-        x0, x1, y0, y1 = float(x0), float(x1), float(y0), float(y1)
-        n = 200
-    hist, _ = torch.histogramdd(s, bins=[n, n], range=[x0, x1, y0, y1])
-    cell = (x1 - x0) * (y1 - y0) / n**2
-    q = (hist / (len(s) * cell)).T  # rows are y
-    panels = [("fitted q (histogram of samples)", q)]
-    if grid is not None:
-        p = grid.log_p.exp()
-        k = max(1, len(grid.xs) // n)
-        if k > 1:
-            p = torch.nn.functional.avg_pool2d(p[None, None], k)[0, 0]
+    hist, _ = torch.histogramdd(s, bins=[bins, bins], range=[x0, x1, y0, y1])
+    cell = (x1 - x0) * (y1 - y0) / bins**2
+    panels = [(f"fitted q (histogram of {len(s):,} samples)", (hist / (len(s) * cell)).T)]
+    if energy_fn is not None and log_z is not None:
+        _, _, pts = grid_points(((x0, x1), (y0, y1)), 2 * bins)
+        with torch.no_grad():
+            u = energy_fn(pts.to(samples.dtype)).double()
+        p = torch.exp(-torch.nan_to_num(u, nan=math.inf) - log_z).reshape(2 * bins, 2 * bins)
         panels.insert(0, ("target p", p))
     vmax = max(float(img.max()) for _, img in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 0.8, 4), squeeze=False)
     for ax, (label, img) in zip(axes[0], panels, strict=True):
         im = ax.imshow(
             img.numpy(),
@@ -66,14 +72,13 @@ def plot_density_2d(
             vmin=0,
             vmax=vmax,
             cmap="viridis",
-            aspect="auto",
+            interpolation="nearest",
         )
-        ax.set_title(label)
+        ax.set_title(label, fontsize=10)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="density")
-    suptitle = title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats"
-    fig.suptitle(suptitle)
+    fig.suptitle(title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats")
     _save(fig, path)
 
 
@@ -147,5 +152,5 @@ def plot_loss(
         ax2.plot(steps.numpy(), beta_schedule(steps - 1, anneal).numpy(), color="gray", lw=0.8)
         ax2.set_ylabel("β", color="gray")
         ax2.set_ylim(0, 1.05)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", framealpha=0.9).set_zorder(10)
     _save(fig, path)

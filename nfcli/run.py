@@ -25,6 +25,7 @@ from nfcli.train import FitConfig, Progress, fit
 
 N_SAMPLES = 10_000
 N_MONTE_CARLO = 100_000
+N_PLOT_SAMPLES = 200_000
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_fit(
     save_checkpoint(out / "model.pt", ckpt)
     save_samples(samples, str(out / "samples.npy"), energy.names)
     write_metrics(out / "metrics.json", metrics)
-    write_figures(ckpt, energy, out, samples, ev.grid)
+    write_figures(ckpt, energy, out)
     return ckpt, metrics
 
 
@@ -123,30 +124,21 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_figures(
-    ckpt: Checkpoint,
-    energy: Energy | None,
-    out: Path,
-    samples: Tensor | None = None,
-    grid: Grid | None = None,
-) -> list[Path]:
+def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Path]:
     """density.png (D ≤ 2) and loss.png from a checkpoint; ``energy`` None draws q alone."""
     flow, names, m = ckpt.flow, ckpt.names, ckpt.metrics
     title = f"{m.get('target', '')}: {ckpt.config.flow} flow, K = {ckpt.config.K}"
-    if samples is None:
-        samples = flow.sample(200_000, torch.Generator().manual_seed(ckpt.config.seed))
-    written = []
-    if flow.dim == 2:
-        if grid is None and energy is not None:
-            grid = choose_window(samples, energy)
-        kl = m.get("kl_qp")
-        plot_density_2d(out / "density.png", grid, samples, names, title, kl)
-        written.append(out / "density.png")
-    elif flow.dim == 1:
-        log_z = m.get("log_z_reference")
-        plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
-        written.append(out / "density.png")
     log_z = m.get("log_z_quadrature", m.get("log_z_reference"))
+    written = []
+    if flow.dim <= 2:
+        samples = flow.sample(N_PLOT_SAMPLES, torch.Generator().manual_seed(ckpt.config.seed))
+        if flow.dim == 2:
+            plot_density_2d(
+                out / "density.png", energy, log_z, samples, names, title, m.get("kl_qp")
+            )
+        else:
+            plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
+        written.append(out / "density.png")
     h = ckpt.history
     plot_loss(out / "loss.png", h["loss"], h["loss_beta1"], ckpt.config.anneal, log_z, title)
     written.append(out / "loss.png")
