@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean figures
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/nfcli fit u1 -o runs/demo --force
 	@echo "figures: runs/demo/density.png runs/demo/loss.png"
+
+# Regenerates the README's figures (examples/figures/) with real fits at the defaults.
+figures: setup
+	$(BIN)/nfcli fit u1 -o runs/figures/u1 --force
+	mkdir -p examples/figures
+	cp runs/figures/u1/density.png examples/figures/u1-density.png
+	cp runs/figures/u1/loss.png examples/figures/u1-loss.png
 
 lint: setup
 	$(BIN)/ruff check nfcli tests benchmarks examples

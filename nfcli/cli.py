@@ -136,14 +136,20 @@ def fit(
     target: str = typer.Argument(
         None, help="Energy U: an expression such as 'x**2/2 + y**2/2', a .py file, or a built-in."
     ),
-    K: int = typer.Option(None, "--K", help="Number of flow layers. [default: 32]"),
-    flow: str = typer.Option(None, "--flow", help="planar or radial. [default: planar]"),
-    iters: int = typer.Option(None, "--iters", help="Optimisation steps. [default: 6000]"),
-    batch: int = typer.Option(None, "--batch", help="Samples per step. [default: 256]"),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate. [default: 5e-3]"),
-    seed: int = typer.Option(None, "--seed", help="Random seed. [default: 0]"),
+    K: int = typer.Option(None, "--K", help=f"Number of flow layers. [default: {FitConfig.K}]"),
+    flow: str = typer.Option(None, "--flow", help=f"planar or radial. [default: {FitConfig.flow}]"),
+    iters: int = typer.Option(
+        None, "--iters", help=f"Optimisation steps. [default: {FitConfig.iters}]"
+    ),
+    batch: int = typer.Option(
+        None, "--batch", help=f"Samples per step. [default: {FitConfig.batch}]"
+    ),
+    lr: float = typer.Option(None, "--lr", help=f"Adam learning rate. [default: {FitConfig.lr}]"),
+    seed: int = typer.Option(None, "--seed", help=f"Random seed. [default: {FitConfig.seed}]"),
     anneal: int = typer.Option(
-        None, "--anneal", help="Steps of the β schedule 0.01→1; 0 turns it off. [default: 2000]"
+        None,
+        "--anneal",
+        help=f"Steps of the β schedule 0.01→1; 0 turns it off. [default: {FitConfig.anneal}]",
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder. [default: .]"),
     vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),

@@ -36,8 +36,9 @@ class Evaluation:
 
 def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Evaluation:
     """ELBO by Monte Carlo; in 2-D also ln Z by quadrature and so KL(q‖p) = F + ln Z."""
-    torch.manual_seed(seed + 1)
-    F, se = free_energy(flow, energy, N_MONTE_CARLO)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        F, se = free_energy(flow, energy, N_MONTE_CARLO)
     m: dict[str, Any] = {"elbo": -F, "elbo_se": se, "monte_carlo_samples": N_MONTE_CARLO}
     if energy.log_z is not None:
         m["log_z_reference"] = energy.log_z
