@@ -136,22 +136,22 @@ def fit(
     target: str = typer.Argument(
         None, help="Energy U: an expression such as 'x**2/2 + y**2/2', a .py file, or a built-in."
     ),
-    K: int = typer.Option(None, "--K", help=f"Number of flow layers. [default: {FitConfig.K}]"),
-    flow: str = typer.Option(None, "--flow", help=f"planar or radial. [default: {FitConfig.flow}]"),
+    K: int = typer.Option(None, "--K", help=f"Number of flow layers. (default: {FitConfig.K})"),
+    flow: str = typer.Option(None, "--flow", help=f"planar or radial. (default: {FitConfig.flow})"),
     iters: int = typer.Option(
-        None, "--iters", help=f"Optimisation steps. [default: {FitConfig.iters}]"
+        None, "--iters", help=f"Optimisation steps. (default: {FitConfig.iters})"
     ),
     batch: int = typer.Option(
-        None, "--batch", help=f"Samples per step. [default: {FitConfig.batch}]"
+        None, "--batch", help=f"Samples per step. (default: {FitConfig.batch})"
     ),
-    lr: float = typer.Option(None, "--lr", help=f"Adam learning rate. [default: {FitConfig.lr}]"),
-    seed: int = typer.Option(None, "--seed", help=f"Random seed. [default: {FitConfig.seed}]"),
+    lr: float = typer.Option(None, "--lr", help=f"Adam learning rate. (default: {FitConfig.lr})"),
+    seed: int = typer.Option(None, "--seed", help=f"Random seed. (default: {FitConfig.seed})"),
     anneal: int = typer.Option(
         None,
         "--anneal",
-        help=f"Steps of the β schedule 0.01→1; 0 turns it off. [default: {FitConfig.anneal}]",
+        help=f"Steps of the β schedule 0.01→1; 0 turns it off. (default: {FitConfig.anneal})",
     ),
-    output: Path = typer.Option(None, "--output", "-o", help="Output folder. [default: .]"),
+    output: Path = typer.Option(None, "--output", "-o", help="Output folder. (default: .)"),
     vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),
     config: Path = typer.Option(None, "--config", help="YAML file of options; flags win."),
     force: bool = typer.Option(None, "--force", help="Overwrite an existing model.pt."),
@@ -255,7 +255,7 @@ def sample(
 @user_errors
 def plot(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
-    output: Path = typer.Option(None, "--output", "-o", help="Folder [default: the model's]."),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder (default: the model's)."),
     trust: bool = typer.Option(
         False, "--trust", help="Run the checkpoint's stored Python-file energy (its code)."
     ),
