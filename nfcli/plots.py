@@ -26,16 +26,16 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def display_window(samples: Tensor, pad: float = 0.25) -> tuple[float, float, float, float]:
-    """The samples' 0.1%–99.9% extent, padded by ``pad`` of its span on each side, made square."""
+def display_window(samples: Tensor, pad: float = 0.2) -> tuple[float, float, float, float]:
+    """The samples' 0.1%–99.9% extent, padded by ``pad`` of the larger span on each side."""
     s = samples.detach().cpu().double()
     lo, hi = torch.quantile(s, 0.001, dim=0), torch.quantile(s, 0.999, dim=0)
-    mid, half = (lo + hi) / 2, ((hi - lo).max() / 2 * (1 + 2 * pad)).clamp_min(1e-3)
+    margin = float((hi - lo).max().clamp_min(1e-3)) * pad
     return (
-        (mid[0] - half).item(),
-        (mid[0] + half).item(),
-        (mid[1] - half).item(),
-        (mid[1] + half).item(),
+        lo[0].item() - margin,
+        hi[0].item() + margin,
+        lo[1].item() - margin,
+        hi[1].item() + margin,
     )
 
 
@@ -63,7 +63,11 @@ def plot_density_2d(
         p = torch.exp(-torch.nan_to_num(u, nan=math.inf) - log_z).reshape(2 * bins, 2 * bins)
         panels.insert(0, ("target p", p))
     vmax = max(float(img.max()) for _, img in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 0.8, 4), squeeze=False)
+    aspect = (y1 - y0) / (x1 - x0)
+    height = min(6.0, max(2.5, 4.4 * aspect))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels) + 0.8, height + 0.6), squeeze=False
+    )
     for ax, (label, img) in zip(axes[0], panels, strict=True):
         im = ax.imshow(
             img.numpy(),

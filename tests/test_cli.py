@@ -21,6 +21,8 @@ from nfcli.errors import NfcliError
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 QUICK = ["--iters", "300", "--anneal", "100", "--K", "8"]
+# measured: KL 0.018 (seed 0) and 0.036 (seed 1) in about 6 s
+U1_SHORT = ["--iters", "1500", "--anneal", "500", "--K", "16", "--lr", "1e-2"]
 
 
 def run(*args: str):
@@ -31,7 +33,7 @@ def run(*args: str):
 def u1_run(tmp_path_factory):
     """One short fit of the paper's U1 through the CLI, shared by the tests that read its output."""
     out = tmp_path_factory.mktemp("u1")
-    result = run("fit", "u1", "--iters", "1500", "--anneal", "500", "--K", "16", "-o", out)
+    result = run("fit", "u1", *U1_SHORT, "-o", out)
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -41,7 +43,7 @@ def test_fit_u1_reaches_a_small_kl_and_writes_every_output(u1_run):
     for name in ("model.pt", "samples.npy", "metrics.json", "density.png", "loss.png"):
         assert (out / name).stat().st_size > 0, name
     m = json.loads((out / "metrics.json").read_text())
-    # KL(q‖p) = F + ln Z with ln Z by quadrature; 1500 steps at K = 16 measured ≈ 0.04
+    # KL(q‖p) = F + ln Z with ln Z by quadrature
     assert m["log_z_quadrature"] == pytest.approx(1.8775, abs=1e-3)
     assert 0 <= m["kl_qp"] < 0.1
     assert m["kl_qp"] == pytest.approx(m["elbo"] * -1 + m["log_z_quadrature"], abs=1e-9)
@@ -121,12 +123,14 @@ def test_targets_lists_every_builtin_with_log_z():
 def test_fit_expression_with_vars_and_yaml_config(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
-        f"target: 'x**2/2 + (y - 1)**2/2'\nK: 4\niters: 200\nlr: 1e-2\noutput: {tmp_path}\n"
+        "target: 'x**2/2 + (y - 1)**2/2'\n"
+        f"K: 4\niters: 100\nlr: 1e-2\nanneal: 0\noutput: {tmp_path}\n"
     )
-    result = run("fit", "--config", cfg, "--iters", "150", "--vars", "y,x")  # flags win
+    result = run("fit", "--config", cfg, "--iters", "400", "--vars", "y,x")  # flags win
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(tmp_path / "model.pt")
-    assert ckpt.config.iters == 150 and ckpt.config.K == 4 and ckpt.config.lr == 1e-2
+    assert ckpt.config.iters == 400 and ckpt.config.K == 4 and ckpt.config.lr == 1e-2
+    assert ckpt.config.anneal == 0
     assert ckpt.names == ("y", "x")
     assert ckpt.energy_source == {
         "kind": "expression",
