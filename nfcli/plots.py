@@ -156,5 +156,5 @@ def plot_loss(
         ax2.plot(steps.numpy(), beta_schedule(steps - 1, anneal).numpy(), color="gray", lw=0.8)
         ax2.set_ylabel("β", color="gray")
         ax2.set_ylim(0, 1.05)
-    ax.legend(loc="upper right", framealpha=0.9).set_zorder(10)
+    ax.legend(loc="center right", framealpha=0.9).set_zorder(10)
     _save(fig, path)
