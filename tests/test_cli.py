@@ -205,6 +205,7 @@ def test_yaml_errors(tmp_path):
     assert "'many' is not a valid int" in run("fit", "u1", "--config", wrong_type).output
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_that_carries_code_is_refused_not_run(tmp_path):
     canary = tmp_path / "canary"
 
