@@ -47,6 +47,32 @@ def planar(z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tens
     return z + h.unsqueeze(-1) * u_hat, log_det
 
 
+def planar_inverse(y: Tensor, u_hat: Tensor, w: Tensor, b: Tensor, max_iter: int = 300) -> Tensor:
+    """z with planar(z) = y. Along w the layer is the scalar map α ↦ α + s·tanh(α + b), α = wᵀz,
+    s = wᵀû ≥ −1, which is non-decreasing; so α solves wᵀy = α + s·tanh(α + b) in the bracket
+    [wᵀy − |s|, wᵀy + |s|]. Newton steps that stay inside the shrinking bracket, with a bisection
+    every third step (so the bracket at least halves every three steps), find it to rounding.
+    Then z = y − û·tanh(α + b). Batched over the rows of y (N, D)."""
+    s = (w @ u_hat).clamp_min(-1.0)
+    c = y @ w
+    eps = torch.finfo(y.dtype).eps
+    lo, hi = c - s.abs(), c + s.abs()
+    alpha = c - s * torch.tanh(c + b)
+    for i in range(max_iter):
+        t = torch.tanh(alpha + b)
+        g = alpha + s * t - c
+        lo, hi = torch.where(g < 0, alpha, lo), torch.where(g > 0, alpha, hi)
+        lo, hi = torch.where(g == 0, alpha, lo), torch.where(g == 0, alpha, hi)
+        if bool((hi - lo <= 4 * eps * (1 + alpha.abs() + s.abs())).all()):
+            break
+        newton = alpha - g / (1.0 + s * (1.0 - t * t)).clamp_min(eps)
+        use_newton = (newton > lo) & (newton < hi) & torch.tensor(i % 3 != 2)
+        alpha = torch.where(use_newton, newton, (lo + hi) / 2)
+    else:
+        raise RuntimeError("planar_inverse did not converge")  # cannot happen: see the bisection
+    return y - torch.tanh(alpha + b).unsqueeze(-1) * u_hat
+
+
 # --- radial: f(z) = z + β·h(α, r)(z − z0), h = 1/(α + r) ----------------------------------------
 
 
@@ -68,6 +94,19 @@ def radial(z: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, 
     bh = beta * h
     log_det = (z.shape[-1] - 1) * torch.log1p(bh) + torch.log1p(beta * alpha * h * h)
     return z + bh.unsqueeze(-1) * diff, log_det
+
+
+def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """z with radial(z) = y. With ρ = ‖y − z0‖, r = ‖z − z0‖ solves ρ = r(1 + β/(α + r)), i.e.
+    r² + (α + β − ρ)r − ρα = 0, whose non-negative root is taken in the form that does not cancel;
+    then z = z0 + (y − z0)/(1 + β/(α + r)). Batched over the rows of y (N, D)."""
+    d = y - z0
+    rho = torch.linalg.vector_norm(d, dim=-1)
+    B = alpha + beta - rho
+    root = torch.sqrt(B * B + 4 * rho * alpha)
+    r = torch.where(B > 0, 2 * rho * alpha / (B + root).clamp_min(1e-300), (root - B) / 2)
+    scale = 1.0 + beta / (alpha + r)
+    return z0 + d / torch.where(rho > 0, scale, 1.0).unsqueeze(-1)
 
 
 # --- the learnable pieces ------------------------------------------------------------------------
@@ -160,6 +199,14 @@ class PlanarFlow(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return PlanarStack.apply(z, planar_u_hat(self.u, self.w), self.w, self.b)
 
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """z0 with forward(z0) = y, and Σ_k ln|det J_k| along the way (for ln q at y)."""
+        u_hat, log_det = planar_u_hat(self.u, self.w), []
+        for k in reversed(range(self.w.shape[0])):
+            y = planar_inverse(y, u_hat[k], self.w[k], self.b[k])
+            log_det.append(planar(y, u_hat[k], self.w[k], self.b[k])[1])
+        return y, torch.stack(log_det).sum(0)
+
 
 class RadialFlow(nn.Module):
     """K radial layers with centres z0: (K, D) and raw α′, β′: (K,)."""
@@ -177,6 +224,15 @@ class RadialFlow(nn.Module):
             z, ld = radial(z, z0, a, b)
             log_det.append(ld)
         return z, torch.stack(log_det).sum(0)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """z0 with forward(z0) = y, and Σ_k ln|det J_k| along the way (for ln q at y)."""
+        alpha, beta = radial_alpha_beta(self.alpha_raw, self.beta_raw)
+        log_det = []
+        for k in reversed(range(self.z0.shape[0])):
+            y = radial_inverse(y, self.z0[k], alpha[k], beta[k])
+            log_det.append(radial(y, self.z0[k], alpha[k], beta[k])[1])
+        return y, torch.stack(log_det).sum(0)
 
 
 class Flow(nn.Module):
@@ -202,6 +258,16 @@ class Flow(nn.Module):
         z0, log_q0 = self.base.rsample(n, generator)
         z, log_det = self.layers(z0)
         return z, log_q0 - log_det
+
+    @torch.no_grad()
+    def log_prob(self, y: Tensor, chunk: int = 65536) -> Tensor:
+        """ln q_K(y), exact at any point: invert the layers to z0, then
+        ln q_K(y) = ln q0(z0) − Σ_k ln|det J_k(z_{k−1})|. Compute in float64 for 1e-6 accuracy."""
+        parts = []
+        for i in range(0, len(y), chunk):
+            z0, log_det = self.layers.inverse(y[i : i + chunk])
+            parts.append(self.base.log_prob(z0) - log_det)
+        return torch.cat(parts) if parts else y.new_zeros(0)
 
     @torch.no_grad()
     def sample(

@@ -11,9 +11,11 @@ from nfcli.flows import (
     Flow,
     PlanarStack,
     planar,
+    planar_inverse,
     planar_u_hat,
     radial,
     radial_alpha_beta,
+    radial_inverse,
 )
 
 
@@ -151,3 +153,47 @@ def test_base_log_prob_is_the_normal_density():
     z = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
     normal = torch.distributions.Normal(base.loc, base.log_scale.exp())
     torch.testing.assert_close(base.log_prob(z), normal.log_prob(z).sum(-1))
+
+
+# --- inverses and the exact density -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("D", [1, 2, 5])
+def test_planar_inverse_round_trips_including_the_constraint_edge(D):
+    g = torch.Generator().manual_seed(100 + D)
+    z = torch.randn(500, D, generator=g) * 3
+    for trial in range(30):
+        w = torch.randn(D, generator=g) * 2
+        u = -w * 40 if trial % 3 == 0 else torch.randn(D, generator=g) * 4  # edge: wᵀû → −1
+        b = torch.randn((), generator=g)
+        u_hat = planar_u_hat(u, w)
+        y, _ = planar(z, u_hat, w, b)
+        torch.testing.assert_close(planar_inverse(y, u_hat, w, b), z, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("D", [1, 2, 5])
+def test_radial_inverse_round_trips_including_the_constraint_edge(D):
+    g = torch.Generator().manual_seed(200 + D)
+    z = torch.randn(500, D, generator=g) * 3
+    for trial in range(30):
+        beta_raw = torch.randn((), generator=g) * 3 - (30 if trial % 3 == 0 else 0)  # β → −α
+        alpha, beta = radial_alpha_beta(torch.randn((), generator=g) * 3, beta_raw)
+        z0 = torch.randn(D, generator=g)
+        y, _ = radial(z, z0, alpha, beta)
+        torch.testing.assert_close(radial_inverse(y, z0, alpha, beta), z, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["planar", "radial"])
+def test_exact_log_prob_agrees_with_sampling_and_integrates_to_one(kind):
+    torch.manual_seed(5)
+    flow = Flow(2, 8, kind, init_scale=1.0, base_scale=0.7)
+    with torch.no_grad():
+        y, log_q = flow.rsample(3000)
+    torch.testing.assert_close(flow.log_prob(y), log_q, atol=1e-6, rtol=0)
+    # ∫ q = 1 on a grid that holds the samples (midpoint rule)
+    lo, hi = y.min(0).values - 3, y.max(0).values + 3
+    n = 500
+    xs = [lo[i] + (torch.arange(n) + 0.5) * (hi[i] - lo[i]) / n for i in range(2)]
+    grid = torch.stack(torch.meshgrid(*xs, indexing="ij"), -1).reshape(-1, 2)
+    cell = ((hi - lo) / n).prod()
+    assert (flow.log_prob(grid).exp().sum() * cell).item() == pytest.approx(1.0, abs=2e-3)
