@@ -21,7 +21,7 @@ from nfcli.train import beta_schedule
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int = 120) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -43,45 +43,51 @@ def plot_density_2d(
     path: str | Path,
     energy_fn: Callable[[Tensor], Tensor] | None,
     log_z: float | None,
+    log_q_fn: Callable[[Tensor], Tensor],
     samples: Tensor,
     names: Sequence[str],
     title: str,
     kl: float | None = None,
-    bins: int = 150,
+    n: int = 300,
 ) -> None:
-    """Target density exp(−U − ln Z) next to the fitted density (a normalised 2-D histogram of the
-    samples on the same cells), on one colour scale."""
+    """Target p = exp(−U − ln Z), the fitted q (exact, from the flow's inverse) and q − p, on one
+    colour scale (the difference on its symmetric version), over a window around the samples."""
     x0, x1, y0, y1 = display_window(samples)
-    s = samples.detach().cpu().double()
-    hist, _ = torch.histogramdd(s, bins=[bins, bins], range=[x0, x1, y0, y1])
-    cell = (x1 - x0) * (y1 - y0) / bins**2
-    panels = [(f"fitted q (histogram of {len(s):,} samples)", (hist / (len(s) * cell)).T)]
-    if energy_fn is not None and log_z is not None:
-        _, _, pts = grid_points(((x0, x1), (y0, y1)), 2 * bins)
-        with torch.no_grad():
-            u = energy_fn(pts.to(samples.dtype)).double()
-        p = torch.exp(-torch.nan_to_num(u, nan=math.inf) - log_z).reshape(2 * bins, 2 * bins)
-        panels.insert(0, ("target p", p))
+    pts = grid_points(((x0, x1), (y0, y1)), n)[2].to(samples.dtype)
+    with torch.no_grad():
+        q = log_q_fn(pts).double().exp().reshape(n, n)
+        panels = [("fitted q (exact density)", q)]
+        if energy_fn is not None and log_z is not None:
+            u = energy_fn(pts).double()
+            p = torch.exp(-torch.nan_to_num(u, nan=math.inf) - log_z).reshape(n, n)
+            panels = [("target p", p), *panels]
     vmax = max(float(img.max()) for _, img in panels)
+    shown = [(label, img, "viridis", 0.0) for label, img in panels]
+    if len(panels) == 2:
+        shown.append(("difference q − p", panels[1][1] - panels[0][1], "RdBu_r", -vmax))
     aspect = (y1 - y0) / (x1 - x0)
-    height = min(6.0, max(2.5, 4.4 * aspect))
+    height = min(6.0, max(2.5, 4.0 * aspect))
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.4 * len(panels) + 0.8, height + 0.6), squeeze=False
+        1,
+        len(shown),
+        figsize=(4.2 * len(shown) + 1.0, height + 0.7),
+        squeeze=False,
+        layout="constrained",
     )
-    for ax, (label, img) in zip(axes[0], panels, strict=True):
+    for ax, (label, img, cmap, vmin) in zip(axes[0], shown, strict=True):
         im = ax.imshow(
             img.numpy(),
             origin="lower",
             extent=(x0, x1, y0, y1),
-            vmin=0,
+            vmin=vmin,
             vmax=vmax,
-            cmap="viridis",
+            cmap=cmap,
             interpolation="nearest",
         )
         ax.set_title(label, fontsize=10)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="density")
+        fig.colorbar(im, ax=ax, shrink=0.85)
     fig.suptitle(title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats")
     _save(fig, path)
 

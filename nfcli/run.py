@@ -134,9 +134,9 @@ def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Pa
     if flow.dim <= 2:
         samples = flow.sample(N_PLOT_SAMPLES, torch.Generator().manual_seed(ckpt.config.seed))
         if flow.dim == 2:
-            plot_density_2d(
-                out / "density.png", energy, log_z, samples, names, title, m.get("kl_qp")
-            )
+            kl = m.get("kl_qp")
+            log_q = flow.log_prob
+            plot_density_2d(out / "density.png", energy, log_z, log_q, samples, names, title, kl)
         else:
             plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
         written.append(out / "density.png")
