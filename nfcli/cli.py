@@ -115,7 +115,7 @@ def make_config(values: dict[str, Any]) -> FitConfig:
     for name in FitConfig.field_names():
         if name not in values:
             continue
-        v, kind = values[name], type(getattr(defaults, name))
+        v, kind = values[name], int if name == "anneal" else type(getattr(defaults, name))
         try:
             if isinstance(v, bool) or (kind is int and not isinstance(v, int)):
                 raise ValueError
@@ -149,7 +149,7 @@ def fit(
     anneal: int = typer.Option(
         None,
         "--anneal",
-        help=f"Steps of the β schedule 0.01→1; 0 turns it off. (default: {FitConfig.anneal})",
+        help="Steps of the β schedule 0.01→1; 0 turns it off. (default: 3/8 of --iters)",
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder. (default: .)"),
     vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),
@@ -198,9 +198,7 @@ def fit(
             bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
 
         _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress)
-    err.print(summary_table(metrics, out_dir))
-    for w in metrics["warnings"]:
-        err.print(Text.assemble(("warning: ", "bold yellow"), w), soft_wrap=True)
+    err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
 
 
 def _split_vars(text: str | list | None) -> list[str] | None:
@@ -212,7 +210,8 @@ def _split_vars(text: str | list | None) -> list[str] | None:
     return names
 
 
-def summary_table(m: dict[str, Any], out_dir: Path) -> Table:
+def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
+    """The trust report of a fit, from its metrics (as in metrics.json and the checkpoint)."""
     t = Table(title=f"nfcli fit: {m['target']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -220,10 +219,20 @@ def summary_table(m: dict[str, Any], out_dir: Path) -> Table:
     t.add_row("steps", f"{m['iters']} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
     t.add_row("final loss (β = 1)", f"{m['final_loss_beta1']:.4f}")
     t.add_row("ELBO", f"{m['elbo']:.4f} ± {m['elbo_se']:.4f}")
+    t.add_row("ln Z (importance sampling)", f"{m['log_z_is']:.4f} ± {m['log_z_is_se']:.4f}")
+    t.add_row("ESS (Kish)", f"{m['ess_fraction']:.1%} of {m['monte_carlo_samples']:,}")
+    t.add_row("Pareto k̂", f"{m['khat']:.3f} ({m['khat_verdict']})")
     if "log_z_quadrature" in m:
         t.add_row("ln Z (quadrature)", f"{m['log_z_quadrature']:.4f}")
         t.add_row("KL(q‖p)", f"{m['kl_qp']:.4f} ± {m['kl_qp_se']:.4f} nats")
-    t.add_row("written", f"{out_dir}/ model.pt samples.npy metrics.json *.png")
+        t.add_row("KL(p‖q)", f"{m['kl_pq']:.4f} nats")
+        t.add_row("total variation", f"{m['tv']:.4f}")
+    style = {"good": "bold green", "usable": "bold yellow"}.get(m["verdict"], "bold red")
+    t.add_row("verdict", Text(m["verdict"].upper(), style=style))
+    for reason in m["verdict_reasons"]:
+        t.add_row("", reason)
+    if written:
+        t.add_row("written", written)
     return t
 
 
@@ -272,6 +281,14 @@ def plot(
         energy = None
     for path in write_figures(ckpt, energy, out_dir):
         err.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli fit.")) -> None:
+    """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint."""
+    ckpt = load_checkpoint(model)
+    out.print(summary_table(ckpt.metrics))
 
 
 @app.command()

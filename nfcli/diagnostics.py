@@ -70,17 +70,11 @@ def choose_window(samples: Tensor, energy: Energy, n: int = 800, tol: float = 1e
     return g
 
 
-@torch.no_grad()
-def free_energy(
-    flow: Flow, energy: Energy, n: int = 100_000, chunk: int = 65_536
-) -> tuple[float, float]:
-    """F = E_q[ln q(z) + U(z)] (the negative ELBO) by Monte Carlo, with its standard error."""
-    vals = []
-    for i in range(0, n, chunk):
-        z, log_q = flow.rsample(min(chunk, n - i))
-        vals.append((log_q + energy(z)).double())
-    v = torch.cat(vals)  # an infinite or NaN energy at a sample of q makes F so: not hidden
-    return v.mean().item(), (v.std() / math.sqrt(len(v))).item()
+def free_energy(flow: Flow, energy: Energy, n: int = 100_000) -> tuple[float, float]:
+    """F = E_q[ln q(z) + U(z)] (the negative ELBO) by Monte Carlo, with its standard error.
+    An infinite or NaN energy at a sample of q makes F so: it is not hidden."""
+    log_w = importance_log_weights(flow, energy, n)
+    return float(-log_w.mean()), float(log_w.std() / math.sqrt(len(log_w)))
 
 
 # --- importance sampling with q as the proposal ---------------------------------------------------
@@ -100,9 +94,9 @@ def pareto_khat(log_w: Tensor) -> float:
     lw = lw - lw.max()
     top = torch.sort(lw).values[-(M + 1) :]
     x = torch.exp(top[1:]) - torch.exp(top[0])  # exceedances over the cutoff, ascending
-    if float(x[-1]) <= 0:
-        return 0.0  # all tail weights equal: no tail at all
     n = len(x)
+    if float(x[-1]) <= 1e-12 or float(x[int(n / 4 + 0.5) - 1]) <= 0:
+        return 0.0  # the largest weights are equal (to rounding): there is no tail at all
     m = 30 + int(math.sqrt(n))
     b = 1 - torch.sqrt(m / (torch.arange(1, m + 1, dtype=torch.float64) - 0.5))
     b = b / (3 * x[int(n / 4 + 0.5) - 1]) + 1 / x[-1]
@@ -111,7 +105,8 @@ def pareto_khat(log_w: Tensor) -> float:
     weights = torch.softmax(log_lik, 0)
     b_post = (b * weights).sum()
     k_post = torch.log1p(-b_post * x).mean()
-    return float((n * k_post + 10 * 0.5) / (n + 10))
+    khat = float((n * k_post + 10 * 0.5) / (n + 10))
+    return khat if math.isfinite(khat) else math.inf  # a failed fit is reported as untrustworthy
 
 
 @dataclass
@@ -128,14 +123,19 @@ class ImportanceSampling:
 
 
 @torch.no_grad()
-def importance_sampling(
+def importance_log_weights(
     flow: Flow, energy: Energy, n: int = 100_000, chunk: int = 65_536
-) -> ImportanceSampling:
+) -> Tensor:
+    """ln w = −U(z) − ln q(z) for n fresh samples z ~ q (float64); mean(ln w) is the ELBO."""
     parts = []
     for i in range(0, n, chunk):
         z, log_q = flow.rsample(min(chunk, n - i))
         parts.append((-energy(z) - log_q).double())
-    return importance_from_log_weights(torch.cat(parts))
+    return torch.cat(parts)
+
+
+def importance_sampling(flow: Flow, energy: Energy, n: int = 100_000) -> ImportanceSampling:
+    return importance_from_log_weights(importance_log_weights(flow, energy, n))
 
 
 def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
@@ -156,3 +156,62 @@ def khat_verdict(khat: float) -> str:
     if not math.isfinite(khat) or khat > 0.7:
         return "do not trust"
     return "good" if khat < 0.5 else "usable"
+
+
+@torch.no_grad()
+def compare_on_grid(
+    flow: Flow, energy: Energy, window: Window, log_z: float, n: int = 300
+) -> tuple[float, float]:
+    """KL(p‖q) = ∫ p (ln p − ln q) and the total-variation distance ½∫|p − q| by the midpoint rule
+    on n×n cells, with q's exact density (the flow's inverse) and p = exp(−U − ln Z)."""
+    _, _, pts = grid_points(window, n)
+    pts = pts.to(flow.base.loc.dtype)
+    log_p = torch.nan_to_num(-energy(pts).double() - log_z, nan=-math.inf)
+    log_q = flow.log_prob(pts).double()
+    (x0, x1), (y0, y1) = window
+    cell = (x1 - x0) * (y1 - y0) / n**2
+    p, q = log_p.exp(), log_q.exp()
+    kl_pq = torch.where(p > 0, p * (log_p - log_q), 0.0).sum() * cell
+    return float(kl_pq), float(0.5 * (p - q).abs().sum() * cell)
+
+
+def verdict(m: dict) -> tuple[str, list[str]]:
+    """A plain-language verdict on a fit's metrics: 'good', 'usable' or 'do not trust', and why."""
+    level, reasons = 0, []  # 0 good, 1 usable, 2 do not trust
+
+    def worse(to: int, why: str) -> None:
+        nonlocal level
+        level = max(level, to)
+        reasons.append(why)
+
+    k = m.get("khat", math.inf)
+    if not math.isfinite(k) or k > 0.7:
+        worse(
+            2,
+            f"k̂ = {k:.2f} > 0.7: q misses mass that p has (a lost mode or tails too light), so "
+            "importance weights and their ln Z cannot be trusted; try --restarts 8, a larger --K "
+            "or more --iters.",
+        )
+    elif k >= 0.5:
+        worse(1, f"k̂ = {k:.2f} (0.5–0.7): usable; sample --resample corrects q's samples.")
+    kl = m.get("kl_qp")
+    if kl is not None:
+        if not math.isfinite(kl) or kl > 0.2:
+            worse(2, f"KL(q‖p) = {kl:.3f} nats is large: q is a poor match for p.")
+        elif kl > 0.05:
+            worse(1, f"KL(q‖p) = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
+    ess = m.get("ess_fraction")
+    if ess is not None and ess < 0.1:
+        worse(1, f"ESS is {ess:.1%} of the samples: importance-sampling estimates are noisy.")
+    spread = m.get("restarts_log_z_spread")
+    if spread is not None and spread > m.get("restarts_log_z_noise", 0.0):
+        worse(
+            2,
+            f"the restarts' ln Z estimates differ by {spread:.3f} nats, more than their noise: "
+            "some restarts lost a mode; the kept fit is the one with the highest ln Z.",
+        )
+    for w in m.get("warnings", []):
+        worse(1, w)
+    if not reasons:
+        reasons.append("k̂ < 0.5" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + ".")
+    return ("good", "usable", "do not trust")[level], reasons

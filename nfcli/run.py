@@ -15,13 +15,21 @@ import torch
 from torch import Tensor
 
 from nfcli.checkpoint import Checkpoint, save_checkpoint, versions
-from nfcli.diagnostics import Grid, choose_window, free_energy
+from nfcli.diagnostics import (
+    Grid,
+    choose_window,
+    compare_on_grid,
+    importance_from_log_weights,
+    importance_log_weights,
+    khat_verdict,
+    verdict,
+)
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.plots import plot_density_1d, plot_density_2d, plot_loss
-from nfcli.train import FitConfig, Progress, fit
+from nfcli.train import FitConfig, Progress, beta_schedule, fit
 
 N_SAMPLES = 10_000
 N_MONTE_CARLO = 100_000
@@ -35,21 +43,38 @@ class Evaluation:
 
 
 def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Evaluation:
-    """ELBO by Monte Carlo; in 2-D also ln Z by quadrature and so KL(q‖p) = F + ln Z."""
+    """The trust report: ELBO and importance-sampling ln Z, ESS and k̂ from one set of draws;
+    in 2-D also ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        F, se = free_energy(flow, energy, N_MONTE_CARLO)
-    m: dict[str, Any] = {"elbo": -F, "elbo_se": se, "monte_carlo_samples": N_MONTE_CARLO}
+        log_w = importance_log_weights(flow, energy, N_MONTE_CARLO)
+    imp = importance_from_log_weights(log_w)
+    finite = log_w[torch.isfinite(log_w)]
+    elbo = float(finite.mean()) if len(finite) == len(log_w) else -math.inf
+    m: dict[str, Any] = {
+        "elbo": elbo,
+        "elbo_se": float(finite.std() / math.sqrt(len(finite))) if len(finite) > 1 else math.nan,
+        "log_z_is": imp.log_z,
+        "log_z_is_se": imp.log_z_se,
+        "ess_fraction": imp.ess_fraction,
+        "khat": imp.khat,
+        "khat_verdict": khat_verdict(imp.khat),
+        "monte_carlo_samples": N_MONTE_CARLO,
+        "nonfinite_samples": imp.nonfinite,
+    }
     if energy.log_z is not None:
         m["log_z_reference"] = energy.log_z
     grid = None
     warnings = []
     if energy.dim == 2:
         grid = choose_window(samples, energy)
+        kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
         m.update(
             log_z_quadrature=grid.log_z,
-            kl_qp=F + grid.log_z,
-            kl_qp_se=se,
+            kl_qp=grid.log_z - elbo,
+            kl_qp_se=m["elbo_se"],
+            kl_pq=kl_pq,
+            tv=tv,
             quadrature_window=[list(grid.window[0]), list(grid.window[1])],
             quadrature_edge_mass=grid.edge_mass,
         )
@@ -59,9 +84,12 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Eval
                 "window even after widening it: the target may be improper (infinite mass) or "
                 "far wider than the fit; ln Z and KL are then unreliable."
             )
-    if not math.isfinite(F):
-        warnings.append("The negative ELBO is not finite: U is infinite or NaN at some samples.")
+    if imp.nonfinite:
+        warnings.append(
+            f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
+        )
     m["warnings"] = warnings
+    m["verdict"], m["verdict_reasons"] = verdict(m)
     return Evaluation(m, grid)
 
 
@@ -101,6 +129,13 @@ def run_fit(
     flow = result.flow.eval()
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
     ev = evaluate(flow, energy, samples, config.seed)
+    beta_end = beta_schedule(config.iters - 1, config.anneal_steps)
+    if beta_end < 1:
+        ev.metrics["warnings"].append(
+            f"β reached only {beta_end:.2f} (--anneal {config.anneal_steps} is longer than "
+            f"--iters {config.iters}): q was fitted to a flattened p. Lower --anneal."
+        )
+        ev.metrics["verdict"], ev.metrics["verdict_reasons"] = verdict(ev.metrics)
     metrics = {
         "target": energy.label,
         "dim": energy.dim,
@@ -141,6 +176,7 @@ def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Pa
             plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
         written.append(out / "density.png")
     h = ckpt.history
-    plot_loss(out / "loss.png", h["loss"], h["loss_beta1"], ckpt.config.anneal, log_z, title)
+    anneal = ckpt.config.anneal_steps
+    plot_loss(out / "loss.png", h["loss"], h["loss_beta1"], anneal, log_z, title)
     written.append(out / "loss.png")
     return written

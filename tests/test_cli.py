@@ -53,7 +53,22 @@ def test_fit_u1_reaches_a_small_kl_and_writes_every_output(u1_run):
     assert samples.shape == (10_000, 2) and np.isfinite(samples).all()
     # the two modes of U1 (z1 ≈ ±2) both hold mass
     assert 0.3 < (samples[:, 0] > 0).mean() < 0.7
-    assert "KL(q‖p)" in result.output
+    assert "KL(q‖p)" in result.output and "verdict" in result.output
+    # the trust report: importance sampling agrees with quadrature, KL both ways, a verdict
+    assert abs(m["log_z_is"] - m["log_z_quadrature"]) < max(5 * m["log_z_is_se"], 0.01)
+    assert 0 < m["ess_fraction"] <= 1 and m["khat"] < 0.7
+    assert m["kl_pq"] >= 0 and 0 <= m["tv"] < 0.3
+    assert m["verdict"] in ("good", "usable") and m["verdict_reasons"]
+
+
+def test_report_prints_the_trust_report_from_the_checkpoint(u1_run):
+    out, _ = u1_run
+    m = json.loads((out / "metrics.json").read_text())
+    result = run("report", out / "model.pt")
+    assert result.exit_code == 0, result.output
+    for text in ("Pareto k̂", "ESS (Kish)", "KL(p‖q)", "total variation", m["verdict"].upper()):
+        assert text in result.stdout, text
+    assert f"{m['kl_qp']:.4f}" in result.stdout
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_everything(u1_run):

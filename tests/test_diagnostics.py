@@ -1,0 +1,104 @@
+"""The trust report: importance-sampling ln Z, ESS and k̂, grid KL both ways, and the verdict."""
+
+import math
+
+import pytest
+import torch
+
+from nfcli.diagnostics import (
+    compare_on_grid,
+    importance_from_log_weights,
+    importance_sampling,
+    khat_verdict,
+    pareto_khat,
+    quadrature,
+    verdict,
+)
+from nfcli.energy import load_energy
+from nfcli.flows import Flow
+
+SIGMA = (0.7, 1.3)
+GAUSSIAN = f"(x - 0.5)**2/(2*{SIGMA[0]}**2) + (y + 1)**2/(2*{SIGMA[1]}**2)"
+LOG_Z = math.log(2 * math.pi * SIGMA[0] * SIGMA[1])
+
+
+def gaussian_flow(scale: float) -> Flow:
+    """Identity layers (u = w = 0, so û = 0) on a base N(μ, (scale·σ)²)."""
+    flow = Flow(2, 2, "planar")
+    with torch.no_grad():
+        flow.layers.u.zero_()
+        flow.layers.w.zero_()
+        flow.base.loc.copy_(torch.tensor([0.5, -1.0]))
+        flow.base.log_scale.copy_(torch.log(torch.tensor(SIGMA) * scale))
+    return flow
+
+
+def test_importance_sampling_with_the_exact_q_is_exact():
+    torch.manual_seed(0)
+    energy = load_energy(GAUSSIAN)
+    r = importance_sampling(gaussian_flow(1.0), energy, 20_000)
+    assert r.log_z == pytest.approx(LOG_Z, abs=1e-5)
+    assert r.ess_fraction == pytest.approx(1.0, abs=1e-6)
+    assert r.khat < 0.5 and khat_verdict(r.khat) == "good"
+
+
+def test_importance_sampling_log_z_against_quadrature_with_a_wider_q():
+    torch.manual_seed(1)
+    energy = load_energy(GAUSSIAN)
+    r = importance_sampling(gaussian_flow(1.4), energy, 100_000)
+    grid = quadrature(energy, ((-6.0, 7.0), (-8.0, 6.0)), n=600)
+    assert grid.log_z == pytest.approx(LOG_Z, abs=1e-6)
+    assert abs(r.log_z - grid.log_z) < 4 * r.log_z_se
+    assert 0 < r.log_z_se < 0.01
+    assert 0.3 < r.ess_fraction < 0.9
+    assert r.khat < 0.5
+
+
+def test_khat_flags_a_too_narrow_q():
+    torch.manual_seed(2)
+    r = importance_sampling(gaussian_flow(0.4), load_energy(GAUSSIAN), 20_000)
+    assert r.khat > 0.7 and khat_verdict(r.khat) == "do not trust"
+    assert r.ess_fraction < 0.1
+
+
+def test_khat_on_known_tails():
+    """Weights from N(0,1)/N(0,s²) have a Pareto tail with index 1 − s² for s < 1."""
+    g = torch.Generator().manual_seed(3)
+    for s, low, high in [(0.9, 0.0, 0.4), (0.5, 0.6, 0.95)]:
+        x = torch.randn(20_000, generator=g, dtype=torch.float64) * s
+        log_w = -0.5 * x**2 + 0.5 * (x / s) ** 2 + math.log(s)
+        assert low < pareto_khat(log_w) < high, s
+
+
+def test_nonfinite_weights_are_counted_not_hidden():
+    log_w = torch.tensor([0.0, -1.0, math.nan, -math.inf, -0.5] * 20, dtype=torch.float64)
+    r = importance_from_log_weights(log_w)
+    assert r.nonfinite == 40 and r.samples == 60
+
+
+def test_grid_kl_both_ways_is_zero_for_the_exact_q_and_positive_otherwise():
+    energy = load_energy(GAUSSIAN)
+    window = ((-6.0, 7.0), (-8.0, 6.0))
+    for scale, zero in [(1.0, True), (0.8, False)]:
+        kl_pq, tv = compare_on_grid(gaussian_flow(scale).double(), energy, window, LOG_Z, n=400)
+        if zero:
+            assert abs(kl_pq) < 1e-6 and tv < 1e-6
+        else:
+            # KL(p‖q) for Gaussians with σ_q = 0.8σ_p, per axis: ln 0.8 + 1/(2·0.64) − ½
+            expected = 2 * (math.log(0.8) + 1 / (2 * 0.64) - 0.5)
+            assert kl_pq == pytest.approx(expected, rel=1e-3)
+            assert 0.05 < tv < 0.5
+
+
+def test_verdict_levels_and_advice():
+    good = {"khat": 0.2, "kl_qp": 0.01, "ess_fraction": 0.9, "warnings": []}
+    assert verdict(good)[0] == "good"
+    level, reasons = verdict({**good, "khat": 0.9})
+    assert level == "do not trust" and "--restarts 8" in reasons[0]
+    assert verdict({**good, "khat": 0.6})[0] == "usable"
+    assert verdict({**good, "kl_qp": 0.1})[0] == "usable"
+    assert verdict({**good, "kl_qp": 0.5})[0] == "do not trust"
+    assert verdict({**good, "warnings": ["mass at the edge"]})[0] == "usable"
+    lost = {**good, "restarts_log_z_spread": 0.69, "restarts_log_z_noise": 0.01}
+    level, reasons = verdict(lost)
+    assert level == "do not trust" and "lost a mode" in reasons[0]
