@@ -153,6 +153,9 @@ def fit(
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder. (default: .)"),
     vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),
+    restarts: int = typer.Option(
+        None, "--restarts", help="Fit R flows at once and keep the best by ln Z. (default: 1)"
+    ),
     config: Path = typer.Option(None, "--config", help="YAML file of options; flags win."),
     force: bool = typer.Option(None, "--force", help="Overwrite an existing model.pt."),
 ) -> None:
@@ -166,6 +169,7 @@ def fit(
         lr=lr,
         seed=seed,
         anneal=anneal,
+        restarts=restarts,
         output=output,
         vars=vars,
         force=force,
@@ -218,6 +222,13 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
     t.add_row("flow", f"{m['flow']}, K = {m['K']}, D = {m['dim']} ({', '.join(m['vars'])})")
     t.add_row("steps", f"{m['iters']} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
     t.add_row("final loss (β = 1)", f"{m['final_loss_beta1']:.4f}")
+    if m.get("restarts"):
+        log_zs = [r["log_z_is"] for r in m["restarts"]]
+        t.add_row(
+            "restarts",
+            f"{len(log_zs)} fitted together, kept #{m['restart_kept']}; their ln Z from "
+            f"{min(log_zs):.3f} to {max(log_zs):.3f} (noise ±{m['restarts_log_z_noise']:.3f})",
+        )
     t.add_row("ELBO", f"{m['elbo']:.4f} ± {m['elbo_se']:.4f}")
     t.add_row("ln Z (importance sampling)", f"{m['log_z_is']:.4f} ± {m['log_z_is_se']:.4f}")
     t.add_row("ESS (Kish)", f"{m['ess_fraction']:.1%} of {m['monte_carlo_samples']:,}")

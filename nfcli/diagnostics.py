@@ -201,7 +201,13 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         elif kl > 0.05:
             worse(1, f"KL(q‖p) = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
     ess = m.get("ess_fraction")
-    if ess is not None and ess < 0.1:
+    if ess is not None and ess < 0.01:
+        worse(
+            2,
+            f"ESS is {ess:.2%} of the samples: a few samples carry all the weight, as when q "
+            "misses a mode; try --restarts 8.",
+        )
+    elif ess is not None and ess < 0.1:
         worse(1, f"ESS is {ess:.1%} of the samples: importance-sampling estimates are noisy.")
     spread = m.get("restarts_log_z_spread")
     if spread is not None and spread > m.get("restarts_log_z_noise", 0.0):

@@ -29,7 +29,7 @@ from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.plots import plot_density_1d, plot_density_2d, plot_loss
-from nfcli.train import FitConfig, Progress, beta_schedule, fit
+from nfcli.train import FitConfig, Progress, beta_schedule, fit, restart_disagreement
 
 N_SAMPLES = 10_000
 N_MONTE_CARLO = 100_000
@@ -89,7 +89,6 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Eval
             f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
         )
     m["warnings"] = warnings
-    m["verdict"], m["verdict_reasons"] = verdict(m)
     return Evaluation(m, grid)
 
 
@@ -129,19 +128,28 @@ def run_fit(
     flow = result.flow.eval()
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
     ev = evaluate(flow, energy, samples, config.seed)
+    if result.restarts:
+        spread, noise = restart_disagreement(result.restarts)
+        ev.metrics.update(
+            restarts=result.restarts,
+            restart_kept=result.kept,
+            restarts_log_z_spread=spread,
+            restarts_log_z_noise=noise,
+        )
     beta_end = beta_schedule(config.iters - 1, config.anneal_steps)
     if beta_end < 1:
         ev.metrics["warnings"].append(
             f"β reached only {beta_end:.2f} (--anneal {config.anneal_steps} is longer than "
             f"--iters {config.iters}): q was fitted to a flattened p. Lower --anneal."
         )
-        ev.metrics["verdict"], ev.metrics["verdict_reasons"] = verdict(ev.metrics)
+    ev.metrics["verdict"], ev.metrics["verdict_reasons"] = verdict(ev.metrics)
     metrics = {
         "target": energy.label,
         "dim": energy.dim,
         "vars": list(energy.names),
         "K": config.K,
         "flow": config.flow,
+        "restarts_fitted": config.restarts,
         "iters": config.iters,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
         **ev.metrics,

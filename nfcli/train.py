@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import Tensor
 
+from nfcli.diagnostics import importance_sampling
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import FLOW_TYPES, Flow
@@ -37,10 +38,12 @@ class FitConfig:
     decay: float = 0.3  # fraction of the steps, at the end, over which lr decays to 0
     init_scale: float = 0.25  # std of the initial u, w (planar) or centres (radial)
     base_scale: float = 2.0  # initial std of q0: wide, so that annealing starts over every mode
+    restarts: int = 1  # independent flows fitted together; the best by ln Z is kept
 
     def validate(self) -> None:
         checks = [
             ("K", self.K >= 1, "the number of layers; use e.g. --K 16"),
+            ("restarts", self.restarts >= 1, "the number of flows fitted at once; e.g. 8"),
             ("iters", self.iters >= 1, "the number of optimisation steps; use e.g. --iters 5000"),
             ("batch", self.batch >= 1, "samples per step; use e.g. --batch 256"),
             ("lr", self.lr > 0 and math.isfinite(self.lr), "Adam's step size; use e.g. --lr 1e-3"),
@@ -97,11 +100,13 @@ def lr_factor(t: int, iters: int, decay: float) -> float:
 
 @dataclass
 class FitResult:
-    flow: Flow
+    flow: Flow  # the kept flow (the best restart by importance-sampling ln Z when restarts > 1)
     config: FitConfig
-    loss: Tensor  # (iters,) the annealed objective F_β at each step
-    loss_beta1: Tensor  # (iters,) F at β = 1 on the same batch: the negative ELBO
-    seconds: float
+    loss: Tensor  # (iters,) the kept flow's annealed objective F_β at each step
+    loss_beta1: Tensor  # (iters,) its F at β = 1 on the same batch: the negative ELBO
+    seconds: float  # the optimisation's wall time (all restarts together)
+    restarts: list[dict[str, float]] = field(default_factory=list)  # one summary per restart
+    kept: int = 0
 
     @property
     def iters_per_second(self) -> float:
@@ -109,6 +114,7 @@ class FitResult:
 
 
 Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
+N_SELECT = 20_000  # importance samples per restart to choose the kept one
 
 
 def fit(
@@ -116,7 +122,12 @@ def fit(
 ) -> FitResult:
     """Fit a flow to exp(−U) by annealed reverse KL. ``progress`` is called every ``every`` steps
     (the only points where the loop waits for the loss values). The same seed gives the same
-    result; the caller's global random state is left as it was."""
+    result; the caller's global random state is left as it was.
+
+    With ``config.restarts`` = R > 1, R independent flows are fitted as one batched computation
+    (parameters with a leading dimension R; the loss is the sum of their objectives, so each one's
+    gradient is its own, and Adam's update is elementwise), and the one with the highest
+    importance-sampling ln Z is kept: a flow that lost a mode estimates ln Z too low."""
     config.validate()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -124,23 +135,24 @@ def fit(
 
 
 def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: int) -> FitResult:
-    flow = Flow(energy.dim, config.K, config.flow, config.init_scale, config.base_scale)
+    R, B, D = config.restarts, config.batch, energy.dim
+    flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts=R)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: lr_factor(t, config.iters, config.decay)
     )
-    loss_hist = torch.empty(config.iters)
-    loss1_hist = torch.empty(config.iters)
+    loss_hist = torch.empty(config.iters, R)
+    loss1_hist = torch.empty(config.iters, R)
     start = time.perf_counter()
     anneal = config.anneal_steps
     for t in range(config.iters):
         beta = beta_schedule(t, anneal)
-        z, log_q = flow.rsample(config.batch)
-        u = energy(z)
-        log_q_mean, u_mean = log_q.mean(), u.mean()
-        loss = log_q_mean + beta * u_mean
+        z, log_q = flow.rsample_all(B)
+        u = energy(z.reshape(R * B, D)).reshape(R, B)
+        log_q_mean, u_mean = log_q.mean(-1), u.mean(-1)
+        loss = log_q_mean + beta * u_mean  # (R,): one objective per restart
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -148,6 +160,43 @@ def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: in
             loss1_hist[t] = log_q_mean + u_mean
         if progress is not None and ((t + 1) % every == 0 or t + 1 == config.iters):
             lo = max(0, t + 1 - every)
-            progress(t + 1, loss1_hist[lo : t + 1].mean().item(), beta)
+            progress(t + 1, loss1_hist[lo : t + 1].mean(0).min().item(), beta)
     seconds = time.perf_counter() - start
-    return FitResult(flow, config, loss_hist, loss1_hist, seconds)
+    if R == 1:
+        return FitResult(flow, config, loss_hist[:, 0], loss1_hist[:, 0], seconds)
+    summaries = []
+    for r in range(R):
+        imp = importance_sampling(flow.select(r), energy, N_SELECT)
+        summaries.append(
+            {
+                "restart": r,
+                "log_z_is": imp.log_z,
+                "log_z_is_se": imp.log_z_se,
+                "khat": imp.khat,
+                "ess_fraction": imp.ess_fraction,
+                "final_loss_beta1": loss1_hist[-max(1, config.iters // 100) :, r].mean().item(),
+            }
+        )
+    finite = [s for s in summaries if math.isfinite(s["log_z_is"])] or summaries
+    kept = max(finite, key=lambda s: s["log_z_is"])["restart"]
+    return FitResult(
+        flow.select(kept),
+        config,
+        loss_hist[:, kept],
+        loss1_hist[:, kept],
+        seconds,
+        summaries,
+        kept,
+    )
+
+
+def restart_disagreement(restarts: list[dict[str, float]]) -> tuple[float, float]:
+    """How far apart the restarts' ln Z estimates are (max − min), and the noise that explains:
+    3 combined standard errors of that pair plus 0.01 nats for the estimator's small bias."""
+    values = [s for s in restarts if math.isfinite(s["log_z_is"])]
+    if len(values) < 2:
+        return 0.0, 0.0
+    hi = max(values, key=lambda s: s["log_z_is"])
+    lo = min(values, key=lambda s: s["log_z_is"])
+    noise = 3 * math.hypot(hi["log_z_is_se"], lo["log_z_is_se"]) + 0.01
+    return hi["log_z_is"] - lo["log_z_is"], noise

@@ -103,24 +103,29 @@ def test_radial_constraint_keeps_every_layer_invertible():
 
 
 def test_planar_stack_matches_readable_layers_values_and_gradients():
+    """R = 3 flows of K = 6 layers through the fast path equal ``planar`` applied flow by flow."""
     g = torch.Generator().manual_seed(3)
-    K, D, N = 6, 3, 9
-    z = torch.randn(N, D, generator=g, requires_grad=True)
-    u = torch.randn(K, D, generator=g, requires_grad=True)
-    w = torch.randn(K, D, generator=g, requires_grad=True)
-    b = torch.randn(K, generator=g, requires_grad=True)
+    R, K, D, N = 3, 6, 3, 9
+    z = torch.randn(R, N, D, generator=g, requires_grad=True)
+    u = torch.randn(R, K, D, generator=g, requires_grad=True)
+    w = torch.randn(R, K, D, generator=g, requires_grad=True)
+    b = torch.randn(R, K, generator=g, requires_grad=True)
 
     def readable(z, u, w, b):
-        u_hat, total = planar_u_hat(u, w), 0
-        for k in range(K):
-            z, ld = planar(z, u_hat[k], w[k], b[k])
-            total = total + ld
-        return z, total
+        u_hat, outs, dets = planar_u_hat(u, w), [], []
+        for r in range(R):
+            zr, total = z[r], 0
+            for k in range(K):
+                zr, ld = planar(zr, u_hat[r, k], w[r, k], b[r, k])
+                total = total + ld
+            outs.append(zr)
+            dets.append(total)
+        return torch.stack(outs), torch.stack(dets)
 
     def fast(z, u, w, b):
         return PlanarStack.apply(z, planar_u_hat(u, w), w, b)
 
-    g_z, g_ld = torch.randn(N, D, generator=g), torch.randn(N, generator=g)
+    g_z, g_ld = torch.randn(R, N, D, generator=g), torch.randn(R, N, generator=g)
     results = []
     for fn in (readable, fast):
         zk, ld = fn(z, u, w, b)
@@ -128,7 +133,7 @@ def test_planar_stack_matches_readable_layers_values_and_gradients():
         results.append((zk, ld, *grads))
     for a, c in zip(*results, strict=True):
         torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
-    assert torch.autograd.gradcheck(fast, (z, u, w, b))
+    assert torch.autograd.gradcheck(fast, (z[:2, :4], u[:2], w[:2], b[:2]))
 
 
 @pytest.mark.parametrize("kind", ["planar", "radial"])
@@ -136,23 +141,44 @@ def test_flow_log_q_is_base_density_minus_log_dets(kind):
     torch.manual_seed(0)
     flow = Flow(3, 4, kind, init_scale=0.7, base_scale=0.5)
     with torch.no_grad():
-        flow.base.loc.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        flow.base.loc.copy_(torch.tensor([[0.1, -0.2, 0.3]]))
     z0, log_q0 = flow.base.rsample(50, torch.Generator().manual_seed(1))
     torch.testing.assert_close(log_q0, flow.base.log_prob(z0))
     zk, log_det = flow.layers(z0)
     z_again, log_q = flow.rsample(50, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(z_again, zk)
-    torch.testing.assert_close(log_q, log_q0 - log_det)
+    torch.testing.assert_close(z_again, zk[0])
+    torch.testing.assert_close(log_q, (log_q0 - log_det)[0])
+
+
+@pytest.mark.parametrize("kind", ["planar", "radial"])
+def test_restarts_are_independent_flows_and_select_takes_one_out(kind):
+    """Flow r of a batched Flow(restarts=R) gives the same samples and ln q as select(r)."""
+    torch.manual_seed(1)
+    flow = Flow(2, 5, kind, init_scale=0.8, restarts=4)
+    eps = torch.randn(4, 30, 2)
+    with torch.no_grad():
+        z_all, log_q_all = flow.layers(
+            flow.base.loc[:, None] + flow.base.log_scale.exp()[:, None] * eps
+        )
+        for r in range(4):
+            single = flow.select(r)
+            assert single.restarts == 1
+            z0 = single.base.loc + single.base.log_scale.exp() * eps[r : r + 1]
+            z, log_det = single.layers(z0)
+            torch.testing.assert_close(z[0], z_all[r])
+            torch.testing.assert_close(log_det[0], log_q_all[r])
+    with pytest.raises(ValueError, match="select"):
+        flow.rsample(3)
 
 
 def test_base_log_prob_is_the_normal_density():
     base = Flow(2, 1).base
     with torch.no_grad():
-        base.loc.copy_(torch.tensor([1.0, -1.0]))
-        base.log_scale.copy_(torch.tensor([math.log(2.0), 0.0]))
-    z = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
-    normal = torch.distributions.Normal(base.loc, base.log_scale.exp())
-    torch.testing.assert_close(base.log_prob(z), normal.log_prob(z).sum(-1))
+        base.loc.copy_(torch.tensor([[1.0, -1.0]]))
+        base.log_scale.copy_(torch.tensor([[math.log(2.0), 0.0]]))
+    z = torch.tensor([[[0.0, 0.0], [1.0, -1.0]]])
+    normal = torch.distributions.Normal(base.loc[0], base.log_scale.exp()[0])
+    torch.testing.assert_close(base.log_prob(z)[0], normal.log_prob(z[0]).sum(-1))
 
 
 # --- inverses and the exact density -------------------------------------------------------------
