@@ -23,9 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from nfcli.checkpoint import load_checkpoint
+from nfcli.diagnostics import khat_verdict, log_prob, resample
 from nfcli.energy import energy_from_source, load_energy
 from nfcli.errors import NfcliError
-from nfcli.io import check_sample_path, ensure_dir, save_samples
+from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.run import check_output, run_fit, write_figures
 from nfcli.targets import TARGETS
 from nfcli.train import FitConfig
@@ -259,16 +260,58 @@ def sample(
         "samples.npy", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resample_: bool = typer.Option(
+        False,
+        "--resample",
+        help="Sampling-importance-resampling towards p (needs the energy; prints the ESS).",
+    ),
+    pool: int = typer.Option(
+        None, "--pool", help="Draws of q to resample from. (default: max(10·n, 100000))"
+    ),
+    trust: bool = typer.Option(
+        False, "--trust", help="With --resample: run a stored Python-file energy (its code)."
+    ),
 ) -> None:
-    """Draw samples from a fitted flow; needs only the checkpoint."""
+    """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
     check_sample_path(output)
     ckpt = load_checkpoint(model)
-    samples = ckpt.flow.sample(n, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if resample_:
+        pool = pool if pool is not None else max(10 * n, 100_000)
+        if pool <= 0:
+            raise NfcliError(f"--pool {pool}: the pool must be positive, e.g. --pool 100000.")
+        energy = energy_from_source(ckpt.energy_source, trust)
+        samples, imp = resample(ckpt.flow, energy, n, pool, generator)
+        err.print(
+            f"resampled {n} from {pool:,} draws of q: ESS {imp.ess_fraction:.1%} of the pool "
+            f"({imp.ess_fraction * pool:,.0f}), Pareto k̂ {imp.khat:.2f} ({khat_verdict(imp.khat)})"
+        )
+    else:
+        samples = ckpt.flow.sample(n, generator)
     save_samples(samples, output, ckpt.names)
     if output != "-":
         err.print(f"wrote {n} samples of {ckpt.flow.dim} variables to {output}")
+
+
+@app.command()
+@user_errors
+def logprob(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    points: Path = typer.Argument(..., help="Points, one per row: a .npy or .csv file."),
+    output: str = typer.Option(
+        "-", "--output", "-o", help="File (.npy or .csv) or - for CSV on stdout."
+    ),
+) -> None:
+    """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
+    ckpt = load_checkpoint(model)
+    if output != "-" and Path(output).suffix.lower() not in (".npy", ".csv"):
+        raise NfcliError(f"-o {output}: write ln q to a .npy or .csv file, or - for stdout.")
+    log_q = log_prob(ckpt.flow, load_points(points, ckpt.flow.dim))
+    save_samples(log_q[:, None], output, ["log_q"])
+    if output != "-":
+        err.print(f"wrote ln q of {len(log_q)} points to {output}")
 
 
 @app.command()

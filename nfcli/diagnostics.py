@@ -7,6 +7,7 @@ so KL is known up to the Monte-Carlo error of the expectation, which is reported
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,11 @@ def free_energy(flow: Flow, energy: Energy, n: int = 100_000) -> tuple[float, fl
     An infinite or NaN energy at a sample of q makes F so: it is not hidden."""
     log_w = importance_log_weights(flow, energy, n)
     return float(-log_w.mean()), float(log_w.std() / math.sqrt(len(log_w)))
+
+
+def log_prob(flow: Flow, points: Tensor) -> Tensor:
+    """ln q(x) of a fitted flow at each row of ``points``, exact, computed in float64."""
+    return copy.deepcopy(flow).double().log_prob(points.double())
 
 
 # --- importance sampling with q as the proposal ---------------------------------------------------
@@ -221,3 +227,28 @@ def verdict(m: dict) -> tuple[str, list[str]]:
     if not reasons:
         reasons.append("k̂ < 0.5" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + ".")
     return ("good", "usable", "do not trust")[level], reasons
+
+
+@torch.no_grad()
+def resample(
+    flow: Flow,
+    energy: Energy,
+    n: int,
+    pool: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 65_536,
+) -> tuple[Tensor, ImportanceSampling]:
+    """Sampling-importance-resampling: draw ``pool`` samples of q, weight them by w = p̃/q and
+    draw n of them with replacement in proportion to w. As the pool grows the result tends to p
+    when k̂ is good; the pool's ESS bounds how many distinct samples it can hold."""
+    zs, log_w = [], []
+    for i in range(0, pool, chunk):
+        z, log_q = flow.rsample(min(chunk, pool - i), generator)
+        zs.append(z)
+        log_w.append((-energy(z) - log_q).double())
+    w = torch.cat(log_w).nan_to_num(nan=-math.inf)
+    imp = importance_from_log_weights(w)
+    if imp.samples == 0:
+        raise ValueError("every importance weight is zero or undefined")
+    idx = torch.multinomial(torch.softmax(w, 0), n, replacement=True, generator=generator)
+    return torch.cat(zs)[idx], imp

@@ -94,3 +94,39 @@ def _write_csv(out: IO[str], samples: Tensor, names: Sequence[str]) -> None:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(names)
     w.writerows([f"{v:.9g}" for v in row] for row in samples.detach().cpu().double().tolist())
+
+
+def load_points(path: str | Path, dim: int) -> Tensor:
+    """Points (N, dim) from a .npy file or a .csv file (an optional header row of names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NfcliError(f"The points file {path} does not exist. Give a .npy or .csv file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            rows = list(csv.reader(path.read_text().splitlines()))
+            if rows and rows[0] and not _is_number(rows[0][0]):
+                rows = rows[1:]  # a header of variable names
+            data = np.array([[float(v) for v in row] for row in rows if row], dtype=np.float64)
+        else:
+            raise NfcliError(f"Cannot read points from {path}: use a .npy or .csv file.")
+    except (ValueError, OSError) as e:
+        raise NfcliError(f"Cannot read points from {path}: {e}.") from None
+    if data.ndim == 1 and dim == 1:
+        data = data[:, None]
+    if data.ndim != 2 or data.shape[1] != dim or not np.issubdtype(data.dtype, np.number):
+        raise NfcliError(
+            f"{path} holds an array of shape {data.shape}, but the model's dimension is {dim}: "
+            f"give one point per row and {dim} columns."
+        )
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float64))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

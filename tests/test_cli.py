@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from nfcli.checkpoint import FORMAT_VERSION, load_checkpoint
 from nfcli.cli import app
+from nfcli.diagnostics import grid_points, quadrature
+from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
 
 runner = CliRunner()
@@ -264,3 +266,52 @@ def test_module_entry_point_runs_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "complex number" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_logprob_is_exact_and_reads_npy_and_csv(u1_run, tmp_path):
+    out, _ = u1_run
+    ckpt = load_checkpoint(out / "model.pt")
+    flow = ckpt.flow.double()
+    with torch.no_grad():
+        z, log_q = flow.rsample(50, torch.Generator().manual_seed(0))
+    np.save(tmp_path / "p.npy", z.numpy())
+    (tmp_path / "p.csv").write_text("z1,z2\n" + "\n".join(f"{a!r},{b!r}" for a, b in z.tolist()))
+    for name in ("p.npy", "p.csv"):
+        result = run("logprob", out / "model.pt", tmp_path / name, "-o", tmp_path / "lq.npy")
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(tmp_path / "lq.npy")[:, 0], log_q.numpy(), atol=1e-6)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 3)))
+    result = run("logprob", out / "model.pt", bad)
+    assert result.exit_code == 2 and "dimension is 2" in result.output
+
+
+def test_resample_moves_samples_towards_p(u1_run, tmp_path):
+    """SIR from a deliberately rough fit: the two modes' shares move towards the target's 50%."""
+    rough = tmp_path / "rough"
+    args = ["--iters", "200", "--anneal", "50", "--K", "2", "--seed", "1"]
+    assert run("fit", "u1", *args, "-o", rough).exit_code == 0
+    plain, resampled = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert run("sample", rough / "model.pt", "-n", "20000", "-o", plain).exit_code == 0
+    result = run("sample", rough / "model.pt", "-n", "20000", "--resample", "-o", resampled)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "ESS" in text and "Pareto k̂" in text
+    energy = load_energy("u1")
+    mean_u = [energy(torch.from_numpy(np.load(p))).mean().item() for p in (plain, resampled)]
+    # E_p[U] is known by quadrature; resampling brings the sample mean of U closer to it
+    grid = quadrature(energy, ((-6.0, 6.0), (-6.0, 6.0)), n=600)
+    u_grid = energy(grid_points(grid.window, 600)[2].float()).double().reshape(600, 600)
+    e_p_u = float((grid.log_p.exp() * u_grid).sum() * (12 / 600) ** 2)
+    assert abs(mean_u[1] - e_p_u) < abs(mean_u[0] - e_p_u)
+
+
+def test_restarts_are_recorded_and_the_best_is_kept(tmp_path):
+    result = run("fit", "u1", *QUICK, "--restarts", "3", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["restarts_fitted"] == 3 and len(m["restarts"]) == 3
+    best = max(r["log_z_is"] for r in m["restarts"])
+    assert m["restarts"][m["restart_kept"]]["log_z_is"] == best
+    assert "restarts" in result.output and "kept #" in result.output
+    assert load_checkpoint(tmp_path / "model.pt").flow.restarts == 1
