@@ -16,6 +16,7 @@ from nfcli.diagnostics import (
 )
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
+from nfcli.train import choose_restart, restart_disagreement
 
 SIGMA = (0.7, 1.3)
 GAUSSIAN = f"(x - 0.5)**2/(2*{SIGMA[0]}**2) + (y + 1)**2/(2*{SIGMA[1]}**2)"
@@ -102,3 +103,33 @@ def test_verdict_levels_and_advice():
     lost = {**good, "restarts_log_z_spread": 0.69, "restarts_log_z_noise": 0.01}
     level, reasons = verdict(lost)
     assert level == "do not trust" and "lost a mode" in reasons[0]
+
+
+def test_a_planted_lost_mode_is_caught_by_restarts():
+    """Two restarts on a two-mode target: one covers both modes, one only the right-hand mode.
+    The one that covers both is kept, and the disagreement of their ln Z estimates (about ln 2)
+    is flagged as a lost mode."""
+    energy = load_energy(
+        "-log(exp(-((x - 4)**2 + y**2)/(2*0.5**2)) + exp(-((x + 4)**2 + y**2)/(2*0.5**2)))"
+    )
+    log_z = math.log(2 * 2 * math.pi * 0.25)
+    flow = Flow(2, 2, "planar", restarts=2)
+    with torch.no_grad():
+        flow.layers.u.zero_()
+        flow.layers.w.zero_()
+        flow.base.loc.copy_(torch.tensor([[0.0, 0.0], [4.0, 0.0]]))
+        flow.base.log_scale.copy_(torch.log(torch.tensor([[3.0, 1.0], [0.5, 0.5]])))
+    torch.manual_seed(0)
+    kept, summaries = choose_restart(flow, energy, n=50_000)
+    assert kept == 0
+    assert summaries[0]["log_z_is"] == pytest.approx(log_z, abs=0.05)
+    assert summaries[1]["log_z_is"] == pytest.approx(log_z - math.log(2), abs=0.01)
+    spread, noise = restart_disagreement(summaries)
+    assert spread == pytest.approx(math.log(2), abs=0.06) and spread > noise
+    level, reasons = verdict(
+        {"khat": 0.3, "restarts_log_z_spread": spread, "restarts_log_z_noise": noise}
+    )
+    assert level == "do not trust" and any("lost a mode" in r for r in reasons)
+    # and when the restarts agree, nothing is flagged
+    agree = [summaries[0], {**summaries[0], "restart": 1}]
+    assert restart_disagreement(agree)[0] < restart_disagreement(agree)[1]
