@@ -134,49 +134,63 @@ def fit(
         return _fit(energy, config, progress, every)
 
 
+def select_step(config: FitConfig) -> int:
+    """When restarts stop exploring: at the end of annealing (a quarter of the steps without it),
+    the point by which a fit has found, or lost, its modes. The kept restart then goes on alone."""
+    return min(config.iters, config.anneal_steps or config.iters // 4)
+
+
 def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: int) -> FitResult:
     R, B, D = config.restarts, config.batch, energy.dim
     flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts=R)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: lr_factor(t, config.iters, config.decay)
-    )
-    loss_hist = torch.empty(config.iters, R)
-    loss1_hist = torch.empty(config.iters, R)
+    loss_hist = torch.full((config.iters, R), math.nan)
+    loss1_hist = torch.full((config.iters, R), math.nan)
+    anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
+    kept, summaries, cols = 0, [], slice(None)
     start = time.perf_counter()
-    anneal = config.anneal_steps
     for t in range(config.iters):
+        if t == choose_at:  # the restarts have explored; the best one continues alone
+            kept, summaries = choose_restart(flow, energy)
+            flow, opt = _keep(flow, opt, kept)
+            cols = slice(kept, kept + 1)
         beta = beta_schedule(t, anneal)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * lr_factor(t, config.iters, config.decay)
         z, log_q = flow.rsample_all(B)
-        u = energy(z.reshape(R * B, D)).reshape(R, B)
+        u = energy(z.reshape(-1, D)).reshape(-1, B)
         log_q_mean, u_mean = log_q.mean(-1), u.mean(-1)
-        loss = log_q_mean + beta * u_mean  # (R,): one objective per restart
+        loss = log_q_mean + beta * u_mean  # one objective per restart
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
-        sched.step()
         with torch.no_grad():
-            loss_hist[t] = loss
-            loss1_hist[t] = log_q_mean + u_mean
+            loss_hist[t, cols] = loss
+            loss1_hist[t, cols] = log_q_mean + u_mean
         if progress is not None and ((t + 1) % every == 0 or t + 1 == config.iters):
-            lo = max(0, t + 1 - every)
-            progress(t + 1, loss1_hist[lo : t + 1].mean(0).min().item(), beta)
+            recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].mean(0)
+            progress(t + 1, recent.min().item(), beta)
     seconds = time.perf_counter() - start
-    if R == 1:
-        return FitResult(flow, config, loss_hist[:, 0], loss1_hist[:, 0], seconds)
-    kept, summaries = choose_restart(flow, energy)
-    tail = max(1, config.iters // 100)
-    for r, summary in enumerate(summaries):
-        summary["final_loss_beta1"] = loss1_hist[-tail:, r].mean().item()
+    if R > 1 and choose_at == config.iters:  # too few steps to stop exploring early
+        kept, summaries = choose_restart(flow, energy)
+        flow = flow.select(kept)
     return FitResult(
-        flow.select(kept),
-        config,
-        loss_hist[:, kept],
-        loss1_hist[:, kept],
-        seconds,
-        summaries,
-        kept,
+        flow, config, loss_hist[:, kept], loss1_hist[:, kept], seconds, summaries, kept
     )
+
+
+def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.Adam]:
+    """Restart r as a single flow with its own slice of Adam's state, so that it continues
+    exactly as it would have in the batched run."""
+    single = flow.select(r)
+    new_opt = torch.optim.Adam(single.parameters(), lr=opt.param_groups[0]["lr"], fused=True)
+    for old, new in zip(flow.parameters(), single.parameters(), strict=True):
+        state = opt.state.get(old)
+        if state:
+            new_opt.state[new] = {
+                k: (v[r : r + 1].clone() if v.dim() else v.clone()) for k, v in state.items()
+            }
+    return single, new_opt
 
 
 def choose_restart(

@@ -7,7 +7,8 @@ import torch
 
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
-from nfcli.train import FitConfig, beta_schedule, fit, lr_factor
+from nfcli.flows import Flow
+from nfcli.train import FitConfig, _keep, beta_schedule, fit, lr_factor, select_step
 
 
 def test_same_seed_same_fit_and_global_random_state_untouched():
@@ -66,3 +67,40 @@ def test_learning_rate_is_held_then_decays_to_zero():
 def test_invalid_options_are_refused_before_any_work(change, fragment):
     with pytest.raises(NfcliError, match=fragment):
         fit(load_energy("x**2"), FitConfig(**change))
+
+
+def test_a_kept_restart_continues_exactly_as_in_the_batched_run():
+    """After _keep, restart r alone (with its slice of Adam's state) takes the same steps as it
+    would have taken inside the batched run, on the same deterministic objective."""
+    torch.manual_seed(0)
+    flow = Flow(2, 3, "planar", init_scale=0.7, restarts=2)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2, fused=True)
+    z = torch.randn(2, 64, 2)
+
+    def objective(f, zz):
+        out, log_det = f.layers(f.base.loc.unsqueeze(1) + f.base.log_scale.exp().unsqueeze(1) * zz)
+        return ((out - 1) ** 2).sum(-1).mean(-1) - log_det.mean(-1)
+
+    for _ in range(5):
+        opt.zero_grad()
+        objective(flow, z).sum().backward()
+        opt.step()
+    single, single_opt = _keep(flow, opt, 1)
+    for _ in range(8):
+        for f, o, zz in ((flow, opt, z), (single, single_opt, z[1:])):
+            o.zero_grad()
+            objective(f, zz).sum().backward()
+            o.step()
+    for (name, a), b in zip(flow.state_dict().items(), single.state_dict().values(), strict=True):
+        torch.testing.assert_close(a[1:], b, msg=name)
+
+
+def test_restarts_choose_when_annealing_ends_and_record_every_restart():
+    energy = load_energy("x**2/2 + y**2/2")
+    cfg = FitConfig(K=2, iters=120, batch=64, anneal=40, restarts=3)
+    assert select_step(cfg) == 40
+    assert select_step(FitConfig(iters=100, anneal=0)) == 25
+    result = fit(energy, cfg)
+    assert result.flow.restarts == 1 and len(result.restarts) == 3
+    assert result.kept == max(result.restarts, key=lambda s: s["log_z_is"])["restart"]
+    assert torch.isfinite(result.loss_beta1).all()  # the kept restart's history is complete
