@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor
 
-from nfcli.diagnostics import importance_sampling
+from nfcli.diagnostics import importance_from_log_weights, importance_log_weights
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import FLOW_TYPES, Flow
@@ -196,11 +196,16 @@ def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.
 def choose_restart(
     flow: Flow, energy: Energy, n: int = N_SELECT
 ) -> tuple[int, list[dict[str, float]]]:
-    """The restart with the highest importance-sampling ln Z (n draws each), and every restart's
-    summary. A flow that lost a mode estimates ln Z too low, by ln 2 when it lost half the mass."""
+    """The restart with the highest ln Z estimate, and every restart's summary. A flow that lost a
+    mode estimates ln Z too low, by ln 2 when it lost half the mass. The estimate is the
+    importance-sampling ln Z where PSIS says it is reliable (k̂ ≤ 0.7); otherwise the ELBO, a
+    lower bound that heavy-tailed weights cannot inflate (one lucky weight can: seen on U1)."""
     summaries = []
     for r in range(flow.restarts):
-        imp = importance_sampling(flow.select(r), energy, n)
+        log_w = importance_log_weights(flow.select(r), energy, n)
+        imp = importance_from_log_weights(log_w)
+        elbo = float(log_w.mean())
+        reliable = math.isfinite(imp.log_z) and imp.khat <= 0.7
         summaries.append(
             {
                 "restart": r,
@@ -208,16 +213,20 @@ def choose_restart(
                 "log_z_is_se": imp.log_z_se,
                 "khat": imp.khat,
                 "ess_fraction": imp.ess_fraction,
+                "elbo": elbo,
+                "score": imp.log_z if reliable else elbo,
             }
         )
-    finite = [s for s in summaries if math.isfinite(s["log_z_is"])] or summaries
-    return int(max(finite, key=lambda s: s["log_z_is"])["restart"]), summaries
+    finite = [s for s in summaries if math.isfinite(s["score"])] or summaries
+    return int(max(finite, key=lambda s: s["score"])["restart"]), summaries
 
 
 def restart_disagreement(restarts: list[dict[str, float]]) -> tuple[float, float]:
-    """How far apart the restarts' ln Z estimates are (max − min), and the noise that explains:
-    3 combined standard errors of that pair plus 0.01 nats for the estimator's small bias."""
-    values = [s for s in restarts if math.isfinite(s["log_z_is"])]
+    """How far apart the restarts' reliable (k̂ ≤ 0.7) importance-sampling ln Z estimates are
+    (max − min), and the noise that would explain it: 3 combined standard errors of that pair plus
+    0.01 nats for the estimator's small bias. Importance sampling estimates ln Z without bias
+    whatever q is, as long as q covers p, so restarts that agree with p disagree only by noise."""
+    values = [s for s in restarts if math.isfinite(s["log_z_is"]) and s["khat"] <= 0.7]
     if len(values) < 2:
         return 0.0, 0.0
     hi = max(values, key=lambda s: s["log_z_is"])

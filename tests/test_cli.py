@@ -311,7 +311,9 @@ def test_restarts_are_recorded_and_the_best_is_kept(tmp_path):
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["restarts_fitted"] == 3 and len(m["restarts"]) == 3
-    best = max(r["log_z_is"] for r in m["restarts"])
-    assert m["restarts"][m["restart_kept"]]["log_z_is"] == best
+    best = max(r["score"] for r in m["restarts"])
+    assert m["restarts"][m["restart_kept"]]["score"] == best
+    for r in m["restarts"]:  # the score is the IS ln Z where k̂ says it is reliable, else the ELBO
+        assert r["score"] == (r["log_z_is"] if r["khat"] <= 0.7 else r["elbo"])
     assert "restarts" in result.output and "kept #" in result.output
     assert load_checkpoint(tmp_path / "model.pt").flow.restarts == 1

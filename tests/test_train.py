@@ -102,5 +102,5 @@ def test_restarts_choose_when_annealing_ends_and_record_every_restart():
     assert select_step(FitConfig(iters=100, anneal=0)) == 25
     result = fit(energy, cfg)
     assert result.flow.restarts == 1 and len(result.restarts) == 3
-    assert result.kept == max(result.restarts, key=lambda s: s["log_z_is"])["restart"]
+    assert result.kept == max(result.restarts, key=lambda s: s["score"])["restart"]
     assert torch.isfinite(result.loss_beta1).all()  # the kept restart's history is complete
