@@ -9,7 +9,14 @@ samples = result.flow.sample(10_000)
 __version__ = "0.1.0"
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from nfcli.diagnostics import free_energy, quadrature
+from nfcli.diagnostics import (
+    free_energy,
+    importance_sampling,
+    log_prob,
+    pareto_khat,
+    quadrature,
+    resample,
+)
 from nfcli.energy import Energy, load_energy
 from nfcli.errors import NfcliError
 from nfcli.expr import parse

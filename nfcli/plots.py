@@ -93,9 +93,16 @@ def plot_density_2d(
 
 
 def plot_density_1d(
-    path: str | Path, energy_fn, samples: Tensor, name: str, title: str, log_z: float | None
+    path: str | Path,
+    energy_fn: Callable[[Tensor], Tensor] | None,
+    log_q_fn: Callable[[Tensor], Tensor],
+    samples: Tensor,
+    name: str,
+    title: str,
+    log_z: float | None,
 ) -> None:
-    """The target density (normalised by quadrature) and a histogram of the fitted samples."""
+    """The target density (normalised by ``log_z``, or by quadrature on the plotted range), the
+    fitted density (exact, from the flow's inverse) and a histogram of samples of q."""
     s = samples.detach().cpu().double().reshape(-1)
     lo, hi = torch.quantile(s, 0.0005).item(), torch.quantile(s, 0.9995).item()
     pad = 0.2 * (hi - lo)
@@ -106,19 +113,21 @@ def plot_density_1d(
         bins=150,
         range=(xs[0].item(), xs[-1].item()),
         density=True,
-        alpha=0.5,
-        label="fitted q (samples)",
+        alpha=0.3,
+        label="samples of q",
     )
+    with torch.no_grad():
+        q = log_q_fn(xs[:, None].to(samples.dtype)).double().exp()
+    ax.plot(xs.numpy(), q.numpy(), label="fitted q (exact)", color="C0")
     if energy_fn is not None:
         with torch.no_grad():
-            neg_u = -energy_fn(xs[:, None]).double()
-        log_z_grid = torch.logsumexp(neg_u, 0).item() + math.log((xs[1] - xs[0]).item())
-        ax.plot(
-            xs.numpy(),
-            (neg_u - (log_z if log_z is not None else log_z_grid)).exp().numpy(),
-            label="target p",
-            color="k",
+            neg_u = -energy_fn(xs[:, None].to(samples.dtype)).double()
+        norm = (
+            log_z
+            if log_z is not None
+            else torch.logsumexp(neg_u, 0).item() + math.log((xs[1] - xs[0]).item())
         )
+        ax.plot(xs.numpy(), (neg_u - norm).exp().numpy(), label="target p", color="k", ls="--")
     ax.set_xlabel(name)
     ax.set_ylabel("density")
     ax.set_title(title)

@@ -181,7 +181,9 @@ def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Pa
             log_q = flow.log_prob
             plot_density_2d(out / "density.png", energy, log_z, log_q, samples, names, title, kl)
         else:
-            plot_density_1d(out / "density.png", energy, samples, names[0], title, log_z)
+            plot_density_1d(
+                out / "density.png", energy, flow.log_prob, samples, names[0], title, log_z
+            )
         written.append(out / "density.png")
     h = ckpt.history
     anneal = ckpt.config.anneal_steps

@@ -104,3 +104,13 @@ def test_restarts_choose_when_annealing_ends_and_record_every_restart():
     assert result.flow.restarts == 1 and len(result.restarts) == 3
     assert result.kept == max(result.restarts, key=lambda s: s["score"])["restart"]
     assert torch.isfinite(result.loss_beta1).all()  # the kept restart's history is complete
+
+
+def test_the_library_exports_what_it_lists():
+    import nfcli
+
+    missing = [name for name in nfcli.__all__ if not hasattr(nfcli, name)]
+    assert not missing
+    namespace: dict = {}
+    exec("from nfcli import *", namespace)  # the documented import works
+    assert "log_prob" in namespace and "fit" in namespace
