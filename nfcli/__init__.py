@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nfcli.diagnostics import (
-    free_energy,
     importance_sampling,
     log_prob,
     pareto_khat,
@@ -31,7 +30,6 @@ __all__ = [
     "Flow",
     "NfcliError",
     "fit",
-    "free_energy",
     "importance_sampling",
     "load_checkpoint",
     "load_energy",

@@ -301,13 +301,12 @@ def logprob(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
     points: Path = typer.Argument(..., help="Points, one per row: a .npy or .csv file."),
     output: str = typer.Option(
-        "-", "--output", "-o", help="File (.npy or .csv) or - for CSV on stdout."
+        "-", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
     ),
 ) -> None:
     """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
+    check_sample_path(output)
     ckpt = load_checkpoint(model)
-    if output != "-" and Path(output).suffix.lower() not in (".npy", ".csv"):
-        raise NfcliError(f"-o {output}: write ln q to a .npy or .csv file, or - for stdout.")
     log_q = log_prob(ckpt.flow, load_points(points, ckpt.flow.dim))
     save_samples(log_q[:, None], output, ["log_q"])
     if output != "-":

@@ -1,8 +1,10 @@
-"""How good is a fit: ln Z by grid quadrature (2-D), hence the true KL(q‖p), and the ELBO.
+"""How far to trust a fit: importance sampling with q as the proposal (ELBO, ln Z, ESS, PSIS k̂),
+grid quadrature in 2-D (ln Z, hence the true KL(q‖p), and KL(p‖q) and TV with q's exact density),
+and the verdict that weighs them.
 
-KL(q‖p) = E_q[ln q(z) + U(z)] + ln Z = F(β=1) + ln Z, where F is the negative ELBO. In 2-D, ln Z is
-computed almost exactly by the midpoint rule on a grid, ln Z ≈ logsumexp(−U(grid)) + ln(Δx·Δy),
-so KL is known up to the Monte-Carlo error of the expectation, which is reported with it.
+KL(q‖p) = E_q[ln q(z) + U(z)] + ln Z = ln Z − ELBO. In 2-D, ln Z is computed almost exactly by the
+midpoint rule on a grid, ln Z ≈ logsumexp(−U(grid)) + ln(Δx·Δy), so KL is known up to the
+Monte-Carlo error of the ELBO, which is reported with it.
 """
 
 from __future__ import annotations
@@ -15,35 +17,36 @@ import torch
 from torch import Tensor
 
 from nfcli.energy import Energy
+from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 
 Window = tuple[tuple[float, float], tuple[float, float]]
+KHAT_GOOD, KHAT_TRUST = 0.5, 0.7  # PSIS: k̂ < 0.5 good, ≤ 0.7 usable, above: do not trust
 
 
 @dataclass
 class Grid:
-    """−U on an n×n grid of cell midpoints over ``window``, with ln Z and the mass at the edges."""
+    """ln p on the n×n cell midpoints of ``window``, with ln Z and the mass at the edges."""
 
     window: Window
-    xs: Tensor  # (n,)
-    ys: Tensor  # (n,)
     log_p: Tensor  # (n, n): ln p(x_i, y_j) = −U − ln Z, indexed [j, i] (rows are y)
     log_z: float
     edge_mass: float  # fraction of the grid's mass in its outermost 2% on each side
 
 
-def grid_points(window: Window, n: int) -> tuple[Tensor, Tensor, Tensor]:
+def grid_points(window: Window, n: int) -> Tensor:
+    """The n×n cell midpoints of ``window`` as (n², 2) points, row by row (rows are y), float64."""
     (x0, x1), (y0, y1) = window
     xs = x0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (x1 - x0) / n
     ys = y0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (y1 - y0) / n
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return xs, ys, torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
 
 
 @torch.no_grad()
 def quadrature(energy: Energy, window: Window, n: int = 800, chunk: int = 1 << 18) -> Grid:
     """ln Z = ln ∫ exp(−U) over ``window`` by the midpoint rule on n×n cells (float64)."""
-    xs, ys, pts = grid_points(window, n)
+    pts = grid_points(window, n)
     u = torch.cat([energy(pts[i : i + chunk]).double() for i in range(0, len(pts), chunk)])
     neg_u = torch.where(torch.isnan(u), -math.inf, -u).reshape(n, n)
     (x0, x1), (y0, y1) = window
@@ -51,7 +54,7 @@ def quadrature(energy: Energy, window: Window, n: int = 800, chunk: int = 1 << 1
     p = torch.softmax(neg_u.reshape(-1), 0).reshape(n, n)
     band = max(1, n // 50)
     inner = p[band:-band, band:-band].sum().item()
-    return Grid(window, xs, ys, neg_u - log_z, log_z, max(0.0, 1.0 - inner))
+    return Grid(window, neg_u - log_z, log_z, max(0.0, 1.0 - inner))
 
 
 def choose_window(samples: Tensor, energy: Energy, n: int = 800, tol: float = 1e-6) -> Grid:
@@ -71,13 +74,6 @@ def choose_window(samples: Tensor, energy: Energy, n: int = 800, tol: float = 1e
     return g
 
 
-def free_energy(flow: Flow, energy: Energy, n: int = 100_000) -> tuple[float, float]:
-    """F = E_q[ln q(z) + U(z)] (the negative ELBO) by Monte Carlo, with its standard error.
-    An infinite or NaN energy at a sample of q makes F so: it is not hidden."""
-    log_w = importance_log_weights(flow, energy, n)
-    return float(-log_w.mean()), float(log_w.std() / math.sqrt(len(log_w)))
-
-
 def log_prob(flow: Flow, points: Tensor) -> Tensor:
     """ln q(x) of a fitted flow at each row of ``points``, exact, computed in float64."""
     return copy.deepcopy(flow).double().log_prob(points.double())
@@ -88,8 +84,7 @@ def log_prob(flow: Flow, points: Tensor) -> Tensor:
 
 def pareto_khat(log_w: Tensor) -> float:
     """Shape k̂ of a generalized Pareto fit to the largest importance weights (PSIS; Vehtari et al.,
-    JMLR 2024). k̂ < 0.5: good; 0.5–0.7: usable; > 0.7: estimates from these weights cannot be
-    trusted."""
+    JMLR 2024). See ``khat_verdict`` for what its values mean."""
     return psis(log_w)[1]
 
 
@@ -135,26 +130,40 @@ def psis(log_w: Tensor) -> tuple[Tensor, float]:
 @dataclass
 class ImportanceSampling:
     """ln Z ≈ ln mean(w), w = p̃/q = exp(−U − ln q) Pareto-smoothed, with its Monte-Carlo standard
-    error (delta method), the Kish effective sample size as a fraction, (Σw)²/(S Σw²), and k̂."""
+    error (delta method), the Kish effective sample size as a fraction, (Σw)²/(S Σw²), k̂, and the
+    ELBO = mean(ln w) with its standard error (−∞ when U or ln q is not finite at some draw)."""
 
     log_z: float
     log_z_se: float
     ess_fraction: float
     khat: float
+    elbo: float
+    elbo_se: float
     samples: int
     nonfinite: int  # samples where U or ln q was not finite (dropped)
 
 
 @torch.no_grad()
-def importance_log_weights(
-    flow: Flow, energy: Energy, n: int = 100_000, chunk: int = 65_536
-) -> Tensor:
-    """ln w = −U(z) − ln q(z) for n fresh samples z ~ q (float64); mean(ln w) is the ELBO."""
-    parts = []
+def draw_weighted(
+    flow: Flow,
+    energy: Energy,
+    n: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 65_536,
+) -> tuple[Tensor, Tensor]:
+    """n fresh samples z ~ q and their log importance weights ln w = −U(z) − ln q(z) (float64),
+    drawn in chunks to bound memory."""
+    zs, log_w = [], []
     for i in range(0, n, chunk):
-        z, log_q = flow.rsample(min(chunk, n - i))
-        parts.append((-energy(z) - log_q).double())
-    return torch.cat(parts)
+        z, log_q = flow.rsample(min(chunk, n - i), generator)
+        zs.append(z)
+        log_w.append((-energy(z) - log_q).double())
+    return torch.cat(zs), torch.cat(log_w)
+
+
+def importance_log_weights(flow: Flow, energy: Energy, n: int = 100_000) -> Tensor:
+    """ln w = −U(z) − ln q(z) for n fresh samples z ~ q (float64); mean(ln w) is the ELBO."""
+    return draw_weighted(flow, energy, n)[1]
 
 
 def importance_sampling(flow: Flow, energy: Energy, n: int = 100_000) -> ImportanceSampling:
@@ -163,12 +172,14 @@ def importance_sampling(flow: Flow, energy: Energy, n: int = 100_000) -> Importa
 
 def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
     """ln Z from Pareto-smoothed weights (one lucky weight cannot inflate it) with the delta-method
-    error; the ESS from the raw weights; k̂ from the fit to their tail."""
+    error; the ESS from the raw weights; k̂ from the fit to their tail; the ELBO from all of them."""
     finite = torch.isfinite(log_w)
     S, nonfinite = int(finite.sum()), int((~finite).sum())
-    if S < 2:
-        return ImportanceSampling(math.nan, math.nan, 0.0, math.inf, S, nonfinite)
     raw = log_w[finite].double()
+    elbo = float(raw.mean()) if nonfinite == 0 and S else -math.inf
+    elbo_se = float(raw.std() / math.sqrt(S)) if S > 1 else math.nan
+    if S < 2:
+        return ImportanceSampling(math.nan, math.nan, 0.0, math.inf, elbo, elbo_se, S, nonfinite)
     smoothed, khat = psis(raw)
     w = torch.exp(smoothed - smoothed.max())
     mean = w.mean()
@@ -176,13 +187,14 @@ def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
     se = float(w.std() / (mean * math.sqrt(S)))
     v = torch.exp(raw - raw.max())
     ess = float(v.sum() ** 2 / (v * v).sum() / S)
-    return ImportanceSampling(log_z, se, ess, khat, S, nonfinite)
+    return ImportanceSampling(log_z, se, ess, khat, elbo, elbo_se, S, nonfinite)
 
 
 def khat_verdict(khat: float) -> str:
-    if not math.isfinite(khat) or khat > 0.7:
+    """PSIS's reading of k̂: < 0.5 good; 0.5–0.7 usable; above 0.7 (or no fit) do not trust."""
+    if not math.isfinite(khat) or khat > KHAT_TRUST:
         return "do not trust"
-    return "good" if khat < 0.5 else "usable"
+    return "good" if khat < KHAT_GOOD else "usable"
 
 
 @torch.no_grad()
@@ -191,8 +203,7 @@ def compare_on_grid(
 ) -> tuple[float, float]:
     """KL(p‖q) = ∫ p (ln p − ln q) and the total-variation distance ½∫|p − q| by the midpoint rule
     on n×n cells, with q's exact density (the flow's inverse) and p = exp(−U − ln Z)."""
-    _, _, pts = grid_points(window, n)
-    pts = pts.to(flow.base.loc.dtype)
+    pts = grid_points(window, n).to(flow.base.loc.dtype)
     log_p = torch.nan_to_num(-energy(pts).double() - log_z, nan=-math.inf)
     log_q = flow.log_prob(pts).double()
     (x0, x1), (y0, y1) = window
@@ -212,15 +223,19 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         reasons.append(why)
 
     k = m.get("khat", math.inf)
-    if not math.isfinite(k) or k > 0.7:
+    if khat_verdict(k) == "do not trust":
         worse(
             2,
-            f"k̂ = {k:.2f} > 0.7: q misses mass that p has (a lost mode or tails too light), so "
-            "importance weights and their ln Z cannot be trusted; try --restarts 8, a larger --K "
-            "or more --iters.",
+            f"k̂ = {k:.2f} > {KHAT_TRUST}: q misses mass that p has (a lost mode or tails too "
+            "light), so importance weights and their ln Z cannot be trusted; try --restarts 8, a "
+            "larger --K or more --iters.",
         )
-    elif k >= 0.5:
-        worse(1, f"k̂ = {k:.2f} (0.5–0.7): usable; sample --resample corrects q's samples.")
+    elif khat_verdict(k) == "usable":
+        worse(
+            1,
+            f"k̂ = {k:.2f} ({KHAT_GOOD}–{KHAT_TRUST}): usable; sample --resample corrects q's "
+            "samples.",
+        )
     kl = m.get("kl_qp")
     if kl is not None:
         if not math.isfinite(kl) or kl > 0.2:
@@ -247,30 +262,25 @@ def verdict(m: dict) -> tuple[str, list[str]]:
     for w in m.get("warnings", []):
         worse(1, w)
     if not reasons:
-        reasons.append("k̂ < 0.5" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + ".")
+        reasons.append(
+            f"k̂ < {KHAT_GOOD}" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + "."
+        )
     return ("good", "usable", "do not trust")[level], reasons
 
 
-@torch.no_grad()
 def resample(
-    flow: Flow,
-    energy: Energy,
-    n: int,
-    pool: int,
-    generator: torch.Generator | None = None,
-    chunk: int = 65_536,
+    flow: Flow, energy: Energy, n: int, pool: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, ImportanceSampling]:
     """Sampling-importance-resampling: draw ``pool`` samples of q, weight them by w = p̃/q and
     draw n of them with replacement in proportion to w. As the pool grows the result tends to p
     when k̂ is good; the pool's ESS bounds how many distinct samples it can hold."""
-    zs, log_w = [], []
-    for i in range(0, pool, chunk):
-        z, log_q = flow.rsample(min(chunk, pool - i), generator)
-        zs.append(z)
-        log_w.append((-energy(z) - log_q).double())
-    w = torch.cat(log_w).nan_to_num(nan=-math.inf)
-    imp = importance_from_log_weights(w)
+    z, log_w = draw_weighted(flow, energy, pool, generator)
+    log_w = log_w.nan_to_num(nan=-math.inf)
+    imp = importance_from_log_weights(log_w)
     if imp.samples == 0:
-        raise ValueError("every importance weight is zero or undefined")
-    idx = torch.multinomial(torch.softmax(w, 0), n, replacement=True, generator=generator)
-    return torch.cat(zs)[idx], imp
+        raise NfcliError(
+            f"Cannot resample: U is infinite or NaN at every one of the {pool:,} draws of q. "
+            "Check the energy where the fit puts its mass (nfcli plot), or refit."
+        )
+    idx = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=generator)
+    return z[idx], imp

@@ -127,16 +127,19 @@ class DiagonalGaussian(nn.Module):
         eps = torch.randn(
             R, n, D, generator=generator, dtype=self.loc.dtype, device=self.loc.device
         )
-        log_q = (
-            -0.5 * (eps * eps).sum(-1) - self.log_scale.sum(-1, keepdim=True) - 0.5 * D * _LOG_2PI
-        )
-        return self.loc.unsqueeze(1) + self.log_scale.exp().unsqueeze(1) * eps, log_q
+        z = self.loc.unsqueeze(1) + self.log_scale.exp().unsqueeze(1) * eps
+        return z, self._log_prob_of_eps(eps)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """ln q0(z) for z of shape (R, N, D) → (R, N)."""
-        eps = (z - self.loc.unsqueeze(1)) * torch.exp(-self.log_scale).unsqueeze(1)
-        log_norm = self.log_scale.sum(-1, keepdim=True) + 0.5 * z.shape[-1] * _LOG_2PI
-        return -0.5 * (eps * eps).sum(-1) - log_norm
+        return self._log_prob_of_eps(
+            (z - self.loc.unsqueeze(1)) * torch.exp(-self.log_scale).unsqueeze(1)
+        )
+
+    def _log_prob_of_eps(self, eps: Tensor) -> Tensor:
+        """ln q0 = −½‖ε‖² − Σ ln σ − (D/2) ln 2π at the standardised point ε = (z − loc)/σ."""
+        log_sigma = self.log_scale.sum(-1, keepdim=True)
+        return -0.5 * (eps * eps).sum(-1) - log_sigma - 0.5 * eps.shape[-1] * _LOG_2PI
 
 
 _LOG_2PI = math.log(2 * math.pi)

@@ -53,7 +53,7 @@ def plot_density_2d(
     """Target p = exp(−U − ln Z), the fitted q (exact, from the flow's inverse) and q − p, on one
     colour scale (the difference on its symmetric version), over a window around the samples."""
     x0, x1, y0, y1 = display_window(samples)
-    pts = grid_points(((x0, x1), (y0, y1)), n)[2].to(samples.dtype)
+    pts = grid_points(((x0, x1), (y0, y1)), n).to(samples.dtype)
     with torch.no_grad():
         q = log_q_fn(pts).double().exp().reshape(n, n)
         panels = [("fitted q (exact density)", q)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from torch import Tensor
 
 from nfcli.checkpoint import Checkpoint, save_checkpoint, versions
 from nfcli.diagnostics import (
-    Grid,
     choose_window,
     compare_on_grid,
     importance_from_log_weights,
@@ -31,29 +29,20 @@ from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.plots import plot_density_1d, plot_density_2d, plot_loss
 from nfcli.train import FitConfig, Progress, beta_schedule, fit, restart_disagreement
 
-N_SAMPLES = 10_000
+N_SAMPLES = 10_000  # samples.npy; the figures use the same draws (same seed)
 N_MONTE_CARLO = 100_000
-N_PLOT_SAMPLES = 200_000
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, Any]
-    grid: Grid | None
-
-
-def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Evaluation:
+def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> dict[str, Any]:
     """The trust report: ELBO and importance-sampling ln Z, ESS and k̂ from one set of draws;
     in 2-D also ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         log_w = importance_log_weights(flow, energy, N_MONTE_CARLO)
     imp = importance_from_log_weights(log_w)
-    finite = log_w[torch.isfinite(log_w)]
-    elbo = float(finite.mean()) if len(finite) == len(log_w) else -math.inf
     m: dict[str, Any] = {
-        "elbo": elbo,
-        "elbo_se": float(finite.std() / math.sqrt(len(finite))) if len(finite) > 1 else math.nan,
+        "elbo": imp.elbo,
+        "elbo_se": imp.elbo_se,
         "log_z_is": imp.log_z,
         "log_z_is_se": imp.log_z_se,
         "ess_fraction": imp.ess_fraction,
@@ -64,14 +53,13 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Eval
     }
     if energy.log_z is not None:
         m["log_z_reference"] = energy.log_z
-    grid = None
     warnings = []
     if energy.dim == 2:
         grid = choose_window(samples, energy)
         kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
         m.update(
             log_z_quadrature=grid.log_z,
-            kl_qp=grid.log_z - elbo,
+            kl_qp=grid.log_z - imp.elbo,
             kl_qp_se=m["elbo_se"],
             kl_pq=kl_pq,
             tv=tv,
@@ -89,7 +77,7 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> Eval
             f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
         )
     m["warnings"] = warnings
-    return Evaluation(m, grid)
+    return m
 
 
 def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, Any]:
@@ -130,7 +118,7 @@ def run_fit(
     ev = evaluate(flow, energy, samples, config.seed)
     if result.restarts:
         spread, noise = restart_disagreement(result.restarts)
-        ev.metrics.update(
+        ev.update(
             restarts=result.restarts,
             restart_kept=result.kept,
             restarts_log_z_spread=spread,
@@ -138,11 +126,11 @@ def run_fit(
         )
     beta_end = beta_schedule(config.iters - 1, config.anneal_steps)
     if beta_end < 1:
-        ev.metrics["warnings"].append(
+        ev["warnings"].append(
             f"β reached only {beta_end:.2f} (--anneal {config.anneal_steps} is longer than "
             f"--iters {config.iters}): q was fitted to a flattened p. Lower --anneal."
         )
-    ev.metrics["verdict"], ev.metrics["verdict_reasons"] = verdict(ev.metrics)
+    ev["verdict"], ev["verdict_reasons"] = verdict(ev)
     metrics = {
         "target": energy.label,
         "dim": energy.dim,
@@ -152,7 +140,7 @@ def run_fit(
         "restarts_fitted": config.restarts,
         "iters": config.iters,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
-        **ev.metrics,
+        **ev,
     }
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
     ckpt = Checkpoint(flow, config, energy.source, history, metrics, versions())
@@ -175,7 +163,7 @@ def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Pa
     log_z = m.get("log_z_quadrature", m.get("log_z_reference"))
     written = []
     if flow.dim <= 2:
-        samples = flow.sample(N_PLOT_SAMPLES, torch.Generator().manual_seed(ckpt.config.seed))
+        samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(ckpt.config.seed))
         if flow.dim == 2:
             kl = m.get("kl_qp")
             log_q = flow.log_prob

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor
 
-from nfcli.diagnostics import importance_from_log_weights, importance_log_weights
+from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import FLOW_TYPES, Flow
@@ -26,7 +26,8 @@ ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 
 @dataclass
 class FitConfig:
-    """Every knob of a fit. Defaults were chosen by ``benchmarks/quality.py`` (see README)."""
+    """Every knob of a fit. The defaults were chosen with ``benchmarks/sweep.py`` and are checked
+    by ``benchmarks/quality.py`` (README, "Quality at defaults")."""
 
     K: int = 32
     flow: str = "planar"
@@ -38,7 +39,7 @@ class FitConfig:
     decay: float = 0.3  # fraction of the steps, at the end, over which lr decays to 0
     init_scale: float = 0.25  # std of the initial u, w (planar) or centres (radial)
     base_scale: float = 2.0  # initial std of q0: wide, so that annealing starts over every mode
-    restarts: int = 1  # independent flows fitted together; the best by ln Z is kept
+    restarts: int = 1  # independent flows fitted together; see ``fit``
 
     def validate(self) -> None:
         checks = [
@@ -100,7 +101,7 @@ def lr_factor(t: int, iters: int, decay: float) -> float:
 
 @dataclass
 class FitResult:
-    flow: Flow  # the kept flow (the best restart by importance-sampling ln Z when restarts > 1)
+    flow: Flow  # the kept flow (with restarts, the one ``choose_restart`` chose)
     config: FitConfig
     loss: Tensor  # (iters,) the kept flow's annealed objective F_β at each step
     loss_beta1: Tensor  # (iters,) its F at β = 1 on the same batch: the negative ELBO
@@ -126,8 +127,8 @@ def fit(
 
     With ``config.restarts`` = R > 1, R independent flows are fitted as one batched computation
     (parameters with a leading dimension R; the loss is the sum of their objectives, so each one's
-    gradient is its own, and Adam's update is elementwise), and the one with the highest
-    importance-sampling ln Z is kept: a flow that lost a mode estimates ln Z too low."""
+    gradient is its own, and Adam's update is elementwise) until ``select_step``; there
+    ``choose_restart`` keeps the one with the highest ln Z estimate, which goes on alone."""
     config.validate()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -173,7 +174,7 @@ def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: in
             recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].mean(0)
             progress(t + 1, recent.min().item(), beta)
     seconds = time.perf_counter() - start
-    if R > 1 and choose_at == config.iters:  # too few steps to stop exploring early
+    if flow.restarts > 1:  # the restarts explored to the end (no annealing)
         kept, summaries = choose_restart(flow, energy)
         flow = flow.select(kept)
     return FitResult(
@@ -204,10 +205,8 @@ def choose_restart(
     lower bound that heavy-tailed weights cannot inflate (one lucky weight can: seen on U1)."""
     summaries = []
     for r in range(flow.restarts):
-        log_w = importance_log_weights(flow.select(r), energy, n)
-        imp = importance_from_log_weights(log_w)
-        elbo = float(log_w.mean())
-        reliable = math.isfinite(imp.log_z) and imp.khat <= 0.7
+        imp = importance_sampling(flow.select(r), energy, n)
+        reliable = math.isfinite(imp.log_z) and imp.khat <= KHAT_TRUST
         summaries.append(
             {
                 "restart": r,
@@ -215,8 +214,8 @@ def choose_restart(
                 "log_z_is_se": imp.log_z_se,
                 "khat": imp.khat,
                 "ess_fraction": imp.ess_fraction,
-                "elbo": elbo,
-                "score": imp.log_z if reliable else elbo,
+                "elbo": imp.elbo,
+                "score": imp.log_z if reliable else imp.elbo,
             }
         )
     finite = [s for s in summaries if math.isfinite(s["score"])] or summaries
@@ -228,7 +227,7 @@ def restart_disagreement(restarts: list[dict[str, float]]) -> tuple[float, float
     (max − min), and the noise that would explain it: 3 combined standard errors of that pair plus
     0.01 nats for the estimator's small bias. Importance sampling estimates ln Z without bias
     whatever q is, as long as q covers p, so restarts that agree with p disagree only by noise."""
-    values = [s for s in restarts if math.isfinite(s["log_z_is"]) and s["khat"] <= 0.7]
+    values = [s for s in restarts if math.isfinite(s["log_z_is"]) and s["khat"] <= KHAT_TRUST]
     if len(values) < 2:
         return 0.0, 0.0
     hi = max(values, key=lambda s: s["log_z_is"])

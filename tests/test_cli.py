@@ -301,7 +301,7 @@ def test_resample_moves_samples_towards_p(u1_run, tmp_path):
     mean_u = [energy(torch.from_numpy(np.load(p))).mean().item() for p in (plain, resampled)]
     # E_p[U] is known by quadrature; resampling brings the sample mean of U closer to it
     grid = quadrature(energy, ((-6.0, 6.0), (-6.0, 6.0)), n=600)
-    u_grid = energy(grid_points(grid.window, 600)[2].float()).double().reshape(600, 600)
+    u_grid = energy(grid_points(grid.window, 600).float()).double().reshape(600, 600)
     e_p_u = float((grid.log_p.exp() * u_grid).sum() * (12 / 600) ** 2)
     assert abs(mean_u[1] - e_p_u) < abs(mean_u[0] - e_p_u)
 

@@ -18,10 +18,6 @@ def test_builtin_reference_log_z_is_reproduced_by_quadrature(name):
     assert grid.edge_mass < 1e-6
 
 
-def test_ring8_reference_is_the_closed_form():
-    assert TARGETS["ring8"].log_z == pytest.approx(math.log(8 * 2 * math.pi * 0.25), abs=1e-12)
-
-
 def test_gaussian_log_z_matches_closed_form():
     energy = load_energy("(x - 0.5)**2/(2*0.7**2) + (y - 1)**2/(2*1.3**2)")
     grid = quadrature(energy, ((-6.0, 7.0), (-7.0, 9.0)), n=600)
