@@ -6,13 +6,14 @@ Every NfcliError becomes one paragraph on stderr and exit code 2, never a traceb
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import torch
 import typer
@@ -23,11 +24,13 @@ from rich.table import Table
 from rich.text import Text
 
 from nfcli.checkpoint import load_checkpoint
+from nfcli.compare import run_compare, split_targets
 from nfcli.diagnostics import khat_verdict, log_prob, resample
 from nfcli.energy import energy_from_source, load_energy
 from nfcli.errors import NfcliError
+from nfcli.figures import FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
-from nfcli.run import check_output, run_fit, write_figures
+from nfcli.run import check_output, run_fit
 from nfcli.targets import TARGETS
 from nfcli.train import FitConfig
 
@@ -131,34 +134,77 @@ def make_config(values: dict[str, Any]) -> FitConfig:
     return cfg
 
 
+# Options that fit and compare share, declared once.
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        help="Energy U: an expression such as 'x**2/2 + y**2/2', a .py file, or a built-in."
+    ),
+]
+IterOpt = Annotated[
+    int | None, typer.Option("--iters", help=f"Optimisation steps. (default: {FitConfig.iters})")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch", help=f"Samples per step. (default: {FitConfig.batch})")
+]
+LrOpt = Annotated[
+    float | None, typer.Option("--lr", help=f"Adam learning rate. (default: {FitConfig.lr})")
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help=f"Random seed. (default: {FitConfig.seed})")
+]
+AnnealOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--anneal", help="Steps of the β schedule 0.01→1; 0 turns it off. (default: 3/8 of --iters)"
+    ),
+]
+VarsOpt = Annotated[
+    str | None, typer.Option("--vars", help="Variable order, e.g. x,y (overrides).")
+]
+RestartsOpt = Annotated[
+    int | None,
+    typer.Option("--restarts", help="Fit R flows at once and keep the best by ln Z. (default: 1)"),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of options; flags win.")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png, pdf or svg.")]
+DpiOpt = Annotated[int, typer.Option("--dpi", help="Figure resolution (dots per inch).")]
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window",
+        "--range",
+        help="2-D extent: lo,hi for both axes or x0,x1,y0,y1 (1-D: the range), e.g. --window=-4,4.",
+    ),
+]
+
+
 @app.command()
 @user_errors
 def fit(
-    target: str = typer.Argument(
-        None, help="Energy U: an expression such as 'x**2/2 + y**2/2', a .py file, or a built-in."
-    ),
-    K: int = typer.Option(None, "--K", help=f"Number of flow layers. (default: {FitConfig.K})"),
-    flow: str = typer.Option(None, "--flow", help=f"planar or radial. (default: {FitConfig.flow})"),
-    iters: int = typer.Option(
-        None, "--iters", help=f"Optimisation steps. (default: {FitConfig.iters})"
-    ),
-    batch: int = typer.Option(
-        None, "--batch", help=f"Samples per step. (default: {FitConfig.batch})"
-    ),
-    lr: float = typer.Option(None, "--lr", help=f"Adam learning rate. (default: {FitConfig.lr})"),
-    seed: int = typer.Option(None, "--seed", help=f"Random seed. (default: {FitConfig.seed})"),
-    anneal: int = typer.Option(
-        None,
-        "--anneal",
-        help="Steps of the β schedule 0.01→1; 0 turns it off. (default: 3/8 of --iters)",
-    ),
-    output: Path = typer.Option(None, "--output", "-o", help="Output folder. (default: .)"),
-    vars: str = typer.Option(None, "--vars", help="Variable order, e.g. x,y (overrides)."),
-    restarts: int = typer.Option(
-        None, "--restarts", help="Fit R flows at once and keep the best by ln Z. (default: 1)"
-    ),
-    config: Path = typer.Option(None, "--config", help="YAML file of options; flags win."),
-    force: bool = typer.Option(None, "--force", help="Overwrite an existing model.pt."),
+    target: TargetArg = None,
+    K: Annotated[
+        int | None, typer.Option("--K", help=f"Number of flow layers. (default: {FitConfig.K})")
+    ] = None,
+    flow: Annotated[
+        str | None, typer.Option("--flow", help=f"planar or radial. (default: {FitConfig.flow})")
+    ] = None,
+    iters: IterOpt = None,
+    batch: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    anneal: AnnealOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder. (default: .)")
+    ] = None,
+    vars: VarsOpt = None,
+    restarts: RestartsOpt = None,
+    config: ConfigOpt = None,
+    force: Annotated[
+        bool | None, typer.Option("--force", help="Overwrite an existing model.pt.")
+    ] = None,
 ) -> None:
     """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures."""
     flags = dict(
@@ -185,9 +231,16 @@ def fit(
     names = _split_vars(values.get("vars"))
     energy = load_energy(str(values["target"]), names)
     out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
+    with fit_progress() as progress:
+        _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress("fit"))
+    err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
 
+
+@contextlib.contextmanager
+def fit_progress() -> Iterator[Callable[[str], Callable[[int, float, float], None]]]:
+    """Rich progress bars on stderr; yields a factory of per-fit step callbacks, one bar each."""
     with Progress(
-        TextColumn("[bold]fit[/] {task.completed}/{task.total}"),
+        TextColumn("[bold]{task.description}[/] {task.completed}/{task.total}"),
         BarColumn(),
         TextColumn("loss {task.fields[loss]:>9.4f}  β {task.fields[beta]:.3f}"),
         TextColumn("{task.fields[rate]:>6.0f} it/s"),
@@ -195,15 +248,88 @@ def fit(
         console=err,
         transient=False,
     ) as bar:
-        task = bar.add_task("fit", total=cfg.iters, loss=math.nan, beta=0.0, rate=0.0)
-        start = time.perf_counter()
 
-        def progress(done: int, loss: float, beta: float) -> None:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
+        def start(label: str) -> Callable[[int, float, float], None]:
+            task = bar.add_task(label, total=None, loss=math.nan, beta=0.0, rate=0.0)
+            t0 = time.perf_counter()
 
-        _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress)
-    err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
+            def step(done: int, loss: float, beta: float, total: int | None = None) -> None:
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
+
+            return step
+
+        yield start
+
+
+@app.command()
+@user_errors
+def compare(
+    targets: Annotated[
+        str,
+        typer.Argument(
+            help="Comma-separated targets (built-ins, .py files or expressions), e.g. u1,u2,u3,u4."
+        ),
+    ],
+    K: Annotated[str, typer.Option("--K", help="Comma-separated layer counts.")] = "2,8,32",
+    flow: Annotated[
+        str, typer.Option("--flow", help="Comma-separated flow types: planar, radial.")
+    ] = "planar",
+    iters: IterOpt = None,
+    batch: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    anneal: AnnealOpt = None,
+    vars: VarsOpt = None,
+    restarts: RestartsOpt = None,
+    config: ConfigOpt = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the fits, figure and summary.csv.")
+    ] = Path("compare"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Refit and overwrite existing fits.")
+    ] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option("--reuse", help="Draw from existing fits whose target and options match."),
+    ] = False,
+    format: FormatOpt = "png",
+    dpi: DpiOpt = 120,
+    window: WindowOpt = None,
+) -> None:
+    """Fit each target with each K (and flow type) and draw the paper's Figure 3 for them:
+    OUTPUT/compare.png, OUTPUT/summary.csv, and each fit in OUTPUT/<target>/<flow>-K<K>/."""
+    flags = dict(iters=iters, batch=batch, lr=lr, seed=seed, anneal=anneal, restarts=restarts)
+    yaml_values = load_yaml(config) if config is not None else {}
+    for key in ("K", "flow", "target", "output", "force"):
+        if key in yaml_values:
+            raise NfcliError(
+                f"The config file {config} sets {key}:, which nfcli compare takes from its "
+                "command line (the target list, --K, --flow, -o, --force). Remove it from the file."
+            )
+    values = merge_config(flags, yaml_values)
+    cfg = make_config(values)
+    opts = FigureOptions(format, dpi, parse_window(window) if window else None)
+    opts.validate()
+    names = _split_vars(values.get("vars") if vars is None else vars)
+    energies = [load_energy(t, names) for t in split_targets(targets)]
+    Ks = parse_ints(K, "--K")
+    flows = [f.strip() for f in flow.split(",")]
+
+    def done(job: Any, m: dict[str, Any]) -> None:
+        kl = f", KL(q‖p) {m['kl_qp']:.4f}" if "kl_qp" in m else ""
+        how = "reused" if job.reuse else f"{m['wall_time_s']:.0f} s"
+        err.print(
+            f"{job.energy.label} {job.config.flow} K={job.config.K}: −ELBO {-m['elbo']:.4f}{kl}, "
+            f"{m['verdict']} ({how}) → {job.folder}",
+            soft_wrap=True,
+        )
+
+    with fit_progress() as progress:
+        figure, summary, _ = run_compare(
+            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done
+        )
+    err.print(f"wrote {figure} and {summary}")
 
 
 def _split_vars(text: str | list | None) -> list[str] | None:
@@ -321,9 +447,28 @@ def plot(
     trust: bool = typer.Option(
         False, "--trust", help="Run the checkpoint's stored Python-file energy (its code)."
     ),
+    format: FormatOpt = "png",
+    dpi: DpiOpt = 120,
+    window: WindowOpt = None,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", help="Layers in layers.png, e.g. 0,1,2,8,32. (default: all)"),
+    ] = None,
+    show: Annotated[
+        str | None, typer.Option("--show", help="Variables in pairs.png when D > 2, e.g. x1,x2,x5.")
+    ] = None,
 ) -> None:
-    """Redraw density.png and loss.png from a checkpoint alone."""
+    """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2)."""
+    opts = FigureOptions(
+        format,
+        dpi,
+        parse_window(window) if window else None,
+        parse_ints(layers, "--layers") if layers else None,
+        _split_vars(show) if show else None,
+    )
+    opts.validate()
     ckpt = load_checkpoint(model)
+    opts.validate(ckpt.names, ckpt.config.K)
     out_dir = ensure_dir(output if output is not None else model.parent)
     try:
         energy = energy_from_source(ckpt.energy_source, trust)
@@ -332,7 +477,7 @@ def plot(
             raise
         err.print(Text.assemble(("note: ", "yellow"), f"drawing the fitted density only. {e}"))
         energy = None
-    for path in write_figures(ckpt, energy, out_dir):
+    for path in write_figures(ckpt, energy, out_dir, opts):
         err.print(f"wrote {path}")
 
 

@@ -226,6 +226,14 @@ class PlanarFlow(nn.Module):
         """z (R, N, D) → (z_K (R, N, D), Σ ln|det J_k| (R, N))."""
         return PlanarStack.apply(z, planar_u_hat(self.u, self.w), self.w, self.b)
 
+    def steps(self, z: Tensor, r: int = 0) -> list[Tensor]:
+        """Flow r's z_0, z_1, …, z_K for z_0 = z (N, D), layer by layer through ``planar``."""
+        u_hat, w, b = planar_u_hat(self.u[r], self.w[r]), self.w[r], self.b[r]
+        zs = [z]
+        for k in range(w.shape[0]):
+            zs.append(planar(zs[-1], u_hat[k], w[k], b[k])[0])
+        return zs
+
     def inverse(self, y: Tensor, r: int = 0) -> tuple[Tensor, Tensor]:
         """Flow r's z0 with forward(z0) = y (N, D), and Σ_k ln|det J_k| along the way."""
         u_hat, w, b = planar_u_hat(self.u[r], self.w[r]), self.w[r], self.b[r]
@@ -253,6 +261,14 @@ class RadialFlow(nn.Module):
             z, ld = radial(z, z0, a, b)
             log_det.append(ld)
         return z, torch.stack(log_det).sum(0)
+
+    def steps(self, z: Tensor, r: int = 0) -> list[Tensor]:
+        """Flow r's z_0, z_1, …, z_K for z_0 = z (N, D), layer by layer through ``radial``."""
+        alpha, beta = radial_alpha_beta(self.alpha_raw[r], self.beta_raw[r])
+        zs = [z]
+        for k in range(self.z0.shape[1]):
+            zs.append(radial(zs[-1], self.z0[r, k], alpha[k], beta[k])[0])
+        return zs
 
     def inverse(self, y: Tensor, r: int = 0) -> tuple[Tensor, Tensor]:
         """Flow r's z0 with forward(z0) = y (N, D), and Σ_k ln|det J_k| along the way."""
@@ -321,6 +337,17 @@ class Flow(nn.Module):
         """n samples of q_K, without gradients, drawn in chunks to bound memory."""
         parts = [self.rsample(min(chunk, n - i), generator)[0] for i in range(0, n, chunk)]
         return torch.cat(parts) if parts else self.base.loc.new_zeros(0, self.dim)
+
+    @torch.no_grad()
+    def trajectory(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[list[Tensor], Tensor]:
+        """n draws followed through the flow: [z_0, z_1, …, z_K], each (n, D), and each draw's
+        distance from the base mean in base standard deviations, ‖(z_0 − μ)/σ‖ (n,)."""
+        self._single()
+        z0, _ = self.base.rsample(n, generator)
+        radius = ((z0[0] - self.base.loc[0]) / self.base.log_scale[0].exp()).norm(dim=-1)
+        return self.layers.steps(z0[0]), radius
 
     def select(self, r: int) -> Flow:
         """Restart r as a single flow (a copy)."""

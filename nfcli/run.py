@@ -1,6 +1,6 @@
 """One fit, end to end, as a library call: energy in; checkpoint, samples, metrics, figures out.
 
-``nfcli fit`` is a thin layer over ``run_fit``; ``nfcli plot`` over ``write_figures``.
+``nfcli fit`` is a thin layer over ``run_fit``; the figures are ``nfcli.figures``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ from nfcli.diagnostics import (
 )
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
+from nfcli.figures import N_SAMPLES, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
-from nfcli.plots import plot_density_1d, plot_density_2d, plot_loss
 from nfcli.train import FitConfig, Progress, beta_schedule, fit, restart_disagreement
 
-N_SAMPLES = 10_000  # samples.npy; the figures use the same draws (same seed)
 N_MONTE_CARLO = 100_000
 
 
@@ -109,7 +108,8 @@ def run_fit(
     force: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Checkpoint, dict[str, Any]]:
-    """Fit, evaluate and write model.pt, samples.npy, metrics.json, density.png and loss.png."""
+    """Fit, evaluate and write model.pt, samples.npy, metrics.json and the figures (density,
+    layers, loss; pairs for D > 2) as PNG."""
     config.validate()
     out = check_output(Path(output), force)
     result = fit(energy, config, progress)
@@ -154,27 +154,3 @@ def run_fit(
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_figures(ckpt: Checkpoint, energy: Energy | None, out: Path) -> list[Path]:
-    """density.png (D ≤ 2) and loss.png from a checkpoint; ``energy`` None draws q alone."""
-    flow, names, m = ckpt.flow, ckpt.names, ckpt.metrics
-    title = f"{m.get('target', '')}: {ckpt.config.flow} flow, K = {ckpt.config.K}"
-    log_z = m.get("log_z_quadrature", m.get("log_z_reference"))
-    written = []
-    if flow.dim <= 2:
-        samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(ckpt.config.seed))
-        if flow.dim == 2:
-            kl = m.get("kl_qp")
-            log_q = flow.log_prob
-            plot_density_2d(out / "density.png", energy, log_z, log_q, samples, names, title, kl)
-        else:
-            plot_density_1d(
-                out / "density.png", energy, flow.log_prob, samples, names[0], title, log_z
-            )
-        written.append(out / "density.png")
-    h = ckpt.history
-    anneal = ckpt.config.anneal_steps
-    plot_loss(out / "loss.png", h["loss"], h["loss_beta1"], anneal, log_z, title)
-    written.append(out / "loss.png")
-    return written

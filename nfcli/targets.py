@@ -20,6 +20,7 @@ W1 = "sin(pi*z1/2)"
 W2 = "3*exp(-((z1 - 1)/0.6)**2/2)"
 W3 = "3*sigmoid((z1 - 1)/0.3)"
 SOFT_BOX = "log(sigmoid(10*(5 - Max(Abs(z1), Abs(z2)))))"  # subtracted from U
+PAPER_WINDOW = ((-4.0, 4.0), (-4.0, 4.0))  # the paper draws U1–U4 on (−4, 4)²
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Target:
     log_z: float  # reference ln Z
     log_z_source: str
     formula: str = ""  # a shorter human-readable form, where the expression is long
+    window: tuple[tuple[float, float], tuple[float, float]] | None = None  # where figures look
 
     @property
     def shown(self) -> str:
@@ -57,6 +59,7 @@ TARGETS: dict[str, Target] = {
             "paper U1: a ring with two modes on the z1 axis",
             1.8775,
             "quadrature",
+            window=PAPER_WINDOW,
         ),
         Target(
             "u2",
@@ -64,6 +67,7 @@ TARGETS: dict[str, Target] = {
             "paper U2: a sine wave (soft box |z|∞ < 5 makes it proper)",
             2.3052,
             "quadrature",
+            window=PAPER_WINDOW,
         ),
         Target(
             "u3",
@@ -72,6 +76,7 @@ TARGETS: dict[str, Target] = {
             "paper U3: a sine wave that splits in two (soft box |z|∞ < 5)",
             2.8648,
             "quadrature",
+            window=PAPER_WINDOW,
         ),
         Target(
             "u4",
@@ -80,6 +85,7 @@ TARGETS: dict[str, Target] = {
             "paper U4: two sine waves offset by a sigmoid step (soft box |z|∞ < 5)",
             2.9337,
             "quadrature",
+            window=PAPER_WINDOW,
         ),
         Target(
             "ring",
