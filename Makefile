@@ -19,14 +19,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/nfcli fit u1 -o runs/demo --force
-	@echo "figures: runs/demo/density.png runs/demo/loss.png"
+	@echo "figures: runs/demo/density.png runs/demo/layers.png runs/demo/loss.png"
 
-# Regenerates the README's figures (examples/figures/) with real fits at the defaults.
+# Regenerates the README's figures (examples/figures/) with real fits at the defaults (~15 min
+# on 2 cores): the paper's Figure 3 (U1-U4 at K = 2, 8, 32), one fit's figures, a 4-D pair plot.
+# FIGURES_FLAGS=--reuse redraws from the fits already in runs/ instead of refitting.
+FIGURES_FLAGS ?= --force
 figures: setup
-	$(BIN)/nfcli fit u1 -o runs/figures/u1 --force
+	$(BIN)/nfcli compare u1,u2,u3,u4 --K 2,8,32 -o runs/figure3 $(FIGURES_FLAGS)
+	$(BIN)/nfcli fit examples/banana4d.py -o runs/banana4d --force
 	mkdir -p examples/figures
-	cp runs/figures/u1/density.png examples/figures/u1-density.png
-	cp runs/figures/u1/loss.png examples/figures/u1-loss.png
+	cp runs/figure3/compare.png examples/figures/figure3.png
+	cp runs/figure3/summary.csv examples/figures/figure3-summary.csv
+	cp runs/figure3/u1/planar-K32/density.png examples/figures/u1-density.png
+	$(BIN)/nfcli plot runs/figure3/u1/planar-K32/model.pt -o runs/u1-layers --dpi 80 \
+		--layers 0,1,2,3,4,6,8,10,12,14,16,18,20,22,24,26,28,32
+	cp runs/u1-layers/layers.png examples/figures/u1-layers.png
+	cp runs/figure3/u1/planar-K32/loss.png examples/figures/u1-loss.png
+	cp runs/banana4d/pairs.png examples/figures/banana4d-pairs.png
 
 lint: setup
 	$(BIN)/ruff check nfcli tests benchmarks examples

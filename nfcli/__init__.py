@@ -9,6 +9,7 @@ samples = result.flow.sample(10_000)
 __version__ = "0.1.0"
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nfcli.compare import run_compare
 from nfcli.diagnostics import (
     importance_sampling,
     log_prob,
@@ -19,12 +20,14 @@ from nfcli.diagnostics import (
 from nfcli.energy import Energy, load_energy
 from nfcli.errors import NfcliError
 from nfcli.expr import parse
+from nfcli.figures import FigureOptions, write_figures
 from nfcli.flows import Flow, planar, radial
 from nfcli.train import FitConfig, FitResult, fit
 
 __all__ = [
     "Checkpoint",
     "Energy",
+    "FigureOptions",
     "FitConfig",
     "FitResult",
     "Flow",
@@ -40,5 +43,7 @@ __all__ = [
     "quadrature",
     "radial",
     "resample",
+    "run_compare",
     "save_checkpoint",
+    "write_figures",
 ]

@@ -229,9 +229,7 @@ def _figure_row(
         grid = choose_window(samples, energy)
         row.log_z = grid.log_z
         row.window = opts.window or preset_window(energy.source) or mass_window(grid)
-        row.p = density_grid(
-            lambda x: -energy(x.float()) - grid.log_z, row.window, GRID, torch.float64
-        )
+        row.p = density_grid(lambda x: -energy(x) - grid.log_z, row.window, GRID, torch.float32)
     elif dim == 1:
         s = samples.double().reshape(-1)
         lo, hi = torch.quantile(s, 0.001).item(), torch.quantile(s, 0.999).item()
@@ -247,7 +245,7 @@ def _figure_row(
         if dim == 1 and row.log_z is not None:
             kl = row.log_z - m["elbo"]
         if dim == 2:
-            q = density_grid(lambda x, f=ckpt.flow: log_prob(f, x), row.window, GRID, torch.float64)
+            q = density_grid(ckpt.flow.log_prob, row.window, GRID, torch.float32)
         elif dim == 1:
             q = log_prob(ckpt.flow, row.xs[:, None]).exp()
         else:

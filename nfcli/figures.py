@@ -158,12 +158,10 @@ def write_figures(
         if window is None or (energy is not None and log_z is None):
             found, log_z = window_2d(samples, energy, log_z)
             window = window or found
-        q = density_grid(lambda x: log_prob(flow, x), window, GRID, torch.float64)
+        q = density_grid(flow.log_prob, window, GRID, samples.dtype)  # float32 suffices to draw
         p = None
         if energy is not None and log_z is not None:
-            p = density_grid(
-                lambda x: -energy(x.to(samples.dtype)) - log_z, window, GRID, torch.float64
-            )
+            p = density_grid(lambda x: -energy(x) - log_z, window, GRID, samples.dtype)
         figures.append(
             (path["density"], density_2d_figure(window, q, p, names, title, m.get("kl_qp")))
         )

@@ -22,10 +22,14 @@ SAMPLE_FORMATS = (".npy", ".csv", ".pt")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temporary file in the same folder, fsync it, then os.replace it into place."""
+    """Write via a temporary file in the same folder, fsync it, then os.replace it into place.
+    The file gets the permissions a plain open() would give it (0666 less the umask), not
+    mkstemp's private 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -35,6 +39,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_dir(path: str | Path) -> Path:

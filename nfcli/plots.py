@@ -373,7 +373,8 @@ def pairs_figure(
             elif j > 0:
                 ax.set_yticklabels([])
     if w is not None:
-        axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+        # in the empty upper triangle; a legend beside a panel would widen its grid column
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=9)
     shown = "" if d == len(names) else f" ({d} of {len(names)} variables)"
     fig.suptitle(f"{title}: marginals of q, {len(s):,} samples{shown}")
     return fig

@@ -1,0 +1,277 @@
+"""Figures: the builders draw the panels asked for; nfcli plot and nfcli compare write valid images
+of the expected size in each format, a summary.csv, and refuse bad options with exit code 2."""
+
+import csv
+import struct
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nfcli.cli import app
+from nfcli.compare import split_targets
+from nfcli.diagnostics import quadrature
+from nfcli.energy import load_energy
+from nfcli.errors import NfcliError
+from nfcli.flows import Flow
+from nfcli.plots import (
+    ComparePanel,
+    CompareRow,
+    compare_figure,
+    default_layers,
+    layers_figure,
+    mass_window,
+    pairs_figure,
+)
+
+runner = CliRunner()
+TINY = ["--iters", "60", "--anneal", "20", "--K", "3"]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def panels(fig: plt.Figure) -> list[plt.Axes]:
+    """The visible axes that hold data (colour bars and hidden grid cells excluded)."""
+    return [
+        ax
+        for ax in fig.axes
+        if ax.get_visible()
+        and (ax.collections or ax.images or ax.lines or ax.patches)
+        and ax.get_label() != "<colorbar>"
+    ]
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["planar", "radial"])
+def test_trajectory_follows_the_readable_layers_to_the_fast_path(kind):
+    torch.manual_seed(0)
+    flow = Flow(2, 5, kind, init_scale=0.8)
+    zs, radius = flow.trajectory(500, torch.Generator().manual_seed(3))
+    assert len(zs) == 6 and all(z.shape == (500, 2) for z in zs)
+    fast = flow.sample(500, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(zs[-1], fast, rtol=1e-5, atol=1e-5)
+    eps = (zs[0] - flow.base.loc[0]) / flow.base.log_scale[0].exp()
+    torch.testing.assert_close(radius, eps.norm(dim=-1))
+
+
+def test_default_layers_are_every_layer_or_an_even_spread_with_both_ends():
+    assert default_layers(32) == list(range(33))
+    many = default_layers(128)
+    assert len(many) == 36 and many[0] == 0 and many[-1] == 128 and many == sorted(set(many))
+
+
+@pytest.mark.parametrize(("dim", "layers"), [(1, [0, 2]), (2, [0, 1, 2, 3, 4]), (5, [0, 4])])
+def test_layers_figure_draws_one_panel_per_requested_layer(dim, layers):
+    flow = Flow(dim, 4, "planar", init_scale=0.5)
+    zs, radius = flow.trajectory(200)
+    names = [f"x{i}" for i in range(dim)]
+    fig = layers_figure(zs, radius, layers, names, "t", columns=(0, 1) if dim < 3 else (3, 1))
+    shown = panels(fig)
+    assert len(shown) == len(layers)
+    assert next(ax.get_title() for ax in shown) == "base z₀"
+    if dim == 5:  # the chosen columns are drawn: x3 against x1
+        x, y = shown[-1].collections[0].get_offsets().T
+        torch.testing.assert_close(torch.tensor(x), zs[4][:, 3].double(), check_dtype=False)
+        torch.testing.assert_close(torch.tensor(y), zs[4][:, 1].double(), check_dtype=False)
+    plt.close(fig)
+
+
+def test_pairs_figure_is_a_corner_plot_with_reweighted_marginals():
+    samples = torch.randn(2000, 5)
+    names = ["a", "b", "c", "d", "e"]
+    fig = pairs_figure(samples, names, [0, 2, 4], "t", weights=torch.rand(2000))
+    shown = panels(fig)
+    assert len(shown) == 6  # 3 diagonal + 3 below it
+    labels = {ax.get_xlabel() for ax in shown} | {ax.get_ylabel() for ax in shown}
+    assert {"a", "c", "e"} <= labels and "b" not in labels
+    diagonal = [ax for ax in shown if not ax.collections]
+    assert len(diagonal) == 3
+    # q's histogram and the reweighted one (p) on every diagonal panel
+    assert all(len(ax.patches) > 60 for ax in diagonal)
+    plt.close(fig)
+
+
+def test_compare_figure_has_target_fits_and_bound_per_row():
+    img = torch.rand(20, 20)
+    row = CompareRow("u1", ["z1", "z2"], ((-4, 4), (-4, 4)), img, 1.88)
+    row.panels = [ComparePanel("planar", k, img, -1.8 + 1 / k, 0.01, 0.1 / k) for k in (2, 8, 32)]
+    xs = torch.linspace(-3, 3, 50)
+    row1 = CompareRow("x**2/2", ["x"], ((-3, 3), (-3, 3)), xs.exp(), None, xs=xs)
+    row1.panels = [ComparePanel("radial", k, xs.exp(), 0.1, 0.01) for k in (2, 8)]
+    fig = compare_figure([row, row1])
+    shown = panels(fig)
+    assert len(shown) == (1 + 3 + 1) + (1 + 2 + 1)
+    titles = [ax.get_title() for ax in shown]
+    assert titles.count("target") == 2 and titles.count("bound against K") == 2
+    assert "planar K = 8\nKL 0.013" in titles
+    bound = next(ax for ax in shown if ax.get_title() == "bound against K")
+    assert list(bound.lines[0].get_xdata()) == [2, 8, 32]
+    plt.close(fig)
+
+
+def test_mass_window_holds_the_target_mass():
+    energy = load_energy("x**2/2 + (y/3)**2/2")
+    grid = quadrature(energy, ((-20, 20), (-20, 20)), 400)
+    (x0, x1), (y0, y1) = mass_window(grid, mass=1e-3, pad=0.0)
+    # the 0.1% and 99.9% quantiles of N(0, 1) and N(0, 9): ±3.09 and ±9.27
+    assert x0 == pytest.approx(-3.09, abs=0.15) and x1 == pytest.approx(3.09, abs=0.15)
+    assert y0 == pytest.approx(-9.27, abs=0.15) and y1 == pytest.approx(9.27, abs=0.15)
+
+
+def test_split_targets_keeps_function_arguments_whole():
+    assert split_targets("u1, Max(x, y) + x**2 ,u2") == ["u1", "Max(x, y) + x**2", "u2"]
+    with pytest.raises(NfcliError, match="empty entry"):
+        split_targets("u1,,u2")
+
+
+# --- nfcli plot ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Tiny fits through the CLI: 2-D (u1), 1-D and 3-D."""
+    out = tmp_path_factory.mktemp("fits")
+    for name, target in [("d2", "u1"), ("d1", "x**2/2"), ("d3", "(a**2 + b**2 + c**2)/2")]:
+        result = run("fit", target, *TINY, "-o", out / name)
+        assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fit_writes_the_figures_for_its_dimension(fitted):
+    assert {p.name for p in (fitted / "d2").glob("*.png")} == {
+        "density.png",
+        "layers.png",
+        "loss.png",
+    }
+    assert {p.name for p in (fitted / "d1").glob("*.png")} == {
+        "density.png",
+        "layers.png",
+        "loss.png",
+    }
+    assert {p.name for p in (fitted / "d3").glob("*.png")} == {
+        "pairs.png",
+        "layers.png",
+        "loss.png",
+    }
+
+
+def test_plot_writes_images_of_the_requested_size(fitted, tmp_path):
+    result = run(
+        "plot", fitted / "d2" / "model.pt", "-o", tmp_path, "--dpi", "50", "--layers", "0,1,3"
+    )
+    assert result.exit_code == 0, result.output
+    # density: 3 panels of 4.2 in + 1 in wide, (−4, 4)² is square: 4 + 0.7 in high
+    assert png_size(tmp_path / "density.png") == (round(13.6 * 50), round(4.7 * 50))
+    # layers: 3 panels on a 2 × 2 grid of 2.1 in cells, + 1.2 in and 0.7 in of margins
+    assert png_size(tmp_path / "layers.png") == (round(5.4 * 50), round(4.9 * 50))
+    assert png_size(tmp_path / "loss.png") == (350, 200)
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_plot_writes_pdf_and_svg(fitted, tmp_path, fmt, magic):
+    result = run("plot", fitted / "d3" / "model.pt", "-o", tmp_path, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"{n}.{fmt}" for n in ("layers", "loss", "pairs"))
+    assert all((tmp_path / n).read_bytes().startswith(magic) for n in names)
+
+
+def test_plot_window_and_show(fitted, tmp_path):
+    result = run("plot", fitted / "d2" / "model.pt", "-o", tmp_path, "--window=-2,2,-1,1")
+    assert result.exit_code == 0, result.output
+    _w, h = png_size(tmp_path / "density.png")
+    assert h == round((2.5 + 0.7) * 120)  # a wide window: the panels' height is clamped at 2.5 in
+    result = run("plot", fitted / "d3" / "model.pt", "-o", tmp_path, "--show", "c,a")
+    assert result.exit_code == 0, result.output
+    # 2 variables: a 2 × 2 corner of 2.4 in cells + 0.6 in
+    assert png_size(tmp_path / "pairs.png") == (round(5.4 * 120), round(5.4 * 120))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--format", "jpg"], "--format 'jpg' is not a figure format"),
+        (["--dpi", "5"], "--dpi 5 is out of range"),
+        (["--window", "1,0"], "is not a window"),
+        (["--window", "a,b"], "is not a window"),
+        (["--window", "1,2,3"], "is not a window"),
+        (["--layers", "0,9"], "has layers 0 (the base) to 3"),
+        (["--layers", "x"], "must be comma-separated whole numbers"),
+        (["--show", "z1,q"], "unknown: q"),
+        (["--show", "z1"], "name two or more different variables"),
+    ],
+)
+def test_plot_bad_options(fitted, tmp_path, args, fragment):
+    result = run("plot", fitted / "d2" / "model.pt", "-o", tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert fragment in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# --- nfcli compare -------------------------------------------------------------------------------
+
+
+def test_compare_fits_every_combination_and_reuses_or_refuses(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "u1,x**2/2", "--K", "1,2", "--flow", "planar,radial", "--iters", "40"]
+    result = run(*args, "--dpi", "40", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["target"], r["flow"], r["K"]) for r in rows] == [
+        (t, f, k) for t in ("u1", "x**2/2") for f in ("planar", "radial") for k in ("1", "2")
+    ]
+    assert all(r["iters"] == "40" and r["reused"] == "False" for r in rows)
+    assert rows[0]["kl_qp"] and float(rows[0]["log_z_quadrature"]) == pytest.approx(1.8775, 1e-3)
+    for r in rows:
+        assert Path(r["model"]).is_file()
+    assert (out / "u1" / "radial-K2" / "density.png").is_file()
+    # 2 rows, 1 target + 4 fits + 1 bound panel of 2.5 in, + 0.8 in and 0.5 in
+    assert png_size(out / "compare.png") == (round(15.8 * 40), round(5.5 * 40))
+
+    model = out / "u1" / "planar-K1" / "model.pt"
+    before = model.read_bytes()
+    again = run(*args, "-o", out)
+    assert (
+        again.exit_code == 2 and "--reuse" in again.output and "nothing was fitted" in again.output
+    )
+    reused = run(*args, "-o", out, "--reuse", "--format", "pdf")
+    assert reused.exit_code == 0, reused.output
+    assert (out / "compare.pdf").read_bytes().startswith(b"%PDF")
+    assert all(r["reused"] == "True" for r in csv.DictReader((out / "summary.csv").open()))
+    assert model.read_bytes() == before
+    # different options do not match the stored fits: refused, not silently reused
+    changed = run(*args[:-1], "50", "-o", out, "--reuse")
+    assert changed.exit_code == 2 and "already exist" in changed.output
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["u1", "--K", "2,x"], "must be comma-separated whole numbers"),
+        (["u1", "--K", "0"], "K = 0 is out of range"),
+        (["u1", "--K", "2,2"], "give one or more different layer counts"),
+        (["u1", "--flow", "planar,maf"], "give one or more different flow types"),
+        (["u1,,u2"], "empty entry"),
+        (["u1,foo(x)"], "unknown function 'foo'"),
+        (["u1", "--format", "gif"], "is not a figure format"),
+    ],
+)
+def test_compare_bad_input(tmp_path, args, fragment):
+    result = run("compare", *args, "-o", tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert fragment in " ".join(result.output.split())
+    assert not (tmp_path / "c" / "summary.csv").exists()
