@@ -2,7 +2,10 @@
 of the expected size in each format, a summary.csv, and refuse bad options with exit code 2."""
 
 import csv
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -275,3 +278,11 @@ def test_compare_bad_input(tmp_path, args, fragment):
     assert result.exit_code == 2, result.output
     assert fragment in " ".join(result.output.split())
     assert not (tmp_path / "c" / "summary.csv").exists()
+
+
+def test_figures_are_drawn_headless_whatever_the_environment_asks():
+    code = "import nfcli.cli, matplotlib; print(matplotlib.get_backend())"
+    env = {**os.environ, "MPLBACKEND": "TkAgg", "DISPLAY": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "agg"
