@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from nfcli import __version__
+from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write
@@ -110,6 +111,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         known = set(FitConfig.field_names())
         config = FitConfig(**{k: v for k, v in data["config"].items() if k in known})
         flow = Flow(data["dim"], config.K, config.flow, config.init_scale, config.base_scale)
+        flow = flow.to(resolve_dtype(config.dtype))
         flow.load_state_dict(data["state_dict"])
         return Checkpoint(
             flow.eval(),
@@ -119,7 +121,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             data["metrics"],
             data["versions"],
         )
-    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+    except (KeyError, TypeError, RuntimeError, ValueError, NfcliError) as e:
         raise NfcliError(
             f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
             "Re-run nfcli fit to make a new one."

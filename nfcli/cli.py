@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import torch
 import typer
 import yaml
 from rich.console import Console
@@ -23,8 +22,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from nfcli.checkpoint import load_checkpoint
+from nfcli.checkpoint import Checkpoint, load_checkpoint
 from nfcli.compare import run_compare, split_targets
+from nfcli.devices import generator as make_generator
+from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
 from nfcli.energy import energy_from_source, load_energy
 from nfcli.errors import NfcliError
@@ -74,7 +75,7 @@ def user_errors(fn: F) -> F:
 
 # --- fit ---
 
-RUN_KEYS = ("target", "output", "vars", "force")
+RUN_KEYS = ("target", "output", "vars", "force", "device")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -166,6 +167,13 @@ RestartsOpt = Annotated[
     int | None,
     typer.Option("--restarts", help="Fit R flows at once and keep the best by ln Z. (default: 1)"),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu, cuda (or cuda:N) or auto (a GPU if any). (default: cpu)"),
+]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="float32 or float64. (default: float32)")
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of options; flags win.")
 ]
@@ -201,6 +209,8 @@ def fit(
     ] = None,
     vars: VarsOpt = None,
     restarts: RestartsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     config: ConfigOpt = None,
     force: Annotated[
         bool | None, typer.Option("--force", help="Overwrite an existing model.pt.")
@@ -217,6 +227,8 @@ def fit(
         seed=seed,
         anneal=anneal,
         restarts=restarts,
+        dtype=dtype,
+        device=device,
         output=output,
         vars=vars,
         force=force,
@@ -231,8 +243,11 @@ def fit(
     names = _split_vars(values.get("vars"))
     energy = load_energy(str(values["target"]), names)
     out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
+    where = resolve_device(str(values.get("device") or "cpu"))
     with fit_progress() as progress:
-        _, metrics = run_fit(energy, cfg, out_dir, bool(values.get("force")), progress("fit"))
+        _, metrics = run_fit(
+            energy, cfg, out_dir, bool(values.get("force")), progress("fit"), where
+        )
     err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
 
 
@@ -282,6 +297,8 @@ def compare(
     anneal: AnnealOpt = None,
     vars: VarsOpt = None,
     restarts: RestartsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     config: ConfigOpt = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for the fits, figure and summary.csv.")
@@ -299,9 +316,18 @@ def compare(
 ) -> None:
     """Fit each target with each K (and flow type) and draw the paper's Figure 3 for them:
     OUTPUT/compare.png, OUTPUT/summary.csv, and each fit in OUTPUT/<target>/<flow>-K<K>/."""
-    flags = dict(iters=iters, batch=batch, lr=lr, seed=seed, anneal=anneal, restarts=restarts)
+    flags = dict(
+        iters=iters,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        anneal=anneal,
+        restarts=restarts,
+        dtype=dtype,
+        device=device,
+    )
     yaml_values = load_yaml(config) if config is not None else {}
-    for key in ("K", "flow", "target", "output", "force"):
+    for key in ("K", "flow", "target", "output", "force"):  # device: may be in the file
         if key in yaml_values:
             raise NfcliError(
                 f"The config file {config} sets {key}:, which nfcli compare takes from its "
@@ -315,6 +341,7 @@ def compare(
     energies = [load_energy(t, names) for t in split_targets(targets)]
     Ks = parse_ints(K, "--K")
     flows = [f.strip() for f in flow.split(",")]
+    where = resolve_device(str(values.get("device") or "cpu"))
 
     def done(job: Any, m: dict[str, Any]) -> None:
         kl = f", KL(q‖p) {m['kl_qp']:.4f}" if "kl_qp" in m else ""
@@ -327,7 +354,7 @@ def compare(
 
     with fit_progress() as progress:
         figure, summary, _ = run_compare(
-            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done
+            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done, where
         )
     err.print(f"wrote {figure} and {summary}")
 
@@ -397,13 +424,15 @@ def sample(
     trust: bool = typer.Option(
         False, "--trust", help="With --resample: run a stored Python-file energy (its code)."
     ),
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
     check_sample_path(output)
-    ckpt = load_checkpoint(model)
-    generator = torch.Generator().manual_seed(seed)
+    ckpt = _load_to(model, device, dtype)
+    generator = make_generator(ckpt.flow.base.loc.device, seed)
     if resample_:
         pool = pool if pool is not None else max(10 * n, 100_000)
         if pool <= 0:
@@ -419,6 +448,15 @@ def sample(
     save_samples(samples, output, ckpt.names)
     if output != "-":
         err.print(f"wrote {n} samples of {ckpt.flow.dim} variables to {output}")
+
+
+def _load_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
+    """A checkpoint with its flow moved to ``device`` and ``dtype`` (default: CPU, as fitted)."""
+    where = resolve_device(device or "cpu")
+    precision = resolve_dtype(dtype) if dtype else None
+    ckpt = load_checkpoint(model)
+    ckpt.flow = ckpt.flow.to(device=where, dtype=precision)
+    return ckpt
 
 
 @app.command()
@@ -457,6 +495,8 @@ def plot(
     show: Annotated[
         str | None, typer.Option("--show", help="Variables in pairs.png when D > 2, e.g. x1,x2,x5.")
     ] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2)."""
     opts = FigureOptions(
@@ -467,7 +507,7 @@ def plot(
         _split_vars(show) if show else None,
     )
     opts.validate()
-    ckpt = load_checkpoint(model)
+    ckpt = _load_to(model, device, dtype)
     opts.validate(ckpt.names, ckpt.config.K)
     out_dir = ensure_dir(output if output is not None else model.parent)
     try:

@@ -152,6 +152,7 @@ def run_compare(
     options: FigureOptions | None = None,
     progress: Callable[[str], Progress | None] | None = None,
     on_done: Callable[[Planned, dict[str, Any]], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
@@ -170,9 +171,8 @@ def run_compare(
             label = (
                 f"{job.energy.label} {job.config.flow} K={job.config.K} ({i + 1}/{len(planned)})"
             )
-            ckpt, _ = run_fit(
-                job.energy, job.config, job.folder, True, progress(label) if progress else None
-            )
+            step = progress(label) if progress else None
+            ckpt, _ = run_fit(job.energy, job.config, job.folder, True, step, device)
         fits.append((job, ckpt))
         if on_done:
             on_done(job, ckpt.metrics)

@@ -152,12 +152,12 @@ def draw_weighted(
     chunk: int = 65_536,
 ) -> tuple[Tensor, Tensor]:
     """n fresh samples z ~ q and their log importance weights ln w = −U(z) − ln q(z) (float64),
-    drawn in chunks to bound memory."""
+    drawn in chunks where the flow is (memory stays bounded) and returned on the CPU."""
     zs, log_w = [], []
     for i in range(0, n, chunk):
         z, log_q = flow.rsample(min(chunk, n - i), generator)
-        zs.append(z)
-        log_w.append((-energy(z) - log_q).double())
+        zs.append(z.cpu())
+        log_w.append((-energy(z) - log_q).double().cpu())
     return torch.cat(zs), torch.cat(log_w)
 
 
@@ -282,5 +282,8 @@ def resample(
             f"Cannot resample: U is infinite or NaN at every one of the {pool:,} draws of q. "
             "Check the energy where the fit puts its mass (nfcli plot), or refit."
         )
+    if generator is not None and generator.device.type != "cpu":  # the weights are on the CPU
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        generator = torch.Generator().manual_seed(seed)
     idx = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=generator)
     return z[idx], imp

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from nfcli.checkpoint import Checkpoint
+from nfcli.devices import generator
 from nfcli.diagnostics import Window, choose_window, log_prob, psis
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
@@ -140,7 +141,9 @@ def write_figures(
     out: Path,
     options: FigureOptions | None = None,
 ) -> list[Path]:
-    """Draw a checkpoint's figures into ``out``; without ``energy``, q alone. Returns the paths."""
+    """Draw a checkpoint's figures into ``out``; without ``energy``, q alone. The numbers are
+    computed where ``ckpt.flow`` is (device and dtype), the drawing on the CPU. Returns the
+    paths."""
     opts = options or FigureOptions()
     flow, names, m, cfg = ckpt.flow, ckpt.names, ckpt.metrics, ckpt.config
     opts.validate(names, cfg.K)
@@ -150,34 +153,38 @@ def write_figures(
     shown = (
         [names.index(v) for v in opts.show] if opts.show else list(range(min(flow.dim, MAX_PAIRS)))
     )
+    device, dtype = flow.base.loc.device, flow.base.loc.dtype
     with torch.no_grad():
-        samples, log_q = flow.rsample(N_SAMPLES, torch.Generator().manual_seed(cfg.seed))
+        draws, log_q = flow.rsample(N_SAMPLES, generator(device, cfg.seed))
+    samples = draws.cpu()
     figures = []
     if flow.dim == 2:
         window = opts.window or preset_window(ckpt.energy_source)
         if window is None or (energy is not None and log_z is None):
             found, log_z = window_2d(samples, energy, log_z)
             window = window or found
-        q = density_grid(flow.log_prob, window, GRID, samples.dtype)  # float32 suffices to draw
+        q = density_grid(flow.log_prob, window, GRID, dtype, device)
         p = None
         if energy is not None and log_z is not None:
-            p = density_grid(lambda x: -energy(x) - log_z, window, GRID, samples.dtype)
+            p = density_grid(lambda x: -energy(x) - log_z, window, GRID, dtype, device)
         figures.append(
             (path["density"], density_2d_figure(window, q, p, names, title, m.get("kl_qp")))
         )
     elif flow.dim == 1:
         (lo, hi) = opts.window[0] if opts.window else _range_1d(samples)
         xs = torch.linspace(lo, hi, 1000, dtype=torch.float64)
-        q = log_prob(flow, xs[:, None]).exp()
+        q = log_prob(flow, xs[:, None].to(device)).exp().cpu()
         p = None
         if energy is not None:
             with torch.no_grad():
-                p = normalised_curve(-energy(xs[:, None].to(samples.dtype)), xs, log_z)
+                neg_u = -energy(xs[:, None].to(device=device, dtype=dtype)).cpu()
+            p = normalised_curve(neg_u, xs, log_z)
         figures.append((path["density"], density_1d_figure(xs, q, p, samples, names[0], title)))
     else:
-        weights = _importance_weights(samples, log_q, energy) if energy is not None else None
+        weights = _importance_weights(draws, log_q, energy) if energy is not None else None
         figures.append((path["pairs"], pairs_figure(samples, names, shown, title, weights)))
-    zs, radius = flow.trajectory(N_LAYER_SAMPLES, torch.Generator().manual_seed(cfg.seed))
+    zs, radius = flow.trajectory(N_LAYER_SAMPLES, generator(device, cfg.seed))
+    zs, radius = [z.cpu() for z in zs], radius.cpu()
     layers = opts.layers or default_layers(cfg.K)
     window = opts.window if flow.dim == 2 else None  # else the draws' extent over all panels
     columns = (shown[0], shown[1]) if flow.dim > 2 else (0, 1)
@@ -200,8 +207,8 @@ def _range_1d(samples: Tensor) -> tuple[float, float]:
 def _importance_weights(samples: Tensor, log_q: Tensor, energy: Energy) -> Tensor | None:
     """Pareto-smoothed p/q for samples of q (None when the energy is not finite at them)."""
     with torch.no_grad():
-        log_w = (-energy(samples) - log_q).double()
+        log_w = (-energy(samples) - log_q).double().cpu()
     if not torch.isfinite(log_w).all():
         return None
     smoothed, _ = psis(log_w)
-    return torch.exp(smoothed - smoothed.max())
+    return torch.exp(smoothed - smoothed.max()).cpu()

@@ -85,12 +85,16 @@ def union(a: Window, b: Window) -> Window:
 
 
 def density_grid(
-    fn: Callable[[Tensor], Tensor], window: Window, n: int, dtype: torch.dtype
+    fn: Callable[[Tensor], Tensor],
+    window: Window,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """exp(fn) on the n×n cell midpoints of ``window`` as an (n, n) image (rows are y), float64;
-    NaN counts as zero density."""
+    """exp(fn) on the n×n cell midpoints of ``window`` (evaluated in ``dtype`` on ``device``) as
+    an (n, n) CPU image (rows are y), float64; NaN counts as zero density."""
     with torch.no_grad():
-        values = fn(grid_points(window, n).to(dtype)).double()
+        values = fn(grid_points(window, n).to(device=device, dtype=dtype)).double().cpu()
     return torch.nan_to_num(values, nan=-math.inf).exp().reshape(n, n)
 
 

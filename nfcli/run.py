@@ -107,13 +107,14 @@ def run_fit(
     output: str | Path = ".",
     force: bool = False,
     progress: Progress | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Checkpoint, dict[str, Any]]:
-    """Fit, evaluate and write model.pt, samples.npy, metrics.json and the figures (density,
-    layers, loss; pairs for D > 2) as PNG."""
+    """Fit on ``device``, evaluate on the CPU and write model.pt, samples.npy, metrics.json and
+    the figures (density, layers, loss; pairs for D > 2) as PNG."""
     config.validate()
     out = check_output(Path(output), force)
-    result = fit(energy, config, progress)
-    flow = result.flow.eval()
+    result = fit(energy, config, progress, device=device)
+    flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
     ev = evaluate(flow, energy, samples, config.seed)
     if result.restarts:
@@ -138,6 +139,8 @@ def run_fit(
         "K": config.K,
         "flow": config.flow,
         "restarts_fitted": config.restarts,
+        "device": str(torch.device(device)),
+        "dtype": config.dtype,
         "iters": config.iters,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
         **ev,

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor
 
+from nfcli.devices import resolve_dtype
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
@@ -40,6 +41,7 @@ class FitConfig:
     init_scale: float = 0.25  # std of the initial u, w (planar) or centres (radial)
     base_scale: float = 2.0  # initial std of q0: wide, so that annealing starts over every mode
     restarts: int = 1  # independent flows fitted together; see ``fit``
+    dtype: str = "float32"  # or "float64"
 
     def validate(self) -> None:
         checks = [
@@ -63,6 +65,7 @@ class FitConfig:
                     f"{name} = {getattr(self, name)} is out of range: it is {meaning}. "
                     "Give a positive value."
                 )
+        resolve_dtype(self.dtype)
         if self.flow not in FLOW_TYPES:
             raise NfcliError(
                 f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
@@ -115,24 +118,33 @@ class FitResult:
 
 
 Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
+Monitor = Callable[[int, Flow], None]  # (steps done, the flow being fitted)
 N_SELECT = 20_000  # importance samples per restart to choose the kept one
 
 
 def fit(
-    energy: Energy, config: FitConfig, progress: Progress | None = None, every: int = 100
+    energy: Energy,
+    config: FitConfig,
+    progress: Progress | None = None,
+    every: int = 100,
+    device: str | torch.device = "cpu",
+    monitor: Monitor | None = None,
 ) -> FitResult:
-    """Fit a flow to exp(−U) by annealed reverse KL. ``progress`` is called every ``every`` steps
-    (the only points where the loop waits for the loss values). The same seed gives the same
-    result; the caller's global random state is left as it was.
+    """Fit a flow to exp(−U) by annealed reverse KL on ``device``. ``progress`` is called every
+    ``every`` steps (the only points where the loop waits for the loss values); so is ``monitor``
+    (benchmarks use it to measure the flow as it trains). The same seed gives the same result on
+    one device; the caller's global random state is left as it was. The returned flow and losses
+    stay on ``device``.
 
     With ``config.restarts`` = R > 1, R independent flows are fitted as one batched computation
     (parameters with a leading dimension R; the loss is the sum of their objectives, so each one's
     gradient is its own, and Adam's update is elementwise) until ``select_step``; there
     ``choose_restart`` keeps the one with the highest ln Z estimate, which goes on alone."""
     config.validate()
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _fit(energy, config, progress, every)
+        return _fit(energy, config, progress, every, device, monitor)
 
 
 def select_step(config: FitConfig) -> int:
@@ -143,12 +155,20 @@ def select_step(config: FitConfig) -> int:
     return min(config.iters, config.anneal_steps or config.iters)
 
 
-def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: int) -> FitResult:
+def _fit(
+    energy: Energy,
+    config: FitConfig,
+    progress: Progress | None,
+    every: int,
+    device: torch.device,
+    monitor: Monitor | None,
+) -> FitResult:
     R, B, D = config.restarts, config.batch, energy.dim
     flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts=R)
+    flow = flow.to(device=device, dtype=resolve_dtype(config.dtype))
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
-    loss_hist = torch.full((config.iters, R), math.nan)
-    loss1_hist = torch.full((config.iters, R), math.nan)
+    loss_hist = torch.full((config.iters, R), math.nan, device=device)
+    loss1_hist = torch.full((config.iters, R), math.nan, device=device)
     anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
     kept, summaries, cols = 0, [], slice(None)
     start = time.perf_counter()
@@ -170,16 +190,20 @@ def _fit(energy: Energy, config: FitConfig, progress: Progress | None, every: in
         with torch.no_grad():
             loss_hist[t, cols] = loss
             loss1_hist[t, cols] = log_q_mean + u_mean
-        if progress is not None and ((t + 1) % every == 0 or t + 1 == config.iters):
-            recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].mean(0)
-            progress(t + 1, recent.min().item(), beta)
+        if (t + 1) % every == 0 or t + 1 == config.iters:
+            if progress is not None:
+                recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].mean(0)
+                progress(t + 1, recent.min().item(), beta)
+            if monitor is not None:
+                monitor(t + 1, flow)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
     seconds = time.perf_counter() - start
     if flow.restarts > 1:  # the restarts explored to the end (no annealing)
         kept, summaries = choose_restart(flow, energy)
         flow = flow.select(kept)
-    return FitResult(
-        flow, config, loss_hist[:, kept], loss1_hist[:, kept], seconds, summaries, kept
-    )
+    loss, loss1 = loss_hist[:, kept].float().cpu(), loss1_hist[:, kept].float().cpu()
+    return FitResult(flow, config, loss, loss1, seconds, summaries, kept)
 
 
 def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.Adam]:

@@ -1,0 +1,401 @@
+"""nfcli against normflows, side by side in one process, alternating; and how nfcli scales.
+
+    pip install normflows==1.7.3        # or: make bench-setup (a benchmark dependency only)
+    python benchmarks/speed.py                       # every table, CPU, one thread
+    python benchmarks/speed.py --tables identical --iters 3000 --rounds 2
+    python benchmarks/speed.py --tables scaling --device cuda
+
+Tables (printed as Markdown):
+
+* identical: the same work for both (target, K = 32 planar layers, batch 256, iterations, learning
+  rate 5e-3 held constant, β annealed over 3/8 of the steps, float32, one thread): ms/iteration of
+  each and their ratio, final KL(q‖p) of each (ln Z by quadrature, ELBO from 10⁵ samples), and the
+  peak memory of a run (a fresh child process per run: resident set growth on CPU,
+  max_memory_allocated on CUDA). nfcli and normflows alternate target by target, round by round.
+* quality: seconds of optimisation until KL(q‖p) ≤ 0.03 on U1 and ≤ 0.06 on U2–U4 (checked every
+  250 steps with a 20,000-sample ELBO, not counted in the time): nfcli at its defaults against
+  normflows with the recipe of its planar example (Adam 1e-3, weight decay 1e-4, β annealed over
+  10,000 steps, at most 20,000 steps) with K = 32 and batch 256 as in the first table.
+* scaling: nfcli's ms/iteration and peak memory against D (a standard normal target), K and the
+  number of restarts R.
+* compile: nfcli's training step with and without torch.compile: compile time and ms/iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from nfcli import FitConfig, fit, load_energy
+from nfcli.diagnostics import importance_sampling
+from nfcli.energy import Energy
+
+TARGETS = ["u1", "u2", "u3", "u4"]
+THRESHOLD = {"u1": 0.03, "u2": 0.06, "u3": 0.06, "u4": 0.06}
+
+
+# --- the two libraries on the same work ----------------------------------------------------------
+
+
+def identical_config(iters: int, dtype: str = "float32") -> FitConfig:
+    return FitConfig(K=32, batch=256, iters=iters, lr=5e-3, anneal=round(0.375 * iters), decay=0.0,
+                     dtype=dtype)  # fmt: skip
+
+
+def run_nfcli(energy: Energy, cfg: FitConfig, device: str, monitor=None):
+    """(flow, optimisation seconds) of nfcli's own fit."""
+    result = fit(energy, cfg, device=device, monitor=monitor)
+    return result.flow, result.seconds
+
+
+def normflows_model(energy: Energy, K: int, device: str, dtype: torch.dtype):
+    import normflows as nf
+
+    class Target(nf.distributions.Target):
+        def log_prob(self, z):
+            return -energy(z)
+
+    flows = [nf.flows.Planar((energy.dim,)) for _ in range(K)]
+    q0 = nf.distributions.DiagGaussian(energy.dim)
+    return nf.NormalizingFlow(q0=q0, flows=flows, p=Target()).to(device=device, dtype=dtype)
+
+
+def run_normflows(
+    energy: Energy,
+    K: int,
+    batch: int,
+    iters: int,
+    lr: float,
+    anneal: int,
+    weight_decay: float,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    monitor: Callable | None = None,
+    every: int = 250,
+):
+    """(model, optimisation seconds) of a normflows fit, its loop as in its planar example, but
+    without the example's per-step host synchronisation (losses stay on the device)."""
+    torch.manual_seed(seed)
+    model = normflows_model(energy, K, device, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses, paused = [], 0.0
+    sync(device)
+    start = time.perf_counter()
+    for it in range(iters):
+        opt.zero_grad()
+        beta = min(1.0, 0.01 + it / anneal) if anneal else 1.0
+        loss = model.reverse_kld(batch, beta=beta)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        if monitor is not None and (it + 1) % every == 0:
+            sync(device)
+            t0 = time.perf_counter()
+            stop = monitor(it + 1, model)
+            paused += time.perf_counter() - t0
+            if stop:
+                break
+    sync(device)
+    return model, time.perf_counter() - start - paused
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def elbo_normflows(model, energy: Energy, n: int) -> float:
+    parts = []
+    for i in range(0, n, 50_000):
+        z, log_q = model.sample(min(50_000, n - i))
+        parts.append((-energy(z) - log_q).double().cpu())
+    return float(torch.cat(parts).mean())
+
+
+def elbo_nfcli(flow, energy: Energy, n: int) -> float:
+    return importance_sampling(flow, energy, n).elbo
+
+
+# --- peak memory, one fresh process per run ------------------------------------------------------
+
+
+def probe(args: argparse.Namespace) -> None:
+    """Child process: one short run; prints its peak memory in MiB as JSON."""
+    torch.set_num_threads(args.threads)
+    energy = make_energy(args.target, args.dim)
+
+    def run(iters: int) -> None:
+        if args.lib == "nfcli":
+            cfg = FitConfig(K=args.K, batch=args.batch, iters=iters, restarts=args.R)
+            run_nfcli(energy, cfg, args.device)
+        else:
+            run_normflows(energy, args.K, args.batch, iters, 5e-3, 0, 0.0, args.device)
+
+    run(3)  # libraries' one-time allocations (thread pools, kernels) are not the run's
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    before = reset_peak_rss()
+    run(args.probe_iters)
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = (peak_rss() - before) / 2**20
+    print(json.dumps({"peak_mib": peak}))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak resident set (VmHWM) to the current one, and return it in bytes.
+    (Linux ≥ 4.0; elsewhere ru_maxrss, which counts the imports' peak too.)"""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss() -> int:
+    try:
+        return _status("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(key)
+
+
+def peak_memory(lib: str, target: str, dim: int, K: int, R: int, batch: int, args) -> float:
+    cmd = [sys.executable, __file__, "--probe", "--lib", lib, "--target", target, "--dim",
+           str(dim), "--K", str(K), "--R", str(R), "--batch", str(batch), "--device", args.device,
+           "--threads", str(args.threads)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def make_energy(target: str, dim: int) -> Energy:
+    if target != "normal":
+        return load_energy(target)
+    names = tuple(f"x{i + 1}" for i in range(dim))
+    source = {"kind": "expression", "text": "standard normal", "path": None, "name": None,
+              "vars": list(names)}  # fmt: skip
+    return Energy(lambda z: 0.5 * (z * z).sum(-1), names, source, 0.5 * dim * math.log(2 * math.pi))
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+def table_identical(args) -> None:
+    cfg = identical_config(args.iters)
+    rows: dict[str, dict[str, list[float]]] = {t: {} for t in TARGETS}
+    for r in range(args.rounds):
+        for t in TARGETS:
+            energy = load_energy(t)
+            flow, sec = run_nfcli(energy, cfg, args.device)
+            rows[t].setdefault("nfcli_ms", []).append(1000 * sec / cfg.iters)
+            rows[t].setdefault("nfcli_kl", []).append(
+                energy.log_z - elbo_nfcli(flow, energy, 10**5)
+            )
+            model, sec = run_normflows(energy, cfg.K, cfg.batch, cfg.iters, cfg.lr,
+                                       cfg.anneal_steps, 0.0, args.device)  # fmt: skip
+            rows[t].setdefault("nf_ms", []).append(1000 * sec / cfg.iters)
+            kl = energy.log_z - elbo_normflows(model, energy, 10**5)
+            rows[t].setdefault("nf_kl", []).append(kl)
+            print(f"  round {r + 1} {t}: nfcli {rows[t]['nfcli_ms'][-1]:.2f} ms/it, "
+                  f"normflows {rows[t]['nf_ms'][-1]:.2f} ms/it", file=sys.stderr)  # fmt: skip
+    print(f"\n### Identical work: K = 32 planar, batch 256, {cfg.iters} steps, lr 5e-3, "
+          f"β over {cfg.anneal_steps} steps, float32, {args.threads} thread(s), "
+          f"{args.device}\n")  # fmt: skip
+    print("| target | nfcli ms/it | normflows ms/it | speed-up | nfcli KL(q‖p) | normflows KL(q‖p) "
+          "| nfcli peak MiB | normflows peak MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for t in TARGETS:
+        v = rows[t]
+        a, b = min(v["nfcli_ms"]), min(v["nf_ms"])
+        mem_a = peak_memory("nfcli", t, 2, 32, 1, 256, args)
+        mem_b = peak_memory("normflows", t, 2, 32, 1, 256, args)
+        kl_a = " / ".join(f"{x:.4f}" for x in v["nfcli_kl"])
+        kl_b = " / ".join(f"{x:.4f}" for x in v["nf_kl"])
+        print(f"| {t} | {a:.2f} | {b:.2f} | {b / a:.1f}× | {kl_a} | {kl_b} | {mem_a:.2f} | "
+              f"{mem_b:.2f} |")  # fmt: skip
+    print(f"\nms/it: the fastest of {args.rounds} rounds; KL: each round (the same seed, so the "
+          "rounds differ only by timing).")  # fmt: skip
+
+
+def table_quality(args) -> None:
+    print("\n### Time to quality (seconds of optimisation until KL(q‖p) ≤ the goal)\n")
+    print("| target | goal | nfcli (defaults) | at step | normflows (example recipe, K = 32, "
+          "batch 256) | at step | ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for t in TARGETS:
+        energy = load_energy(t)
+        goal = THRESHOLD[t]
+        res = {}
+        for lib in ("nfcli", "normflows"):
+            hit: dict[str, float] = {}
+            clock = {"paused": 0.0, "start": time.perf_counter()}
+
+            def check(step, model, lib=lib, hit=hit, clock=clock, energy=energy, goal=goal):
+                if "step" in hit:
+                    return True
+                t0 = time.perf_counter()
+                with torch.random.fork_rng(devices=[]):  # the fit's random stream is untouched
+                    torch.manual_seed(step)
+                    if lib == "nfcli":
+                        elbo = elbo_nfcli(model, energy, 20_000)
+                    else:
+                        elbo = elbo_normflows(model, energy, 20_000)
+                kl = energy.log_z - elbo
+                if kl <= goal and "step" not in hit:
+                    hit.update(step=step, seconds=t0 - clock["start"] - clock["paused"], kl=kl)
+                clock["paused"] += time.perf_counter() - t0
+                return "step" in hit
+
+            if lib == "nfcli":
+                cfg = FitConfig()
+                _, total = run_nfcli(energy, cfg, args.device, monitor=lambda s, f: check(s, f))
+                res[lib] = (hit, cfg.iters, total - clock["paused"])
+            else:
+                _, total = run_normflows(energy, 32, 256, 20_000, 1e-3, 10_000, 1e-4,
+                                         args.device, monitor=check)  # fmt: skip
+                res[lib] = (hit, 20_000, total)
+            print(f"  {t} {lib}: {hit or 'not reached'} ({res[lib][2]:.0f} s)", file=sys.stderr)
+        cells = []
+        for lib in ("nfcli", "normflows"):
+            hit, iters, total = res[lib]
+            if "step" in hit:
+                cells += [f"{hit['seconds']:.1f} s", str(hit["step"])]
+            else:
+                cells += [f"not in {iters} steps ({total:.0f} s)", "—"]
+        a, b = res["nfcli"][0], res["normflows"][0]
+        if "step" in a and "step" in b:
+            ratio = f"{b['seconds'] / a['seconds']:.0f}×"
+        elif "step" in a:
+            ratio = f"> {res['normflows'][2] / a['seconds']:.0f}×"
+        else:
+            ratio = "—"
+        print(f"| {t} | {goal} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {ratio} |")
+
+
+def time_steps(energy: Energy, cfg: FitConfig, device: str) -> float:
+    """ms per step of nfcli's fit, after a short warm-up run."""
+    run_nfcli(energy, FitConfig(**{**cfg.to_dict(), "iters": 20}), device)
+    _, sec = run_nfcli(energy, cfg, device)
+    return 1000 * sec / cfg.iters
+
+
+def table_scaling(args) -> None:
+    print(f"\n### Scaling (nfcli, planar, batch 256, {args.threads} thread(s), {args.device})\n")
+    print("| what | value | ms/it | ms/it per unit of the first row | peak MiB |")
+    print("|---|---|---|---|---|")
+    sweeps = [("D", d, dict(dim=d)) for d in args.dims]
+    sweeps += [("K", k, dict(K=k)) for k in args.Ks]
+    sweeps += [("R", r, dict(R=r)) for r in args.Rs]
+    first: dict[str, float] = {}
+    for what, value, kw in sweeps:
+        dim, K, R = kw.get("dim", 2), kw.get("K", 32), kw.get("R", 1)
+        energy = make_energy("normal", dim)
+        iters = args.scaling_iters
+        cfg = FitConfig(K=K, batch=256, iters=iters, restarts=R, anneal=0)
+        ms = time_steps(energy, cfg, args.device)
+        mem = peak_memory("nfcli", "normal", dim, K, R, 256, args)
+        base = first.setdefault(what, ms / value)
+        print(f"| {what} | {value} | {ms:.2f} | {ms / value / base:.2f} | {mem:.1f} |")
+    print("\nThe fourth column is (ms/it ÷ value) relative to the first row of its block: 1 means "
+          "cost grows in proportion; below 1, less than in proportion.")  # fmt: skip
+
+
+def table_compile(args) -> None:
+    """torch.compile of the step (sample, energy, loss, backward) against the eager step."""
+    energy = load_energy("u1")
+    from nfcli.flows import Flow
+
+    flow = Flow(2, 32, "planar", 0.25, 2.0)
+    opt = torch.optim.Adam(flow.parameters(), lr=5e-3, fused=True)
+
+    def step():
+        z, log_q = flow.rsample_all(256)
+        loss = (log_q + energy(z.reshape(-1, 2)).reshape(1, -1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    rows = []
+    for name in ("eager", "compiled"):
+        fn = step
+        t0 = time.perf_counter()
+        try:
+            if name == "compiled":
+                fn = torch.compile(step)
+            fn()
+            fn()
+        except Exception as e:  # report, do not hide
+            rows.append((name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", ""))
+            continue
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(args.compile_iters):
+            fn()
+        ms = 1000 * (time.perf_counter() - t0) / args.compile_iters
+        rows.append((name, f"{first:.1f} s", f"{ms:.2f}"))
+    print("\n### torch.compile (U1, K = 32, batch 256)\n")
+    print("| step | first two steps (compile) | ms/it after |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tables", default="identical,quality,scaling,compile")
+    p.add_argument("--iters", type=int, default=3000, help="steps in the identical-work table")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dims", default="2,16,128,1024,4096")
+    p.add_argument("--Ks", default="2,8,32,128")
+    p.add_argument("--Rs", default="1,4,16,32")
+    p.add_argument("--scaling-iters", type=int, default=300)
+    p.add_argument("--compile-iters", type=int, default=500)
+    # the child process that measures peak memory
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--lib", default="nfcli", help=argparse.SUPPRESS)
+    p.add_argument("--target", default="u1", help=argparse.SUPPRESS)
+    p.add_argument("--dim", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--K", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--R", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--probe-iters", type=int, default=200, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.probe:
+        probe(args)
+        return
+    torch.set_num_threads(args.threads)
+    args.dims = [int(x) for x in args.dims.split(",")]
+    args.Ks = [int(x) for x in args.Ks.split(",")]
+    args.Rs = [int(x) for x in args.Rs.split(",")]
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} thread(s)")
+    tables = {"identical": table_identical, "quality": table_quality,
+              "scaling": table_scaling, "compile": table_compile}  # fmt: skip
+    for name in args.tables.split(","):
+        tables[name](args)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
