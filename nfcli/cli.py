@@ -240,10 +240,10 @@ def fit(
             "(nfcli targets lists them), e.g. nfcli fit u1, or set target: in --config."
         )
     cfg = make_config(values)
+    where = resolve_device(str(values.get("device") or "cpu"))
     names = _split_vars(values.get("vars"))
     energy = load_energy(str(values["target"]), names)
     out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
-    where = resolve_device(str(values.get("device") or "cpu"))
     with fit_progress() as progress:
         _, metrics = run_fit(
             energy, cfg, out_dir, bool(values.get("force")), progress("fit"), where
@@ -335,13 +335,13 @@ def compare(
             )
     values = merge_config(flags, yaml_values)
     cfg = make_config(values)
+    where = resolve_device(str(values.get("device") or "cpu"))
     opts = FigureOptions(format, dpi, parse_window(window) if window else None)
     opts.validate()
     names = _split_vars(values.get("vars") if vars is None else vars)
     energies = [load_energy(t, names) for t in split_targets(targets)]
     Ks = parse_ints(K, "--K")
     flows = [f.strip() for f in flow.split(",")]
-    where = resolve_device(str(values.get("device") or "cpu"))
 
     def done(job: Any, m: dict[str, Any]) -> None:
         kl = f", KL(q‖p) {m['kl_qp']:.4f}" if "kl_qp" in m else ""
