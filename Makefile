@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean figures
+.PHONY: setup demo test lint format clean figures bench-setup bench
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,13 @@ figures: setup
 	cp runs/u1-layers/layers.png examples/figures/u1-layers.png
 	cp runs/figure3/u1/planar-K32/loss.png examples/figures/u1-loss.png
 	cp runs/banana4d/pairs.png examples/figures/banana4d-pairs.png
+
+# The speed tables in the README: nfcli against normflows (a benchmark-only dependency), ~45 min.
+bench-setup: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+
+bench: bench-setup
+	$(BIN)/python benchmarks/speed.py --iters 2000 --rounds 2
 
 lint: setup
 	$(BIN)/ruff check nfcli tests benchmarks examples

@@ -115,6 +115,7 @@ def sync(device: str) -> None:
 
 @torch.no_grad()
 def elbo_normflows(model, energy: Energy, n: int) -> float:
+    torch.manual_seed(12345)  # the same Monte-Carlo draws for every evaluation
     parts = []
     for i in range(0, n, 50_000):
         z, log_q = model.sample(min(50_000, n - i))
@@ -123,6 +124,7 @@ def elbo_normflows(model, energy: Energy, n: int) -> float:
 
 
 def elbo_nfcli(flow, energy: Energy, n: int) -> float:
+    torch.manual_seed(12345)
     return importance_sampling(flow, energy, n).elbo
 
 
@@ -300,12 +302,12 @@ def time_steps(energy: Energy, cfg: FitConfig, device: str) -> float:
 
 def table_scaling(args) -> None:
     print(f"\n### Scaling (nfcli, planar, batch 256, {args.threads} thread(s), {args.device})\n")
-    print("| what | value | ms/it | ms/it per unit of the first row | peak MiB |")
+    print("| what | value | ms/it | growth exponent from the previous row | peak MiB |")
     print("|---|---|---|---|---|")
     sweeps = [("D", d, dict(dim=d)) for d in args.dims]
     sweeps += [("K", k, dict(K=k)) for k in args.Ks]
     sweeps += [("R", r, dict(R=r)) for r in args.Rs]
-    first: dict[str, float] = {}
+    previous: dict[str, tuple[int, float]] = {}
     for what, value, kw in sweeps:
         dim, K, R = kw.get("dim", 2), kw.get("K", 32), kw.get("R", 1)
         energy = make_energy("normal", dim)
@@ -313,10 +315,14 @@ def table_scaling(args) -> None:
         cfg = FitConfig(K=K, batch=256, iters=iters, restarts=R, anneal=0)
         ms = time_steps(energy, cfg, args.device)
         mem = peak_memory("nfcli", "normal", dim, K, R, 256, args)
-        base = first.setdefault(what, ms / value)
-        print(f"| {what} | {value} | {ms:.2f} | {ms / value / base:.2f} | {mem:.1f} |")
-    print("\nThe fourth column is (ms/it ÷ value) relative to the first row of its block: 1 means "
-          "cost grows in proportion; below 1, less than in proportion.")  # fmt: skip
+        slope = ""
+        if what in previous:  # ms ∝ value^slope between the two rows
+            v0, ms0 = previous[what]
+            slope = f"{math.log(ms / ms0) / math.log(value / v0):.2f}"
+        previous[what] = (value, ms)
+        print(f"| {what} | {value} | {ms:.2f} | {slope} | {mem:.1f} |")
+    print("\nThe exponent is log(ms ratio) / log(value ratio) between a row and the one above: 1 "
+          "means cost grows in proportion, below 1 less than in proportion.")  # fmt: skip
 
 
 def table_compile(args) -> None:

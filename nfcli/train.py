@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor
 
-from nfcli.devices import resolve_dtype
+from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
@@ -141,6 +141,7 @@ def fit(
     gradient is its own, and Adam's update is elementwise) until ``select_step``; there
     ``choose_restart`` keeps the one with the highest ln Z estimate, which goes on alone."""
     config.validate()
+    reuse_freed_memory()
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)

@@ -89,3 +89,14 @@ def test_monitor_sees_the_flow_every_n_steps_and_changes_nothing():
     plain = fit(energy, cfg)
     assert seen == [(100, 2), (200, 2), (250, 2)]
     torch.testing.assert_close(with_monitor.loss, plain.loss)
+
+
+def test_freed_memory_is_reused_where_glibc_allows_it():
+    import platform
+
+    from nfcli.devices import reuse_freed_memory
+
+    done = reuse_freed_memory()
+    assert reuse_freed_memory() is done  # once per process
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert done is True
