@@ -20,6 +20,8 @@ Tables (printed as Markdown):
 * scaling: nfcli's ms/iteration and peak memory against D (a standard normal target), K and the
   number of restarts R.
 * compile: nfcli's training step with and without torch.compile: compile time and ms/iteration.
+* seeds: the identical-work KL on U1 for seeds 0…3 (one seed's KL is noisy after 2,000 steps).
+* threads: nfcli at its defaults with one and two threads.
 """
 
 from __future__ import annotations
@@ -239,6 +241,39 @@ def table_identical(args) -> None:
           "rounds differ only by timing).")  # fmt: skip
 
 
+def table_seeds(args) -> None:
+    """The identical-work KL on U1 over seeds: how much of a KL difference one seed can make."""
+    energy, cfg = load_energy("u1"), identical_config(args.iters)
+    print(f"\n### Identical work on U1 over seeds ({cfg.iters} steps): KL(q‖p)\n")
+    print("| seed | nfcli | normflows |")
+    print("|---|---|---|")
+    for seed in range(args.seeds):
+        cfg.seed = seed
+        flow, _ = run_nfcli(energy, cfg, args.device)
+        model, _ = run_normflows(energy, cfg.K, cfg.batch, cfg.iters, cfg.lr, cfg.anneal_steps,
+                                 0.0, args.device, seed=seed)  # fmt: skip
+        kl_a = energy.log_z - elbo_nfcli(flow, energy, 10**5)
+        kl_b = energy.log_z - elbo_normflows(model, energy, 10**5)
+        print(f"| {seed} | {kl_a:.4f} | {kl_b:.4f} |")
+
+
+def table_threads(args) -> None:
+    """nfcli at its defaults on U1 with one and two threads, alternating."""
+    energy = load_energy("u1")
+    cfg = FitConfig(iters=600, anneal=200)
+    print("\n### Threads (U1, defaults, 600 steps): ms/step\n")
+    print("| round | 1 thread | 2 threads |")
+    print("|---|---|---|")
+    for r in range(args.rounds):
+        cells = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            _, sec = run_nfcli(energy, cfg, args.device)
+            cells.append(f"{1000 * sec / cfg.iters:.2f}")
+        print(f"| {r + 1} | {cells[0]} | {cells[1]} |")
+    torch.set_num_threads(args.threads)
+
+
 def table_quality(args) -> None:
     print("\n### Time to quality (seconds of optimisation until KL(q‖p) ≤ the goal)\n")
     print("| target | goal | nfcli (defaults) | at step | normflows (example recipe, K = 32, "
@@ -369,9 +404,10 @@ def table_compile(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tables", default="identical,quality,scaling,compile")
+    p.add_argument("--tables", default="identical,seeds,quality,scaling,compile,threads")
     p.add_argument("--iters", type=int, default=3000, help="steps in the identical-work table")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=4, help="seeds in the seeds table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dims", default="2,16,128,1024,4096")
@@ -397,8 +433,9 @@ def main() -> None:
     args.Ks = [int(x) for x in args.Ks.split(",")]
     args.Rs = [int(x) for x in args.Rs.split(",")]
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} thread(s)")
-    tables = {"identical": table_identical, "quality": table_quality,
-              "scaling": table_scaling, "compile": table_compile}  # fmt: skip
+    tables = {"identical": table_identical, "seeds": table_seeds, "quality": table_quality,
+              "scaling": table_scaling, "compile": table_compile,
+              "threads": table_threads}  # fmt: skip
     for name in args.tables.split(","):
         tables[name](args)
         sys.stdout.flush()
