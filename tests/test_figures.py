@@ -286,3 +286,12 @@ def test_figures_are_drawn_headless_whatever_the_environment_asks():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().lower() == "agg"
+
+
+def test_compare_takes_the_grid_from_its_command_line_not_the_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("K: 4\niters: 100\n")
+    result = run("compare", "u1", "--config", cfg, "-o", tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert "sets K:" in " ".join(result.output.split())
+    assert not (tmp_path / "c").exists()
