@@ -246,13 +246,13 @@ def fit(
     out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
     with fit_progress() as progress:
         _, metrics = run_fit(
-            energy, cfg, out_dir, bool(values.get("force")), progress("fit"), where
+            energy, cfg, out_dir, bool(values.get("force")), progress("fit", cfg.iters), where
         )
     err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
 
 
 @contextlib.contextmanager
-def fit_progress() -> Iterator[Callable[[str], Callable[[int, float, float], None]]]:
+def fit_progress() -> Iterator[Callable[[str, int], Callable[[int, float, float], None]]]:
     """Rich progress bars on stderr; yields a factory of per-fit step callbacks, one bar each."""
     with Progress(
         TextColumn("[bold]{task.description}[/] {task.completed}/{task.total}"),
@@ -264,11 +264,11 @@ def fit_progress() -> Iterator[Callable[[str], Callable[[int, float, float], Non
         transient=False,
     ) as bar:
 
-        def start(label: str) -> Callable[[int, float, float], None]:
-            task = bar.add_task(label, total=None, loss=math.nan, beta=0.0, rate=0.0)
+        def start(label: str, total: int) -> Callable[[int, float, float], None]:
+            task = bar.add_task(label, total=total, loss=math.nan, beta=0.0, rate=0.0)
             t0 = time.perf_counter()
 
-            def step(done: int, loss: float, beta: float, total: int | None = None) -> None:
+            def step(done: int, loss: float, beta: float) -> None:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
 

@@ -150,15 +150,15 @@ def run_compare(
     force: bool = False,
     reuse: bool = False,
     options: FigureOptions | None = None,
-    progress: Callable[[str], Progress | None] | None = None,
+    progress: Callable[[str, int], Progress | None] | None = None,
     on_done: Callable[[Planned, dict[str, Any]], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
-    ``progress(label)`` may return a per-step callback for the fit called ``label``; ``on_done`` is
-    called with each finished fit's metrics. Returns the figure's path, the table's path and its
-    rows."""
+    ``progress(label, steps)`` may return a per-step callback for the fit called ``label``;
+    ``on_done`` is called with each finished fit's metrics. Returns the figure's path, the table's
+    path and its rows."""
     opts = options or FigureOptions()
     opts.validate()
     out = ensure_dir(Path(output))
@@ -171,7 +171,7 @@ def run_compare(
             label = (
                 f"{job.energy.label} {job.config.flow} K={job.config.K} ({i + 1}/{len(planned)})"
             )
-            step = progress(label) if progress else None
+            step = progress(label, job.config.iters) if progress else None
             ckpt, _ = run_fit(job.energy, job.config, job.folder, True, step, device)
         fits.append((job, ckpt))
         if on_done:

@@ -56,6 +56,7 @@ def test_fit_u1_reaches_a_small_kl_and_writes_every_output(u1_run):
     # the two modes of U1 (z1 ≈ ±2) both hold mass
     assert 0.3 < (samples[:, 0] > 0).mean() < 0.7
     assert "KL(q‖p)" in result.output and "verdict" in result.output
+    assert "fit 1500/1500" in result.output  # the progress bar knows its total
     # the trust report: importance sampling agrees with quadrature, KL both ways, a verdict
     assert abs(m["log_z_is"] - m["log_z_quadrature"]) < max(5 * m["log_z_is_se"], 0.01)
     assert 0 < m["ess_fraction"] <= 1 and m["khat"] < 0.7

@@ -232,6 +232,7 @@ def test_compare_fits_every_combination_and_reuses_or_refuses(tmp_path):
     args = ["compare", "u1,x**2/2", "--K", "1,2", "--flow", "planar,radial", "--iters", "40"]
     result = run(*args, "--dpi", "40", "-o", out)
     assert result.exit_code == 0, result.output
+    assert "u1 radial K=2 (4/8) 40/40" in result.output  # one progress bar per fit
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [(r["target"], r["flow"], r["K"]) for r in rows] == [
         (t, f, k) for t in ("u1", "x**2/2") for f in ("planar", "radial") for k in ("1", "2")
