@@ -4,6 +4,7 @@
     python benchmarks/speed.py                       # every table, CPU, one thread
     python benchmarks/speed.py --tables identical --iters 3000 --rounds 2
     python benchmarks/speed.py --tables scaling --device cuda
+    python benchmarks/speed.py --tables scaling --dims 128,1024 --Ks 32 --Rs 1 --no-memory-reuse
 
 Tables (printed as Markdown):
 
@@ -37,6 +38,7 @@ from collections.abc import Callable
 
 import torch
 
+import nfcli.train
 from nfcli import FitConfig, fit, load_energy
 from nfcli.diagnostics import importance_sampling
 from nfcli.energy import Energy
@@ -188,6 +190,7 @@ def peak_memory(lib: str, target: str, dim: int, K: int, R: int, batch: int, arg
     cmd = [sys.executable, __file__, "--probe", "--lib", lib, "--target", target, "--dim",
            str(dim), "--K", str(K), "--R", str(R), "--batch", str(batch), "--device", args.device,
            "--threads", str(args.threads)]  # fmt: skip
+    cmd += ["--no-memory-reuse"] if args.no_memory_reuse else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -410,6 +413,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=4, help="seeds in the seeds table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--no-memory-reuse",
+        action="store_true",
+        help="glibc's default allocation, as fit had before it reused freed memory",
+    )
     p.add_argument("--dims", default="2,16,128,1024,4096")
     p.add_argument("--Ks", default="2,8,32,128")
     p.add_argument("--Rs", default="1,4,16,32")
@@ -425,6 +433,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--probe-iters", type=int, default=200, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.no_memory_reuse:  # fit calls this once; as a no-op, glibc keeps its defaults
+        nfcli.train.reuse_freed_memory = lambda: False
     if args.probe:
         probe(args)
         return

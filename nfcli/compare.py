@@ -24,7 +24,7 @@ from nfcli.checkpoint import Checkpoint, load_checkpoint
 from nfcli.diagnostics import choose_window, log_prob
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
-from nfcli.figures import N_SAMPLES, FigureOptions, preset_window
+from nfcli.figures import N_SAMPLES, FigureOptions, preset_window, range_1d
 from nfcli.flows import FLOW_TYPES
 from nfcli.io import atomic_write, ensure_dir
 from nfcli.plots import (
@@ -231,9 +231,7 @@ def _figure_row(
         row.window = opts.window or preset_window(energy.source) or mass_window(grid)
         row.p = density_grid(lambda x: -energy(x) - grid.log_z, row.window, GRID, torch.float32)
     elif dim == 1:
-        s = samples.double().reshape(-1)
-        lo, hi = torch.quantile(s, 0.001).item(), torch.quantile(s, 0.999).item()
-        row.window = opts.window or ((lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo)),) * 2
+        row.window = opts.window or (range_1d(samples),) * 2
         row.xs = torch.linspace(*row.window[0], 500, dtype=torch.float64)
         if row.log_z is None:
             row.log_z = _log_z_1d(energy, row.window[0])

@@ -171,7 +171,7 @@ def write_figures(
             (path["density"], density_2d_figure(window, q, p, names, title, m.get("kl_qp")))
         )
     elif flow.dim == 1:
-        (lo, hi) = opts.window[0] if opts.window else _range_1d(samples)
+        (lo, hi) = opts.window[0] if opts.window else range_1d(samples)
         xs = torch.linspace(lo, hi, 1000, dtype=torch.float64)
         q = log_prob(flow, xs[:, None].to(device)).exp().cpu()
         p = None
@@ -198,7 +198,8 @@ def write_figures(
     return [save_figure(fig, p, opts.dpi) for p, fig in figures]
 
 
-def _range_1d(samples: Tensor) -> tuple[float, float]:
+def range_1d(samples: Tensor) -> tuple[float, float]:
+    """Where 1-D samples are: their 0.05%–99.95% range, padded by a fifth of it on each side."""
     s = samples.detach().cpu().double().reshape(-1)
     lo, hi = torch.quantile(s, 0.0005).item(), torch.quantile(s, 0.9995).item()
     return lo - 0.2 * (hi - lo), hi + 0.2 * (hi - lo)
