@@ -9,9 +9,12 @@
       "history": {"loss": tensor, "loss_beta1": tensor},    # per step: F_β and F at β = 1
       "metrics": {...},                    # what metrics.json holds
       "versions": {"nfcli", "torch", "python", "sympy"},    # as strings
+      "training": {...},                   # where the fit stands: nfcli.train.TrainingState
     }
 
 Nothing in it is a pickled object, so loading it cannot run code; ``sample`` needs only this file.
+``training`` (optimizer moments, step, random state, loss histories per restart) is what
+``nfcli fit --resume`` needs to go on exactly; files without it load, but cannot be resumed.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write
-from nfcli.train import FitConfig
+from nfcli.train import FitConfig, TrainingState
 
 FORMAT = "nfcli-checkpoint"
 FORMAT_VERSION = 1
@@ -46,6 +49,7 @@ class Checkpoint:
     history: dict[str, Tensor]
     metrics: dict[str, Any]
     versions: dict[str, str]
+    training: TrainingState | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,6 +77,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "metrics": dict(ckpt.metrics),
         "versions": dict(ckpt.versions),
     }
+    if ckpt.training is not None:
+        data["training"] = ckpt.training.to_dict()
     buf = io.BytesIO()
     torch.save(data, buf)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
@@ -120,6 +126,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             data["history"],
             data["metrics"],
             data["versions"],
+            TrainingState.from_dict(data["training"]) if "training" in data else None,
         )
     except (KeyError, TypeError, RuntimeError, ValueError, NfcliError) as e:
         raise NfcliError(

@@ -261,6 +261,16 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         )
     for w in m.get("warnings", []):
         worse(1, w)
+    stopped, done, iters = m.get("stopped"), m.get("steps_done"), m.get("iters")
+    if stopped == "interrupted":
+        worse(
+            1,
+            f"the fit was interrupted after {done} of {iters} steps; nfcli fit --resume "
+            "model.pt finishes it.",
+        )
+    elif stopped in ("nonfinite", "improper"):
+        what = "had no finite loss" if stopped == "nonfinite" else "kept spreading"
+        worse(2, f"the fit {what} and was stopped after {done} of {iters} steps (see above).")
     if not reasons:
         reasons.append(
             f"k̂ < {KHAT_GOOD}" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + "."

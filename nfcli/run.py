@@ -27,7 +27,15 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
-from nfcli.train import FitConfig, Progress, beta_schedule, fit, restart_disagreement
+from nfcli.train import (
+    FitConfig,
+    Progress,
+    Stop,
+    TrainingState,
+    beta_schedule,
+    fit,
+    restart_disagreement,
+)
 
 N_MONTE_CARLO = 100_000
 
@@ -82,8 +90,8 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> dict
 def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, Any]:
     tail = max(1, len(result_loss) // 100)
     return {
-        "final_loss": result_loss[-tail:].mean().item(),
-        "final_loss_beta1": result_loss1[-tail:].mean().item(),
+        "final_loss": result_loss[-tail:].nanmean().item(),
+        "final_loss_beta1": result_loss1[-tail:].nanmean().item(),
         "wall_time_s": seconds,
         "iters_per_s": len(result_loss) / seconds if seconds > 0 else math.inf,
     }
@@ -108,12 +116,17 @@ def run_fit(
     force: bool = False,
     progress: Progress | None = None,
     device: str | torch.device = "cpu",
+    stop: Stop | None = None,
+    resume: TrainingState | None = None,
 ) -> tuple[Checkpoint, dict[str, Any]]:
     """Fit on ``device``, evaluate on the CPU and write model.pt, samples.npy, metrics.json and
-    the figures (density, layers, loss; pairs for D > 2) as PNG."""
+    the figures (density, layers, loss; pairs for D > 2) as PNG. A fit that stops early (``stop``
+    returned True, or ``fit`` found the loss non-finite or the target improper) writes the same
+    files for the steps it did, with ``metrics["stopped"]`` and ``["stop_message"]`` saying why;
+    model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``)."""
     config.validate()
     out = check_output(Path(output), force)
-    result = fit(energy, config, progress, device=device)
+    result = fit(energy, config, progress, device=device, stop=stop, resume=resume)
     flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
     ev = evaluate(flow, energy, samples, config.seed)
@@ -125,13 +138,27 @@ def run_fit(
             restarts_log_z_spread=spread,
             restarts_log_z_noise=noise,
         )
-    beta_end = beta_schedule(config.iters - 1, config.anneal_steps)
-    if beta_end < 1:
+    beta_end = beta_schedule(result.steps - 1, config.anneal_steps)
+    if beta_end < 1 and result.stopped is None:
         ev["warnings"].append(
             f"β reached only {beta_end:.2f} (--anneal {config.anneal_steps} is longer than "
             f"--iters {config.iters}): q was fitted to a flattened p. Lower --anneal."
         )
-    ev["verdict"], ev["verdict_reasons"] = verdict(ev)
+    elif beta_end < 1:
+        ev["warnings"].append(
+            f"the fit stopped while annealing (β = {beta_end:.2f}): q was fitted to a flattened p."
+        )
+    bad = {k: v for k, v in result.counts.items() if v}
+    if bad:
+        ev["warnings"].append(
+            "during the fit, "
+            + ", ".join(
+                f"{v:,} {k.replace('_', ' ').replace('nonfinite', 'non-finite')}"
+                for k, v in bad.items()
+            )
+            + f" (of {result.steps:,} steps × {config.batch:,} samples) were left out: U is not "
+            "finite everywhere q went; check the energy, or try --dtype float64."
+        )
     metrics = {
         "target": energy.label,
         "dim": energy.dim,
@@ -142,11 +169,16 @@ def run_fit(
         "device": str(torch.device(device)),
         "dtype": config.dtype,
         "iters": config.iters,
+        "steps_done": result.steps,
+        "stopped": result.stopped,
+        "stop_message": result.message,
+        **result.counts,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
         **ev,
     }
+    metrics["verdict"], metrics["verdict_reasons"] = verdict(metrics)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
-    ckpt = Checkpoint(flow, config, energy.source, history, metrics, versions())
+    ckpt = Checkpoint(flow, config, energy.source, history, metrics, versions(), result.state)
     save_checkpoint(out / "model.pt", ckpt)
     save_samples(samples, str(out / "samples.npy"), energy.names)
     write_metrics(out / "metrics.json", metrics)

@@ -8,10 +8,12 @@ The learning rate is held, then decays by cosine to zero over the last ``decay``
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,6 +87,13 @@ class FitConfig:
         return asdict(self)
 
 
+def extend(config: FitConfig, iters: int) -> FitConfig:
+    """``config`` for going on to ``iters`` steps in all (``fit(..., resume=...)``): β keeps the
+    schedule it had (``anneal`` fixed in steps), and the learning rate's decay moves to the new
+    end, so a fit that had finished trains at the full rate again before decaying."""
+    return replace(config, iters=iters, anneal=config.anneal_steps)
+
+
 def beta_schedule(t: int | Tensor, anneal: int, beta0: float = 0.01):
     """β_t = min(1, β_0 + t/anneal); 1 throughout when anneal = 0."""
     if anneal == 0:
@@ -102,24 +111,81 @@ def lr_factor(t: int, iters: int, decay: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (t - start) / (iters - start)))
 
 
+Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
+Monitor = Callable[[int, Flow], None]  # (steps done, the flow being fitted)
+Stop = Callable[[], bool]  # polled after every step: True ends the fit there (e.g. on Ctrl-C)
+N_SELECT = 20_000  # importance samples per restart to choose the kept one
+CHECK_EVERY = 100  # steps between the checks for a loss that stays non-finite or keeps falling
+
+# ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
+SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.25, 0.2, 0.5, 0.7
+
+
+@dataclass
+class TrainingState:
+    """Everything a fit needs to go on exactly where it stopped: saved in the checkpoint, so that
+    ``fit(..., resume=state)`` with the same config continues as if it had never stopped.
+
+    ``flow`` and ``optimizer`` hold R restarts while they explore and one flow after
+    ``select_step``; the loss histories have a column per restart (NaN where a restart was no
+    longer fitted). ``rng`` is torch's global CPU random state (and the device's, on CUDA)."""
+
+    step: int  # steps done
+    flow: dict[str, Tensor]  # Flow.state_dict()
+    flow_restarts: int
+    optimizer: dict[str, Any]  # Adam's state_dict: moments and step counts
+    kept: int
+    restarts: list[dict[str, float]]
+    loss: Tensor  # (step, R) F_β per step
+    loss_beta1: Tensor  # (step, R) F at β = 1
+    counts: dict[str, int]  # non-finite energies and gradients met, steps skipped
+    checks: list[dict[str, Any]]  # where q was at each check after annealing (``_check``)
+    rng: dict[str, Tensor]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
+        d = asdict(self)
+        d["flow"] = {k: v.detach().cpu().clone() for k, v in self.flow.items()}
+        d["optimizer"] = _to_cpu(self.optimizer)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingState:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().clone()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
+
+
 @dataclass
 class FitResult:
     flow: Flow  # the kept flow (with restarts, the one ``choose_restart`` chose)
     config: FitConfig
-    loss: Tensor  # (iters,) the kept flow's annealed objective F_β at each step
-    loss_beta1: Tensor  # (iters,) its F at β = 1 on the same batch: the negative ELBO
-    seconds: float  # the optimisation's wall time (all restarts together)
+    loss: Tensor  # (steps,) the kept flow's annealed objective F_β at each step
+    loss_beta1: Tensor  # (steps,) its F at β = 1 on the same batch: the negative ELBO
+    seconds: float  # the optimisation's wall time (all restarts together, all sessions)
     restarts: list[dict[str, float]] = field(default_factory=list)  # one summary per restart
     kept: int = 0
+    state: TrainingState | None = None  # what ``resume`` needs to go on
+    stopped: str | None = None  # None: ran every step; else "interrupted", "nonfinite", "improper"
+    message: str = ""  # why it stopped, for the user
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
 
     @property
     def iters_per_second(self) -> float:
         return len(self.loss) / self.seconds if self.seconds > 0 else math.inf
-
-
-Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
-Monitor = Callable[[int, Flow], None]  # (steps done, the flow being fitted)
-N_SELECT = 20_000  # importance samples per restart to choose the kept one
 
 
 def fit(
@@ -129,6 +195,8 @@ def fit(
     every: int = 100,
     device: str | torch.device = "cpu",
     monitor: Monitor | None = None,
+    stop: Stop | None = None,
+    resume: TrainingState | None = None,
 ) -> FitResult:
     """Fit a flow to exp(−U) by annealed reverse KL on ``device``. ``progress`` is called every
     ``every`` steps (the only points where the loop waits for the loss values); so is ``monitor``
@@ -139,13 +207,26 @@ def fit(
     With ``config.restarts`` = R > 1, R independent flows are fitted as one batched computation
     (parameters with a leading dimension R; the loss is the sum of their objectives, so each one's
     gradient is its own, and Adam's update is elementwise) until ``select_step``; there
-    ``choose_restart`` keeps the one with the highest ln Z estimate, which goes on alone."""
+    ``choose_restart`` keeps the one with the highest ln Z estimate, which goes on alone.
+
+    Samples where U or ln q is NaN or infinite are left out of the step's mean, and rows of
+    ∂F/∂z that are not finite are zeroed (both counted in ``counts``); a step whose gradient is
+    still not finite is skipped, so the parameters never become NaN. The fit ends early, with
+    ``stopped`` and ``message`` saying why, when ``stop()`` returns True (it is polled after every
+    step), when the loss has had no finite value for ``CHECK_EVERY`` steps, or when q keeps
+    spreading while the loss falls without bound (``spreading``). ``resume``: a ``state`` of an
+    earlier result, to go on to ``config.iters`` steps exactly as one run would have."""
     config.validate()
     reuse_freed_memory()
     device = torch.device(device)
+    if resume is not None and resume.step > config.iters:
+        raise NfcliError(
+            f"The fit to resume has done {resume.step} steps already; ask for more "
+            f"(--iters {resume.step + config.iters // 2 or 1}) to continue it."
+        )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _fit(energy, config, progress, every, device, monitor)
+        return _fit(energy, config, progress, every, device, monitor, stop, resume)
 
 
 def select_step(config: FitConfig) -> int:
@@ -163,18 +244,40 @@ def _fit(
     every: int,
     device: torch.device,
     monitor: Monitor | None,
+    stop: Stop | None,
+    resume: TrainingState | None,
 ) -> FitResult:
     R, B, D = config.restarts, config.batch, energy.dim
-    flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts=R)
-    flow = flow.to(device=device, dtype=resolve_dtype(config.dtype))
+    dtype = resolve_dtype(config.dtype)
+    restarts_now = resume.flow_restarts if resume is not None else R
+    flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts_now)
+    flow = flow.to(device=device, dtype=dtype)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
     loss1_hist = torch.full((config.iters, R), math.nan, device=device)
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # bad U, bad ∂F/∂z rows, skips
+    kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
+    if resume is not None:
+        flow.load_state_dict(resume.flow)
+        opt.load_state_dict(resume.optimizer)
+        kept, summaries, checks = resume.kept, list(resume.restarts), list(resume.checks)
+        start_step, before = resume.step, resume.seconds
+        loss_hist[:start_step] = resume.loss.to(device)
+        loss1_hist[:start_step] = resume.loss_beta1.to(device)
+        counts += torch.tensor([resume.counts[k] for k in COUNTS], device=device)
+        _set_rng(resume.rng, device)
+    cols = slice(kept, kept + 1) if flow.restarts < R else slice(None)
     anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
-    kept, summaries, cols = 0, [], slice(None)
+    stopped, message, z, t = None, "", None, start_step - 1
+
+    def finite_rows(g: Tensor) -> Tensor:  # ∂F/∂z: zero the rows that are not finite
+        ok = g.isfinite().all(-1, keepdim=True)
+        counts[1] += (~ok).sum()
+        return torch.where(ok, g, 0.0)
+
     start = time.perf_counter()
-    for t in range(config.iters):
-        if t == choose_at:  # the restarts have explored; the best one continues alone
+    for t in range(start_step, config.iters):
+        if t == choose_at and flow.restarts > 1:  # the restarts have explored; the best goes on
             kept, summaries = choose_restart(flow, energy)
             flow, opt = _keep(flow, opt, kept)
             cols = slice(kept, kept + 1)
@@ -182,29 +285,156 @@ def _fit(
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(t, config.iters, config.decay)
         z, log_q = flow.rsample_all(B)
+        z.register_hook(finite_rows)
         u = energy(z.reshape(-1, D)).reshape(-1, B)
-        log_q_mean, u_mean = log_q.mean(-1), u.mean(-1)
+        finite = u.isfinite() & log_q.isfinite()
+        n = finite.sum(-1)
+        counts[0] += B * flow.restarts - n.sum()
+        log_q_mean = torch.where(finite, log_q, 0.0).sum(-1) / n.clamp(min=1)
+        u_mean = torch.where(finite, u, 0.0).sum(-1) / n.clamp(min=1)
         loss = log_q_mean + beta * u_mean  # one objective per restart
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
+        finite_grads = torch.stack([p.grad.isfinite().all() for p in flow.parameters()])
+        opt.found_inf = (
+            (n.max() == 0) | ~finite_grads.all()
+        ).float()  # fused Adam leaves every parameter as it was
         opt.step()
         with torch.no_grad():
-            loss_hist[t, cols] = loss
-            loss1_hist[t, cols] = log_q_mean + u_mean
+            counts[2] += opt.found_inf.long()
+            none = n == 0
+            loss_hist[t, cols] = loss.masked_fill(none, math.nan)
+            loss1_hist[t, cols] = (log_q_mean + u_mean).masked_fill(none, math.nan)
         if (t + 1) % every == 0 or t + 1 == config.iters:
             if progress is not None:
-                recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].mean(0)
-                progress(t + 1, recent.min().item(), beta)
+                recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].nanmean(0)
+                progress(t + 1, recent.nan_to_num(math.inf).min().item(), beta)
             if monitor is not None:
                 monitor(t + 1, flow)
+        if (t + 1) % CHECK_EVERY == 0:
+            stopped, message = _check(
+                t + 1, loss1_hist[t + 1 - CHECK_EVERY : t + 1, cols], z, checks, anneal, config
+            )
+        if stopped is None and stop is not None and stop():
+            stopped = "interrupted"
+            message = f"Interrupted at step {t + 1} of {config.iters}."
+        if stopped is not None:
+            break
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
-    seconds = time.perf_counter() - start
-    if flow.restarts > 1:  # the restarts explored to the end (no annealing)
+    seconds = before + time.perf_counter() - start
+    done = t + 1
+    state = TrainingState(
+        done,
+        {k: v.detach().clone() for k, v in flow.state_dict().items()},
+        flow.restarts,
+        opt.state_dict(),
+        kept,
+        summaries,
+        loss_hist[:done].cpu(),
+        loss1_hist[:done].cpu(),
+        dict(zip(COUNTS, counts.tolist(), strict=True)),
+        checks,
+        _get_rng(device),
+        seconds,
+    )
+    if flow.restarts > 1:  # the restarts explored to the end (no annealing), or were stopped
         kept, summaries = choose_restart(flow, energy)
         flow = flow.select(kept)
-    loss, loss1 = loss_hist[:, kept].float().cpu(), loss1_hist[:, kept].float().cpu()
-    return FitResult(flow, config, loss, loss1, seconds, summaries, kept)
+    loss, loss1 = loss_hist[:done, kept].float().cpu(), loss1_hist[:done, kept].float().cpu()
+    return FitResult(
+        flow, config, loss, loss1, seconds, summaries, kept, state, stopped, message, state.counts
+    )
+
+
+COUNTS = ("nonfinite_energies", "nonfinite_gradients", "skipped_steps")
+
+
+def _check(
+    step: int,
+    window: Tensor,
+    z: Tensor,
+    checks: list[dict[str, Any]],
+    anneal: int,
+    config: FitConfig,
+) -> tuple[str | None, str]:
+    """Every CHECK_EVERY steps: stop if the loss had no finite value in the whole window (the
+    steps' F at β = 1, one column per restart), or if, after annealing, q keeps spreading or
+    drifting while the loss falls (``spreading``)."""
+    if window.isnan().all():
+        return "nonfinite", (
+            f"Stopped at step {step} of {config.iters}: U(z) or ln q was NaN or infinite at every "
+            f"sample of the last {CHECK_EVERY} steps, so the loss had no finite value to "
+            "minimise. Check where U is defined (a log or sqrt of a negative number, a division "
+            "by zero, an overflow: try --dtype float64) and make it finite wherever q can put "
+            "samples, e.g. log(Abs(x) + 1e-12) or a Piecewise. The parameters are those of the "
+            "last step with a finite loss."
+        )
+    if step - CHECK_EVERY < anneal:
+        return None, ""
+    checks.append({"step": step, "loss": window.nanmean(0).tolist(), **where_q_is(z)})
+    message = spreading(checks, config)
+    return ("improper" if message else None), message
+
+
+def where_q_is(z: Tensor) -> dict[str, list]:
+    """Where a batch z (R, N, D) of each restart lies, robustly: the median and the interquartile
+    range of each coordinate, and ln of the largest 90% quantile of |z_d| (how far q reaches)."""
+    z = z.detach().float()
+    lo, mid, hi = z.quantile(torch.tensor([0.25, 0.5, 0.75], device=z.device), dim=1)
+    reach = z.abs().quantile(0.9, dim=1).amax(-1).clamp(min=1e-30).log()
+    return {"median": mid.tolist(), "iqr": (hi - lo).tolist(), "extent": reach.tolist()}
+
+
+def spreading(checks: list[dict[str, Any]], config: FitConfig) -> str:
+    """A message if q keeps spreading or drifting while the loss keeps falling, else ''. For
+    every restart, over each of the last two spans of SPREAD_SPAN checks (500 steps), the loss
+    fell by over SPREAD_LOSS nats while q reached farther (ln extent up by over SPREAD_EXTENT) or
+    moved (its median by over SPREAD_MOVE interquartile ranges in some coordinate); and the loss
+    fell from check to check at least SPREAD_TREND of the time, so one jump (a mode found late)
+    is not a trend. F ≥ −ln Z when the target is proper, so F cannot fall for ever."""
+    if len(checks) < 2 * SPREAD_SPAN + 1:
+        return ""
+    a, m, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1 - SPREAD_SPAN], checks[-1]
+    recent = checks[-1 - 2 * SPREAD_SPAN :]
+    found = []
+    for r in range(len(b["loss"])):
+        falls = sum(y["loss"][r] < x["loss"][r] for x, y in itertools.pairwise(recent))
+        if falls < SPREAD_TREND * (len(recent) - 1):
+            return ""
+        for x, y in ((a, m), (m, b)):
+            moved = max(
+                abs(m1 - m0) / max(w, 1e-30)
+                for m0, m1, w in zip(x["median"][r], y["median"][r], x["iqr"][r], strict=True)
+            )
+            fell, grew = x["loss"][r] - y["loss"][r], y["extent"][r] - x["extent"][r]
+            if not (fell > SPREAD_LOSS and (grew > SPREAD_EXTENT or moved > SPREAD_MOVE)):
+                return ""
+        found.append((a["loss"][r] - b["loss"][r], b["extent"][r] - a["extent"][r]))
+    fell, grew = found[0]
+    return (
+        f"Stopped at step {b['step']} of {config.iters}: the fit keeps spreading. Over the last "
+        f"{b['step'] - a['step']} steps the loss fell steadily, by {fell:.2f} nats, while q "
+        f"reached {math.exp(grew):.1f}× as far, with no sign of levelling off. The target is "
+        "probably improper: exp(−U) has infinite mass, or U has no lower bound, so there is "
+        "nothing to converge to. Check that U grows in every direction: every variable in --vars "
+        "must appear in U (x**2 with --vars x,y leaves y free), and a term such as −y or sin(x) "
+        "alone does not confine its variable. Add a confining term (e.g. + 0.01*(x**2 + y**2)) "
+        "or a soft box."
+    )
+
+
+def _get_rng(device: torch.device) -> dict[str, Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng(rng: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.Adam]:

@@ -1,0 +1,76 @@
+"""Does the improper-target check (``nfcli.train.spreading``) stop what it should, and only that?
+
+    .venv/bin/python benchmarks/improper.py                       # defaults, seeds 0 and 1
+    .venv/bin/python benchmarks/improper.py --seeds 0 --iters 3000
+
+Fits proper targets (every built-in and the examples) and improper ones (a free variable, the
+paper's U2 without its soft box, a potential with no lower bound) with nfcli's defaults, and prints
+a Markdown table: where each fit stopped and why, and the largest loss fall and ln-extent growth
+over any 500-step span after annealing (what ``spreading`` compares with its thresholds: a loss
+fall over SPREAD_LOSS together with growth over SPREAD_EXTENT, in two spans running). A proper
+target must run to the end; an improper one must stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from nfcli.energy import load_energy
+from nfcli.train import SPREAD_EXTENT, SPREAD_LOSS, SPREAD_SPAN, FitConfig, fit
+
+PROPER = [
+    ("u1", None),
+    ("u2", None),
+    ("u3", None),
+    ("u4", None),
+    ("ring", None),
+    ("ring8", None),
+    ("moons", None),
+    ("examples/funnel.py", None),
+    ("examples/banana4d.py", None),
+    ("log(1 + x**2) + log(1 + y**2)", None),  # Cauchy: proper, infinite variance
+]
+IMPROPER = [
+    ("x**2/2", ["x", "y"]),  # y is free
+    ("0.5*((y - sin(2*pi*x/4))/0.4)**2", None),  # U2 without the soft box
+    ("x**2/2 - y", None),  # no lower bound
+]
+
+
+def largest_span(checks: list[dict]) -> tuple[float, float]:
+    """The largest loss fall and ln-extent growth over any SPREAD_SPAN checks (restart 0)."""
+    fall = grow = float("-inf")
+    for a, b in zip(checks, checks[SPREAD_SPAN:], strict=False):
+        fall = max(fall, a["loss"][0] - b["loss"][0])
+        grow = max(grow, b["extent"][0] - a["extent"][0])
+    return fall, grow
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--iters", type=int, default=FitConfig.iters)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # 2-D fits gain nothing from a second thread (README, "Speed")
+    print(f"thresholds per span: loss fall > {SPREAD_LOSS}, ln extent growth > {SPREAD_EXTENT}\n")
+    print("| target | proper | seed | steps run | stopped | max fall | max ln growth | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for proper, targets in ((True, PROPER), (False, IMPROPER)):
+        for text, names in targets:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                t0 = time.perf_counter()
+                r = fit(load_energy(text, names), FitConfig(iters=args.iters, seed=seed))
+                fall, grow = largest_span(r.state.checks)
+                print(
+                    f"| `{text}`{' --vars ' + ','.join(names) if names else ''} | "
+                    f"{'yes' if proper else 'no'} | {seed} | {r.steps} | {r.stopped or '—'} | "
+                    f"{fall:.3f} | {grow:.3f} | {time.perf_counter() - t0:.0f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Energies that misbehave during a fit: non-finite values and gradients, improper targets."""
+
+import math
+
+import pytest
+import torch
+
+from nfcli.energy import Energy, load_energy
+from nfcli.train import (
+    CHECK_EVERY,
+    SPREAD_SPAN,
+    FitConfig,
+    fit,
+    spreading,
+)
+
+QUICK = dict(K=4, batch=64, anneal=100)
+
+
+def finite_params(flow) -> bool:
+    return all(bool(v.isfinite().all()) for v in flow.state_dict().values())
+
+
+def test_nan_energy_on_half_the_plane_is_masked_counted_and_the_fit_goes_on():
+    energy = load_energy("-log(x) + x + y**2/2")  # a Gamma(2) in x: NaN for x < 0
+    result = fit(energy, FitConfig(iters=600, **QUICK))
+    assert result.stopped is None and result.steps == 600
+    assert result.counts["nonfinite_energies"] > 0
+    assert finite_params(result.flow)
+    assert torch.isfinite(result.loss_beta1[-50:]).all()
+
+
+def test_nan_gradient_rows_are_zeroed_and_counted():
+    """torch.where(x < 0, 0, sqrt(x)) is finite everywhere, but its gradient is NaN at x < 0:
+    where passes 0 to the sqrt branch, and 0 · ∂sqrt(x)/∂x is NaN there."""
+
+    def u(z: torch.Tensor) -> torch.Tensor:
+        x, y = z[:, 0], z[:, 1]
+        return x**2 / 2 + y**2 / 2 + torch.where(x < 0, 0.0, x.sqrt())
+
+    energy = Energy(u, ("x", "y"), {"kind": "builtin", "name": "t", "vars": ["x", "y"]})
+    result = fit(energy, FitConfig(iters=300, **QUICK))
+    assert result.counts["nonfinite_gradients"] > 0
+    assert result.counts["nonfinite_energies"] == 0
+    assert finite_params(result.flow) and result.stopped is None
+    assert torch.isfinite(result.loss_beta1).all()
+
+
+def test_overflowing_energy_skips_steps_but_never_corrupts_the_parameters():
+    energy = load_energy("x**2/2 + y**2/2 + exp(100*x)")  # inf in float32 for x > 0.89
+    result = fit(energy, FitConfig(iters=300, **QUICK))
+    assert result.counts["nonfinite_energies"] > 0
+    assert finite_params(result.flow)
+
+
+def test_energy_nan_everywhere_stops_with_a_message_and_finite_parameters():
+    energy = load_energy("log(-x**2 - 1) + y**2")
+    result = fit(energy, FitConfig(iters=5000, **QUICK))
+    assert result.stopped == "nonfinite" and result.steps == CHECK_EVERY
+    assert "NaN or infinite at every sample" in result.message
+    assert "log(Abs(x) + 1e-12)" in result.message
+    assert finite_params(result.flow)
+    assert result.counts["skipped_steps"] == CHECK_EVERY  # no update was ever applied
+    start = fit(energy, FitConfig(iters=1, **QUICK)).flow  # the initial parameters
+    for k, v in start.state_dict().items():
+        assert torch.equal(v, result.flow.state_dict()[k]), k
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("x**2/2", ["x", "y"]),  # y does not appear: infinite mass along y
+        ("0.5*((y - sin(2*pi*x/4))/0.4)**2", None),  # the paper's U2 without a taper
+        ("x**2/2 - y", None),  # U has no lower bound
+    ],
+)
+def test_improper_targets_are_stopped_with_an_explanation(text, names):
+    iters = 3000
+    result = fit(load_energy(text, names), FitConfig(K=8, batch=256, iters=iters))
+    assert result.stopped == "improper", [c["loss"] for c in result.state.checks]
+    assert result.steps < iters - 500
+    assert "keeps spreading" in result.message and "improper" in result.message
+    assert finite_params(result.flow)
+
+
+def test_a_proper_target_runs_to_the_end():
+    result = fit(load_energy("u1"), FitConfig(K=8, batch=256, iters=3000))
+    assert result.stopped is None and result.steps == 3000
+    assert len(result.state.checks) > 2 * SPREAD_SPAN  # the check ran and did not fire
+
+
+def _checks(losses, extents, medians=None):
+    medians = medians or [0.0] * len(losses)
+    return [
+        {"step": 100 * (i + 1), "loss": [loss], "extent": [e], "median": [[m]], "iqr": [[1.0]]}
+        for i, (loss, e, m) in enumerate(zip(losses, extents, medians, strict=True))
+    ]
+
+
+def test_spreading_needs_a_steady_fall_with_growth_in_two_spans():
+    cfg, n = FitConfig(), 2 * SPREAD_SPAN + 1
+    steady = [-0.1 * i for i in range(n)]
+    assert spreading(_checks(steady, [0.1 * i for i in range(n)]), cfg)
+    assert spreading(_checks(steady[:-1], [0.1 * i for i in range(n - 1)]), cfg) == ""  # too few
+    assert spreading(_checks(steady, [0.0] * n), cfg) == ""  # no growth, no drift
+    assert spreading(_checks(steady, [0.0] * n, [i * 0.2 for i in range(n)]), cfg)  # drift
+    flat = [0.0] * n
+    assert spreading(_checks(flat, [0.1 * i for i in range(n)]), cfg) == ""  # no fall
+    # one jump (a mode found late) is not a trend, however large
+    jump = [0.0] * SPREAD_SPAN + [-3.0] * (SPREAD_SPAN + 1)
+    assert spreading(_checks(jump, [0.0] * SPREAD_SPAN + [2.0] * (SPREAD_SPAN + 1)), cfg) == ""
+    assert math.isfinite(cfg.lr)
