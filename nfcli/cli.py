@@ -27,13 +27,14 @@ from nfcli.compare import run_compare, split_targets
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
-from nfcli.energy import energy_from_source, load_energy
+from nfcli.energy import Energy, energy_from_source, load_energy
 from nfcli.errors import NfcliError
 from nfcli.figures import FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.run import check_output, run_fit
+from nfcli.signals import stop_on_signals
 from nfcli.targets import TARGETS
-from nfcli.train import FitConfig
+from nfcli.train import FitConfig, TrainingState, extend
 
 app = typer.Typer(
     add_completion=False,
@@ -60,6 +61,8 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: nothing more was written.")
             raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
         except Exception as e:
             if os.environ.get("NFCLI_DEBUG"):
                 raise
@@ -215,8 +218,23 @@ def fit(
     force: Annotated[
         bool | None, typer.Option("--force", help="Overwrite an existing model.pt.")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the fit in this model.pt (stopped, or for more --iters) where it "
+            "stopped, as one uninterrupted run would; writes to its folder unless -o.",
+        ),
+    ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option("--trust", help="With --resume: run the checkpoint's stored Python energy."),
+    ] = False,
 ) -> None:
-    """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures."""
+    """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures.
+
+    Ctrl-C or SIGTERM finishes the current step, writes everything so far and exits with 130;
+    nfcli fit --resume model.pt then goes on."""
     flags = dict(
         target=target,
         K=K,
@@ -233,26 +251,116 @@ def fit(
         vars=vars,
         force=force,
     )
-    values = merge_config(flags, load_yaml(config) if config is not None else {})
-    if not values.get("target"):
-        raise NfcliError(
-            "No target given. Pass an expression, a .py file or a built-in name "
-            "(nfcli targets lists them), e.g. nfcli fit u1, or set target: in --config."
+    if resume is not None:
+        energy, cfg, state, out_dir, force = _resume_plan(resume, flags, config, trust)
+        where = resolve_device(str(device or "cpu"))
+    else:
+        values = merge_config(flags, load_yaml(config) if config is not None else {})
+        if not values.get("target"):
+            raise NfcliError(
+                "No target given. Pass an expression, a .py file or a built-in name "
+                "(nfcli targets lists them), e.g. nfcli fit u1, or set target: in --config."
+            )
+        cfg, state = make_config(values), None
+        where = resolve_device(str(values.get("device") or "cpu"))
+        names = _split_vars(values.get("vars"))
+        energy = load_energy(str(values["target"]), names)
+        force = bool(values.get("force"))
+        out_dir = check_output(Path(values.get("output") or "."), force)
+    done = state.step if state is not None else 0
+    with stop_on_signals() as stop, fit_progress() as progress:
+        err.print(
+            f"fitting {energy.label}: {cfg.flow} K={cfg.K}, "
+            + (f"steps {done}→{cfg.iters}" if done else f"{cfg.iters} steps")
+            + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
+            soft_wrap=True,
         )
-    cfg = make_config(values)
-    where = resolve_device(str(values.get("device") or "cpu"))
-    names = _split_vars(values.get("vars"))
-    energy = load_energy(str(values["target"]), names)
-    out_dir = check_output(Path(values.get("output") or "."), bool(values.get("force")))
-    with fit_progress() as progress:
         _, metrics = run_fit(
-            energy, cfg, out_dir, bool(values.get("force")), progress("fit", cfg.iters), where
+            energy, cfg, out_dir, force, progress("fit", cfg.iters, done), where, stop, state
         )
     err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
+    model = out_dir / "model.pt"
+    if metrics["stopped"] == "interrupted":
+        err.print(
+            f"[bold yellow]{stop.name or 'interrupted'}[/]: stopped after step "
+            f"{metrics['steps_done']} of {metrics['iters']}; wrote the fit so far to {out_dir}/. "
+            f"Continue it with: nfcli fit --resume {model}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    if metrics["stopped"] is not None:
+        raise NfcliError(
+            f"{metrics['stop_message']} The fit so far is in {out_dir}/ for inspection "
+            "(nfcli plot shows where q went)."
+        )
+
+
+RESUME_KEEPS = ("K", "flow", "batch", "lr", "seed", "anneal", "restarts", "dtype", "vars")
+
+
+def _resume_plan(
+    model: Path, flags: dict[str, Any], config: Path | None, trust: bool
+) -> tuple[Energy, FitConfig, TrainingState, Path, bool]:
+    """What ``fit --resume MODEL`` runs: the checkpoint's energy (or TARGET, if given, which
+    must be the same), its config extended to --iters, its training state, and the folder to
+    write (MODEL's unless -o; overwriting MODEL itself needs no --force)."""
+    given = [f"--{k}" for k in RESUME_KEEPS if flags[k] is not None]
+    if given or config is not None:
+        raise NfcliError(
+            f"--resume continues a fit with the settings it was started with, so "
+            f"{', '.join(given) or '--config'} cannot be given with it (only --iters, -o, "
+            "--force, --device and --trust can). Start a new fit to change them."
+        )
+    ckpt = load_checkpoint(model)
+    state = ckpt.training
+    if state is None:
+        raise NfcliError(
+            f"{model} holds no training state (written by an older nfcli), so it cannot be "
+            "resumed. Start a new fit; a checkpoint written by this version can be."
+        )
+    iters = flags["iters"] if flags["iters"] is not None else ckpt.config.iters
+    if iters <= state.step:
+        raise NfcliError(
+            f"{model} has done {state.step} steps"
+            + (
+                f", and --iters {iters} asks for no more. Give a larger --iters"
+                if flags["iters"] is not None
+                else f", all it was asked for. Pass --iters N with N > {state.step} to train longer"
+            )
+            + f", e.g. --iters {state.step + max(1, state.step // 2)}."
+        )
+    energy = _resume_energy(ckpt, flags["target"], trust, model)
+    out_dir = Path(flags["output"]) if flags["output"] is not None else model.parent
+    out_dir = ensure_dir(out_dir)
+    force = bool(flags["force"]) or (out_dir / "model.pt").resolve() == model.resolve()
+    return energy, extend(ckpt.config, iters), state, check_output(out_dir, force), force
+
+
+def _resume_energy(ckpt: Checkpoint, target: str | None, trust: bool, model: Path) -> Energy:
+    """The checkpoint's energy; a stored Python file runs only if given again or with --trust."""
+    source = ckpt.energy_source
+    if target is None:
+        if source["kind"] == "file" and not trust:
+            raise NfcliError(
+                f"{model} was fitted to the Python file {source['path']}, and resuming runs "
+                f"its code. Pass the file again (nfcli fit {source['path']} --resume {model}) "
+                "or --trust to run the copy stored in the checkpoint."
+            )
+        return energy_from_source(source, trust)
+    energy = load_energy(target, ckpt.names)
+    same = ("kind", "text", "name")
+    if any(energy.source[k] != source[k] for k in same):
+        stored = source["name"] or source["path"] or source["text"]
+        raise NfcliError(
+            f"{target} is not the energy {model} was fitted to ({source['kind']} {stored!r}"
+            + (", and the file has changed since" if source["kind"] == "file" else "")
+            + "). Resume with the same energy, or leave TARGET out to use the checkpoint's."
+        )
+    return energy
 
 
 @contextlib.contextmanager
-def fit_progress() -> Iterator[Callable[[str, int], Callable[[int, float, float], None]]]:
+def fit_progress() -> Iterator[Callable[..., Callable[[int, float, float], None]]]:
     """Rich progress bars on stderr; yields a factory of per-fit step callbacks, one bar each."""
     with Progress(
         TextColumn("[bold]{task.description}[/] {task.completed}/{task.total}"),
@@ -264,12 +372,14 @@ def fit_progress() -> Iterator[Callable[[str, int], Callable[[int, float, float]
         transient=False,
     ) as bar:
 
-        def start(label: str, total: int) -> Callable[[int, float, float], None]:
-            task = bar.add_task(label, total=total, loss=math.nan, beta=0.0, rate=0.0)
+        def start(label: str, total: int, done0: int = 0) -> Callable[[int, float, float], None]:
+            task = bar.add_task(
+                label, total=total, completed=done0, loss=math.nan, beta=0.0, rate=0.0
+            )
             t0 = time.perf_counter()
 
             def step(done: int, loss: float, beta: float) -> None:
-                rate = done / max(time.perf_counter() - t0, 1e-9)
+                rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
 
             return step
@@ -374,7 +484,9 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("flow", f"{m['flow']}, K = {m['K']}, D = {m['dim']} ({', '.join(m['vars'])})")
-    t.add_row("steps", f"{m['iters']} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
+    done = m.get("steps_done", m["iters"])
+    steps = f"{done}" if done == m["iters"] else f"{done} of {m['iters']} ({m['stopped']})"
+    t.add_row("steps", f"{steps} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
     t.add_row("final loss (β = 1)", f"{m['final_loss_beta1']:.4f}")
     if m.get("restarts"):
         scores = [r["score"] for r in m["restarts"]]
