@@ -22,7 +22,9 @@ from nfcli.errors import NfcliError
 from nfcli.expr import parse
 from nfcli.figures import FigureOptions, write_figures
 from nfcli.flows import Flow, planar, radial
-from nfcli.train import FitConfig, FitResult, fit
+from nfcli.run import run_fit
+from nfcli.signals import stop_on_signals
+from nfcli.train import FitConfig, FitResult, TrainingState, extend, fit
 
 __all__ = [
     "Checkpoint",
@@ -32,6 +34,8 @@ __all__ = [
     "FitResult",
     "Flow",
     "NfcliError",
+    "TrainingState",
+    "extend",
     "fit",
     "importance_sampling",
     "load_checkpoint",
@@ -44,6 +48,8 @@ __all__ = [
     "radial",
     "resample",
     "run_compare",
+    "run_fit",
     "save_checkpoint",
+    "stop_on_signals",
     "write_figures",
 ]

@@ -118,7 +118,7 @@ N_SELECT = 20_000  # importance samples per restart to choose the kept one
 CHECK_EVERY = 100  # steps between the checks for a loss that stays non-finite or keeps falling
 
 # ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
-SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.25, 0.2, 0.5, 0.7
+SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.1, 0.1, 0.5, 0.7
 
 
 @dataclass
@@ -255,7 +255,10 @@ def _fit(
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
     loss1_hist = torch.full((config.iters, R), math.nan, device=device)
-    counts = torch.zeros(3, dtype=torch.int64, device=device)  # bad U, bad ∂F/∂z rows, skips
+    # counted on the device, so that no step waits for them: finite samples (of ``drawn``),
+    # rows of ∂F/∂z zeroed, steps skipped; ``prior``: the counts of the fit being resumed
+    finite_seen, bad_rows, skipped = (torch.zeros((), device=device) for _ in range(3))
+    prior, drawn = dict.fromkeys(COUNTS, 0), 0
     kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
     if resume is not None:
         flow.load_state_dict(resume.flow)
@@ -264,7 +267,7 @@ def _fit(
         start_step, before = resume.step, resume.seconds
         loss_hist[:start_step] = resume.loss.to(device)
         loss1_hist[:start_step] = resume.loss_beta1.to(device)
-        counts += torch.tensor([resume.counts[k] for k in COUNTS], device=device)
+        prior = dict(resume.counts)
         _set_rng(resume.rng, device)
     cols = slice(kept, kept + 1) if flow.restarts < R else slice(None)
     anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
@@ -272,8 +275,8 @@ def _fit(
 
     def finite_rows(g: Tensor) -> Tensor:  # ∂F/∂z: zero the rows that are not finite
         ok = g.isfinite().all(-1, keepdim=True)
-        counts[1] += (~ok).sum()
-        return torch.where(ok, g, 0.0)
+        bad_rows.add_(ok.numel() - ok.sum())
+        return g.where(ok, 0.0)
 
     start = time.perf_counter()
     for t in range(start_step, config.iters):
@@ -287,24 +290,27 @@ def _fit(
         z, log_q = flow.rsample_all(B)
         z.register_hook(finite_rows)
         u = energy(z.reshape(-1, D)).reshape(-1, B)
-        finite = u.isfinite() & log_q.isfinite()
+        # the means over the samples where both U and ln q are finite; NaN (0/0) where none is,
+        # with a zero gradient: ``where`` passes none back to the samples it left out
+        finite = (u + log_q).isfinite()
         n = finite.sum(-1)
-        counts[0] += B * flow.restarts - n.sum()
-        log_q_mean = torch.where(finite, log_q, 0.0).sum(-1) / n.clamp(min=1)
-        u_mean = torch.where(finite, u, 0.0).sum(-1) / n.clamp(min=1)
+        drawn += finite.numel()
+        finite_seen.add_(n.sum())
+        log_q_mean = log_q.where(finite, 0.0).sum(-1) / n
+        u_mean = u.where(finite, 0.0).sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
-        finite_grads = torch.stack([p.grad.isfinite().all() for p in flow.parameters()])
-        opt.found_inf = (
-            (n.max() == 0) | ~finite_grads.all()
-        ).float()  # fused Adam leaves every parameter as it was
+        # skip the step (fused Adam leaves every parameter and moment as it was) when the
+        # gradient's norm is not finite, which also keeps Adam's ĝ² from overflowing, or when
+        # no sample had a finite loss
+        norm = torch.nn.utils.get_total_norm([p.grad for p in flow.parameters()])
+        opt.found_inf = (~norm.isfinite() | (n.max() == 0)).float()
         opt.step()
         with torch.no_grad():
-            counts[2] += opt.found_inf.long()
-            none = n == 0
-            loss_hist[t, cols] = loss.masked_fill(none, math.nan)
-            loss1_hist[t, cols] = (log_q_mean + u_mean).masked_fill(none, math.nan)
+            skipped.add_(opt.found_inf)
+            loss_hist[t, cols] = loss
+            loss1_hist[t, cols] = log_q_mean + u_mean
         if (t + 1) % every == 0 or t + 1 == config.iters:
             if progress is not None:
                 recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].nanmean(0)
@@ -333,7 +339,11 @@ def _fit(
         summaries,
         loss_hist[:done].cpu(),
         loss1_hist[:done].cpu(),
-        dict(zip(COUNTS, counts.tolist(), strict=True)),
+        {
+            "nonfinite_energies": prior["nonfinite_energies"] + drawn - int(finite_seen),
+            "nonfinite_gradients": prior["nonfinite_gradients"] + int(bad_rows),
+            "skipped_steps": prior["skipped_steps"] + int(skipped),
+        },
         checks,
         _get_rng(device),
         seconds,
@@ -387,31 +397,13 @@ def where_q_is(z: Tensor) -> dict[str, list]:
 
 
 def spreading(checks: list[dict[str, Any]], config: FitConfig) -> str:
-    """A message if q keeps spreading or drifting while the loss keeps falling, else ''. For
-    every restart, over each of the last two spans of SPREAD_SPAN checks (500 steps), the loss
-    fell by over SPREAD_LOSS nats while q reached farther (ln extent up by over SPREAD_EXTENT) or
-    moved (its median by over SPREAD_MOVE interquartile ranges in some coordinate); and the loss
-    fell from check to check at least SPREAD_TREND of the time, so one jump (a mode found late)
-    is not a trend. F ≥ −ln Z when the target is proper, so F cannot fall for ever."""
-    if len(checks) < 2 * SPREAD_SPAN + 1:
+    """A message if q keeps spreading or drifting while the loss keeps falling
+    (``spread_score`` ≥ 1), else ''."""
+    if spread_score(checks) < 1:
         return ""
-    a, m, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1 - SPREAD_SPAN], checks[-1]
-    recent = checks[-1 - 2 * SPREAD_SPAN :]
-    found = []
-    for r in range(len(b["loss"])):
-        falls = sum(y["loss"][r] < x["loss"][r] for x, y in itertools.pairwise(recent))
-        if falls < SPREAD_TREND * (len(recent) - 1):
-            return ""
-        for x, y in ((a, m), (m, b)):
-            moved = max(
-                abs(m1 - m0) / max(w, 1e-30)
-                for m0, m1, w in zip(x["median"][r], y["median"][r], x["iqr"][r], strict=True)
-            )
-            fell, grew = x["loss"][r] - y["loss"][r], y["extent"][r] - x["extent"][r]
-            if not (fell > SPREAD_LOSS and (grew > SPREAD_EXTENT or moved > SPREAD_MOVE)):
-                return ""
-        found.append((a["loss"][r] - b["loss"][r], b["extent"][r] - a["extent"][r]))
-    fell, grew = found[0]
+    a, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1]
+    fell = min(x - y for x, y in zip(a["loss"], b["loss"], strict=True))
+    grew = min(y - x for x, y in zip(a["extent"], b["extent"], strict=True))
     return (
         f"Stopped at step {b['step']} of {config.iters}: the fit keeps spreading. Over the last "
         f"{b['step'] - a['step']} steps the loss fell steadily, by {fell:.2f} nats, while q "
@@ -422,6 +414,34 @@ def spreading(checks: list[dict[str, Any]], config: FitConfig) -> str:
         "alone does not confine its variable. Add a confining term (e.g. + 0.01*(x**2 + y**2)) "
         "or a soft box."
     )
+
+
+def spread_score(checks: list[dict[str, Any]]) -> float:
+    """How close the last checks come to calling the target improper; ≥ 1 stops the fit. For
+    every restart, over each of the last two spans of SPREAD_SPAN checks (500 steps), the loss
+    must have fallen by over SPREAD_LOSS nats while q reached farther (ln extent up by over
+    SPREAD_EXTENT) or moved (its median by over SPREAD_MOVE interquartile ranges in some
+    coordinate); and the loss must have fallen from check to check at least SPREAD_TREND of the
+    time, so that one jump (a mode found late) is no trend. The score is the smallest of these
+    measures over its threshold. F ≥ −ln Z when the target is proper, so F cannot fall for
+    ever; heavy tails make q reach farther without F falling (README, "Robustness")."""
+    if len(checks) < 2 * SPREAD_SPAN + 1:
+        return 0.0
+    a, m, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1 - SPREAD_SPAN], checks[-1]
+    recent = checks[-1 - 2 * SPREAD_SPAN :]
+    scores = []
+    for r in range(len(b["loss"])):
+        falls = sum(y["loss"][r] < x["loss"][r] for x, y in itertools.pairwise(recent))
+        score = falls / (len(recent) - 1) / SPREAD_TREND
+        for x, y in ((a, m), (m, b)):
+            moved = max(
+                abs(m1 - m0) / max(w, 1e-30)
+                for m0, m1, w in zip(x["median"][r], y["median"][r], x["iqr"][r], strict=True)
+            )
+            fell, grew = x["loss"][r] - y["loss"][r], y["extent"][r] - x["extent"][r]
+            score = min(score, fell / SPREAD_LOSS, max(grew / SPREAD_EXTENT, moved / SPREAD_MOVE))
+        scores.append(score)
+    return min(scores)
 
 
 def _get_rng(device: torch.device) -> dict[str, Tensor]:
