@@ -7,9 +7,12 @@ Every NfcliError becomes one paragraph on stderr and exit code 2, never a traceb
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import math
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,9 +195,31 @@ WindowOpt = Annotated[
 ]
 
 
-@app.command()
+# An expression may begin with a minus sign ("-log(x) + x"), so unknown options are taken as the
+# target or extra arguments, and ``refuse_unknown`` then names real typos such as --iter.
+EXPRESSION_FIRST = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def refuse_unknown(ctx: typer.Context, target: str | None) -> None:
+    """A one-paragraph error for options the command does not have (with a close match)."""
+    words = ([target] if target and target.startswith("--") else []) + list(ctx.args)
+    if not words:
+        return
+    known = [o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith("-")]
+    first = next((w for w in words if w.startswith("-")), words[0])
+    close = difflib.get_close_matches(first.split("=")[0], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise NfcliError(
+        f"nfcli {ctx.command.name} does not understand {' '.join(words)}: {first} is not one of "
+        f"its options{hint}. nfcli {ctx.command.name} --help lists them; an expression that "
+        'starts with a minus sign goes first, as in nfcli fit "-log(x) + x".'
+    )
+
+
+@app.command(context_settings=EXPRESSION_FIRST)
 @user_errors
 def fit(
+    ctx: typer.Context,
     target: TargetArg = None,
     K: Annotated[
         int | None, typer.Option("--K", help=f"Number of flow layers. (default: {FitConfig.K})")
@@ -235,6 +260,7 @@ def fit(
 
     Ctrl-C or SIGTERM finishes the current step, writes everything so far and exits with 130;
     nfcli fit --resume model.pt then goes on."""
+    refuse_unknown(ctx, target)
     flags = dict(
         target=target,
         K=K,
@@ -387,9 +413,10 @@ def fit_progress() -> Iterator[Callable[..., Callable[[int, float, float], None]
         yield start
 
 
-@app.command()
+@app.command(context_settings=EXPRESSION_FIRST)
 @user_errors
 def compare(
+    ctx: typer.Context,
     targets: Annotated[
         str,
         typer.Argument(
@@ -426,6 +453,7 @@ def compare(
 ) -> None:
     """Fit each target with each K (and flow type) and draw the paper's Figure 3 for them:
     OUTPUT/compare.png, OUTPUT/summary.csv, and each fit in OUTPUT/<target>/<flow>-K<K>/."""
+    refuse_unknown(ctx, targets)
     flags = dict(
         iters=iters,
         batch=batch,
@@ -653,5 +681,21 @@ def targets() -> None:
     out.print(t)
 
 
+OPTION_LIKE = re.compile(r"--?[A-Za-z][\w-]*(=.*)?")
+
+
+def protect_expressions(argv: list[str]) -> list[str]:
+    """Click reads every word that starts with '-' as an option, so an expression such as
+    "-log(x) + x" would be taken apart. Words that start with '-' but are not shaped like an
+    option (or a lone '-' or '--') get a leading space, which the expression parser and int()
+    and float() ignore; click then sees an argument or an option's value."""
+    return [
+        f" {a}"
+        if a.startswith("-") and a not in ("-", "--") and not OPTION_LIKE.fullmatch(a)
+        else a
+        for a in argv
+    ]
+
+
 def main() -> None:
-    app()
+    app(args=protect_expressions(sys.argv[1:]), prog_name="nfcli")
