@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean figures bench-setup bench
+.PHONY: setup demo test lint format clean figures bench-setup bench fuzz
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,11 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The expression parser's property tests at 10,000 random examples per source (make test runs
+# 120 each, derandomised); it ends by printing the slowest example of each source.
+fuzz: setup
+	NFCLI_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest tests/test_fuzz.py
 
 format: setup
 	$(BIN)/ruff format nfcli tests benchmarks examples

@@ -88,6 +88,7 @@ def load_energy(target: str, names: Sequence[str] | None = None) -> Energy:
 
 def energy_from_source(source: dict[str, Any], trust: bool = False) -> Energy:
     """Rebuild a checkpoint's Energy. A file energy is stored code: it runs only if ``trust``."""
+    check_source(source)
     kind, names = source["kind"], source["vars"]
     if kind == "builtin":
         return load_energy(source["name"], names)
@@ -115,10 +116,12 @@ def energy_from_file_text(text: str, path: str, names: Sequence[str] | None) -> 
         ) from None
     try:
         exec(code, module.__dict__)  # the user's own file: documented as running their code
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: exit() in the file would end nfcli silently
+        where = _user_frames(e, path)
         raise NfcliError(
-            f"Running the energy file {path} raised {type(e).__name__}: {e}\n"
-            + _user_frames(e, path)
+            f"Running the energy file {path} raised {_describe(e)}"
+            + (f"\n{where}\n" if where else " ")
+            + "Fix the file and run again."
         ) from None
     fn = getattr(module, "energy", None)
     if not callable(fn):
@@ -152,6 +155,11 @@ def _file_names(module: types.ModuleType, path: str) -> tuple[str, ...]:
         return tuple(names)
     if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1:
         return ("x", "y", "z")[:dim] if dim <= 3 else tuple(f"x{i + 1}" for i in range(dim))
+    if dim is not None:
+        raise NfcliError(
+            f"DIM = {dim!r} in {path} is not a dimension: set DIM to a positive integer such "
+            "as DIM = 2."
+        )
     raise NfcliError(
         f"The energy file {path} does not state its dimension. Add a line such as DIM = 2 "
         '(or NAMES = ["a", "b"]) at the top of the file.'
@@ -161,21 +169,62 @@ def _file_names(module: types.ModuleType, path: str) -> tuple[str, ...]:
 def check_energy(energy: Energy) -> None:
     """Call U on a small batch and check shape and dtype, reporting the user's frame on error."""
     z = torch.randn(4, energy.dim, generator=torch.Generator().manual_seed(0))
+    path = energy.source["path"] or ""
     try:
         u = energy(z)
-    except Exception as e:
-        where = _user_frames(e, energy.source["path"] or "")
+    except (Exception, SystemExit) as e:
+        where = _user_frames(e, path)
         raise NfcliError(
-            f"The energy raised {type(e).__name__} on a test batch of shape {tuple(z.shape)}: {e}\n"
-            f"{where}"
+            f"The energy raised {_describe(e)} on a test batch of shape {tuple(z.shape)}"
+            + (f"\n{where}\n" if where else ". ")
+            + (f"Fix energy(z) in {path} and run again." if path else "Fix the energy.")
         ) from None
     if not isinstance(u, Tensor) or u.shape != (4,) or not u.is_floating_point():
-        got = f"shape {tuple(u.shape)} and dtype {u.dtype}" if isinstance(u, Tensor) else type(u)
+        got = (
+            f"shape {tuple(u.shape)} and dtype {u.dtype}"
+            if isinstance(u, Tensor)
+            else f"a {_type_name(u)}, not a torch tensor"
+        )
         raise NfcliError(
             f"energy(z) must return a floating-point tensor of shape (N,) for z of shape (N, D); "
             f"for N = 4, D = {energy.dim} it returned {got}. Sum over the last axis, e.g. "
             "return (z**2).sum(-1)."
         )
+
+
+def check_source(source: Any) -> None:
+    """A checkpoint's energy record is what ``_source`` writes, or an NfcliError says it is not."""
+    kinds = ("builtin", "expression", "file")
+    ok = (
+        isinstance(source, dict)
+        and source.get("kind") in kinds
+        and isinstance(source.get("text"), str)
+        and isinstance(source.get("vars"), list)
+        and all(isinstance(v, str) for v in source["vars"])
+        and (source["kind"] != "builtin" or isinstance(source.get("name"), str))
+        and (source["kind"] != "file" or isinstance(source.get("path"), str))
+    )
+    if not ok:
+        raise NfcliError(
+            "The checkpoint's energy record is damaged or not one nfcli writes (it needs kind "
+            f"{' | '.join(kinds)}, text, vars and name or path). Re-run nfcli fit to make a new "
+            "checkpoint."
+        )
+
+
+def _describe(e: BaseException) -> str:
+    """An exception as 'Type (message)'; SystemExit as the exit() call it was."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit (it called exit({e.code!r}) or sys.exit; an energy file must not)"
+    return f"{type(e).__name__} ({e})" if str(e) else type(e).__name__
+
+
+def _type_name(value: object) -> str:
+    """'numpy.ndarray', 'float', 'NoneType': what a user's function returned."""
+    cls = type(value)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def _user_frames(e: BaseException, path: str) -> str:

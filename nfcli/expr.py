@@ -14,19 +14,38 @@ import functools
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sympy as sp
 import torch
+from sympy.core.logic import fuzzy_and
 from torch import Tensor
 
 from nfcli.errors import NfcliError
 
 MAX_LENGTH = 20_000
 MAX_NODES = 5_000
-MAX_DEPTH = 60
+MAX_DEPTH = 60  # nested calls, powers, signs; a long sum or product is one level, brackets none
 MAX_CONSTANT_LOG10 = 300  # constants beyond 1e300 are refused before they are computed
+MAX_EXPONENT = 1_000  # |p| in base**p for a number p: beyond it, SymPy's exact arithmetic explodes
+MAX_EXACT_BITS = 4_096  # numerator and denominator of an exact fraction SymPy is left to carry
+SHOWN = 100  # characters of a long expression quoted in a message
+
+
+def _real_values(args: Sequence[sp.Basic]) -> list[float] | None:
+    """The arguments as floats, if all are real numbers (so that a function of them can be
+    evaluated at once, stably, in double precision, as torch will), else None."""
+    if not all(a.is_number for a in args):
+        return None
+    try:
+        values = [complex(a.evalf(17)) for a in args]
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    if any(v.imag != 0 or not math.isfinite(v.real) for v in values):
+        return None
+    return [v.real for v in values]
 
 
 class sigmoid(sp.Function):  # noqa: N801  (SymPy names functions in lower case)
@@ -34,15 +53,54 @@ class sigmoid(sp.Function):  # noqa: N801  (SymPy names functions in lower case)
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, a: sp.Basic) -> sp.Float | None:
+        values = _real_values([a])
+        if values is None:
+            return None
+        (v,) = values
+        return sp.Float(1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v)))
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
+    def _eval_is_extended_positive(self) -> bool | None:
+        return True if self.args[0].is_extended_real else None
+
 
 class softplus(sp.Function):  # noqa: N801
     """softplus(a) = ln(1 + e^{a}), compiled to torch.nn.functional.softplus."""
 
     nargs = 1
 
+    @classmethod
+    def eval(cls, a: sp.Basic) -> sp.Float | None:
+        values = _real_values([a])
+        if values is None:
+            return None
+        (v,) = values
+        return sp.Float(v + math.log1p(math.exp(-v)) if v > 0 else math.log1p(math.exp(v)))
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
+    def _eval_is_extended_positive(self) -> bool | None:
+        return True if self.args[0].is_extended_real else None
+
 
 class logsumexp(sp.Function):  # noqa: N801
     """ln Σ_i e^{a_i}, produced by the stability rewrite and compiled to torch.logsumexp."""
+
+    @classmethod
+    def eval(cls, *args: sp.Basic) -> sp.Float | None:
+        values = _real_values(args)
+        if values is None:
+            return None
+        m = max(values)  # of numbers within ±1e300, as the builder checks: no overflow
+        return sp.Float(m + math.log(sum(math.exp(v - m) for v in values)))
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return fuzzy_and(a.is_extended_real for a in self.args)
 
 
 # name → (SymPy callable, allowed argument counts); None means any count ≥ 1
@@ -74,12 +132,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., sp.Basic], tuple[int, ...] | None]] = {
 }
 CONSTANTS: dict[str, sp.Basic] = {"pi": sp.pi, "E": sp.E}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_BINOPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-}
+_ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div)  # built as flat sums and products
 _CONDITION = (
     sp.core.relational.Relational,
     sp.logic.boolalg.BooleanFunction,
@@ -100,12 +153,14 @@ class Expression:
         return compile_expression(self.tree, self.names)
 
 
-def natural_key(name: str) -> tuple[str, int]:
-    """Sort key so that x < y < z and x1 < x2 < … < x10: the stem, then the numeric suffix."""
+def natural_key(name: str) -> tuple[str, int, str]:
+    """Sort key so that x < y < z and x1 < x2 < … < x10: the stem, then the numeric suffix
+    (compared by length, then digits: no int() of what may be thousands of digits)."""
     m = re.fullmatch(r"(.*?)(\d*)", name)
     assert m is not None
     stem, digits = m.groups()
-    return stem, int(digits) if digits else -1
+    number = digits.lstrip("0") or ("0" if digits else "")
+    return stem, len(number) if digits else -1, number
 
 
 def parse(text: str, names: Sequence[str] | None = None) -> Expression:
@@ -119,15 +174,28 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
             f"The expression is {len(text)} characters long; the limit is {MAX_LENGTH}. "
             "Write a long energy as a Python file with an energy(z) function instead."
         )
-    source = text.strip().replace("^", "**")  # as SymPy's convert_xor: ^ is a power, not xor
+    stripped = text.strip()
+    source = stripped.replace("^", "**")  # as SymPy's convert_xor: ^ is a power, not xor
     try:
-        module = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():  # e.g. "invalid decimal literal" for 1or x: not for users
+            warnings.simplefilter("ignore", SyntaxWarning)
+            module = ast.parse(source, mode="eval")
     except SyntaxError as e:
-        col = _original_column(text.strip(), (e.offset or 1) - 1)
+        col = _original_column(stripped, _offset(source, e.lineno or 1, (e.offset or 1) - 1))
+        what = e.msg
+        if "integer string conversion" in what:  # Python's limit on decimal literals
+            what = "a number with thousands of digits; numbers must stay below 1e300"
         raise NfcliError(
-            f"The expression is not valid syntax ({e.msg}) at column {col + 1}:\n"
-            f"  {text.strip()}\n  {' ' * col}^\n"
+            f"The expression is not valid syntax ({what}) at column {col + 1}:\n"
+            f"{_pointer(stripped, col)}\n"
             "Check brackets and operators; powers are written ** or ^, products need an explicit *."
+        ) from None
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise NfcliError(
+            f"The expression is too large or too deeply nested for Python's parser "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). "
+            f"The limits are {MAX_NODES} syntax nodes and {MAX_DEPTH} levels of nesting; write a "
+            "large energy as a Python file with an energy(z) function instead."
         ) from None
     count = sum(1 for _ in ast.walk(module))
     if count > MAX_NODES:
@@ -135,14 +203,17 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
             f"The expression has {count} syntax nodes; the limit is {MAX_NODES}. "
             "Write a large energy as a Python file with an energy(z) function instead."
         )
-    tree = _Builder(text).build(module.body, 0)
+    tree = _Builder(text, source).build(module.body, 0)
     if not isinstance(tree, sp.Expr) or isinstance(tree, _CONDITION):
-        raise NfcliError(f"The expression {text!r} is a condition, not a number-valued energy.")
+        raise NfcliError(
+            f"The expression {_quoted(text)} is a condition, not a number-valued energy. "
+            "Use the condition inside Piecewise((value, condition), (other value, True))."
+        )
     _check_real(tree, text)
     used = sorted((s.name for s in tree.free_symbols), key=natural_key)
     if not used:
         raise NfcliError(
-            f"The expression {text!r} has no variables, so it defines no density. "
+            f"The expression {_quoted(text)} has no variables, so it defines no density. "
             "Write it in terms of variables such as x, y (or x1, x2, …)."
         )
     if names is None:
@@ -172,6 +243,30 @@ def _original_column(text: str, col: int) -> int:
     return i
 
 
+def _offset(source: str, lineno: int, col: int) -> int:
+    """The index in ``source`` of (1-based line, 0-based character column), as Python counts
+    lines: an expression in brackets may span several."""
+    starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", source)]
+    return starts[min(max(lineno, 1), len(starts)) - 1] + col
+
+
+def _pointer(text: str, col: int) -> str:
+    """Two lines: the text (or, if long, the part around ``col``) and a caret under ``col``."""
+    shown = re.sub(r"\s", " ", text)  # one line, same columns
+    if len(shown) > SHOWN:
+        start = min(max(0, col - SHOWN // 2), len(shown) - SHOWN)
+        end = start + SHOWN
+        head, tail = ("…" if start > 0 else ""), ("…" if end < len(shown) else "")
+        shown, col = head + shown[start:end] + tail, col - start + len(head)
+    return f"  {shown}\n  {' ' * col}^"
+
+
+def _quoted(text: str) -> str:
+    """The expression in quotes for a message, shortened if long."""
+    text = text.strip()
+    return repr(text) if len(text) <= SHOWN else repr(text[:SHOWN]) + "…"
+
+
 def _check_real(tree: sp.Expr, text: str) -> None:
     bad = [a for a in (sp.I, sp.zoo, sp.oo, sp.nan) if tree.has(a)]
     if bad:
@@ -179,24 +274,91 @@ def _check_real(tree: sp.Expr, text: str) -> None:
             "a complex number" if bad[0] is sp.I else f"an infinite or undefined value ({bad[0]})"
         )
         raise NfcliError(
-            f"The expression {text!r} evaluates to {what}: for example sqrt(-1), log(-1), I or a "
-            "division by zero among its constants. An energy must be real and finite."
+            f"The expression {_quoted(text)} evaluates to {what}: for example sqrt(-1), log(-1), I "
+            "or a division by zero among its constants. An energy must be real and finite."
         )
+
+
+def _numeric(value: sp.Expr) -> complex | None:
+    """A constant's value in double precision, or None where it has none (zoo, nan, or beyond
+    float64). Only called on constants whose parts are already checked, so evalf stays cheap."""
+    try:
+        c = complex(value.evalf(17))
+    except (TypeError, ValueError, ArithmeticError):  # OverflowError, decimal.InvalidOperation
+        return None
+    return c if math.isfinite(c.real) and math.isfinite(c.imag) else None
+
+
+_UNDEFINED = (
+    "an infinite or undefined constant (a division by zero? log(0)?)",
+    "An energy must be finite: divide only by nonzero numbers, take log only of positive ones.",
+)
+_COMPLEX = (
+    "a constant that is a complex number (e.g. sqrt(-1), log(-1), acos(2))",
+    "An energy must be real: keep sqrt, log, asin and acos to arguments in their real domain.",
+)
+_HUGE = (
+    f"a constant whose value exceeds 1e{MAX_CONSTANT_LOG10}",
+    "Rewrite it (e.g. use exp and log) so that every constant stays finite.",
+)
+_UNEVALUATED = (
+    "a constant that cannot be evaluated to a number",
+    "Rewrite this part with plain numbers.",
+)
+
+
+def _evaluate_constant(value: sp.Expr) -> sp.Float | tuple[str, str]:
+    """A constant's value as a real Float, or (what is wrong with it, how to fix it)."""
+    try:
+        v = value.evalf(17)
+        if v.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            return _UNDEFINED
+        re_part, im_part = v.as_real_imag()
+        if not (re_part.is_Number and im_part.is_Number):
+            return _UNEVALUATED
+        if im_part != 0:
+            return _COMPLEX
+        if abs(float(re_part)) > 10.0**MAX_CONSTANT_LOG10:  # float(): inf when beyond float64
+            return _HUGE
+    except (TypeError, ValueError, ArithmeticError):  # OverflowError, decimal.InvalidOperation
+        return _HUGE
+    return sp.Float(re_part, 17)
+
+
+def _too_exact(value: sp.Expr) -> bool:
+    """Whether an exact fraction in ``value`` has a numerator or denominator of more than
+    MAX_EXACT_BITS bits (SymPy would go on computing with it exactly, ever more slowly)."""
+    numbers = [value] if isinstance(value, sp.Rational) else value.atoms(sp.Rational)
+    return any(max(abs(r.p), r.q).bit_length() > MAX_EXACT_BITS for r in numbers)
 
 
 class _Builder:
-    """Turns a whitelisted Python ``ast`` into a SymPy tree, refusing everything else."""
+    """Turns a whitelisted Python ``ast`` into a SymPy tree, refusing everything else.
 
-    def __init__(self, text: str) -> None:
+    Every constant is checked as soon as it is formed (real, finite, at most 1e300, exact
+    fractions of bounded size), so that no later step, SymPy's or ours, computes with a number
+    that is huge, complex or of thousands of digits: ``exp(exp(exp(exp(exp(1)))))`` is refused at
+    its fourth exp from the inside (e^3.8e6), in a millisecond, instead of costing mpmath minutes.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
         self.text = text
+        self.source = source  # the stripped text with ^ → **, which ``ast`` parsed
         self.symbols: dict[str, sp.Symbol] = {}
 
     def fail(self, node: ast.AST, what: str, fix: str) -> NfcliError:
-        col = _original_column(self.text.strip(), getattr(node, "col_offset", 0))
+        col = _original_column(self.text.strip(), self.offset(node))
         return NfcliError(
-            f"The expression contains {what} at column {col + 1}:\n  {self.text.strip()}\n"
-            f"  {' ' * col}^\n{fix}"
+            f"The expression contains {what} at column {col + 1}:\n"
+            f"{_pointer(self.text.strip(), col)}\n{fix}"
         )
+
+    def offset(self, node: ast.AST) -> int:
+        """The node's index in the parsed source (``ast`` counts columns in UTF-8 bytes)."""
+        lineno, col = getattr(node, "lineno", 1), getattr(node, "col_offset", 0)
+        start = _offset(self.source, lineno, 0)
+        line = self.source[start:].splitlines()[0] if self.source[start:] else ""
+        return start + len(line.encode()[:col].decode(errors="ignore"))
 
     def build(self, node: ast.AST, depth: int) -> sp.Basic:
         if depth > MAX_DEPTH:
@@ -205,7 +367,23 @@ class _Builder:
                 f"nesting deeper than {MAX_DEPTH} levels",
                 "Flatten it, or write the energy as a Python file.",
             )
-        d = depth + 1
+        try:
+            value = self.dispatch(node, depth + 1)
+        except NfcliError:
+            raise
+        except Exception as e:  # SymPy refusing an operation, or failing at one (it has bugs)
+            raise self.fail(
+                node,
+                f"an operation SymPy cannot carry out ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'})",
+                "Rewrite this part so that every value is a finite real number.",
+            ) from None
+        if isinstance(value, sp.Expr) and not isinstance(value, _CONDITION):
+            value = self.checked(node, value)
+        return value
+
+    def dispatch(self, node: ast.AST, d: int) -> sp.Basic:
+        """Build one node; ``d`` is the depth of its children."""
         if isinstance(node, ast.Constant):
             return self.constant(node)
         if isinstance(node, ast.Name):
@@ -221,14 +399,13 @@ class _Builder:
             if isinstance(node.op, (ast.BitAnd, ast.BitOr)):
                 both = self.condition(node.left, d), self.condition(node.right, d)
                 return sp.And(*both) if isinstance(node.op, ast.BitAnd) else sp.Or(*both)
-            op = _BINOPS.get(type(node.op))
-            if op is None:
+            if not isinstance(node.op, _ARITHMETIC):
                 raise self.fail(
                     node,
                     f"the operator {type(node.op).__name__}",
                     "Use only + - * / and ** (or ^) between numbers and variables.",
                 )
-            return op(self.expr(node.left, d), self.expr(node.right, d))
+            return self.chain(node, d)
         if isinstance(node, ast.BoolOp):
             parts = [self.condition(v, d) for v in node.values]
             return sp.And(*parts) if isinstance(node.op, ast.And) else sp.Or(*parts)
@@ -243,6 +420,48 @@ class _Builder:
             "An energy is a formula of numbers, variables, + - * / **, comparisons inside "
             "Piecewise, and the functions " + ", ".join(FUNCTIONS) + ".",
         )
+
+    def chain(self, node: ast.BinOp, d: int) -> sp.Expr:
+        """a ± b ± c … (or a */ b */ c …), which Python nests one level per operator, built as
+        one flat sum (product), iteratively: a sum of 1000 terms is long, not deep."""
+        group = (
+            (ast.Add, ast.Sub) if isinstance(node.op, (ast.Add, ast.Sub)) else (ast.Mult, ast.Div)
+        )
+        rights: list[tuple[ast.operator, ast.AST]] = []
+        left: ast.AST = node
+        while isinstance(left, ast.BinOp) and isinstance(left.op, group):
+            rights.append((left.op, left.right))
+            left = left.left
+        terms = [self.expr(left, d)]
+        for op, right in reversed(rights):
+            value = self.expr(right, d)
+            if isinstance(op, ast.Sub):
+                value = -value
+            elif isinstance(op, ast.Div):
+                value = sp.Pow(value, -1)
+            terms.append(value)
+        return sp.Add(*terms) if group[0] is ast.Add else sp.Mul(*terms)
+
+    def checked(self, node: ast.AST, value: sp.Expr) -> sp.Expr:
+        """Refuse a constant (or a number SymPy folded into a sum or product) that is complex,
+        infinite, above 1e300 or an exact fraction of thousands of digits. A constant that is
+        not a plain number (sin(1), sqrt(2), exp(600)) is replaced by its value as a Float, so
+        that SymPy goes on with floating-point arithmetic, not exact reasoning about it, which
+        can take seconds (asin(sin(10**300)) compares 10**300 − k·π with π) or fail."""
+        numbers = [value] if value.is_number else [a for a in value.args if a.is_Number]
+        for number in numbers:
+            if _too_exact(number):
+                raise self.fail(
+                    node,
+                    f"an exact fraction of more than {MAX_EXACT_BITS} bits",
+                    "Write such a constant as a decimal number (e.g. 1.0000001) instead.",
+                )
+            evaluated = _evaluate_constant(number)
+            if isinstance(evaluated, tuple):
+                raise self.fail(node, *evaluated)
+            if number is value and not value.is_Atom:
+                return evaluated
+        return value
 
     def expr(self, node: ast.AST, depth: int) -> sp.Expr:
         value = self.build(node, depth)
@@ -310,19 +529,51 @@ class _Builder:
         return self.symbols[n]
 
     def power(self, node: ast.BinOp, base: sp.Expr, exponent: sp.Expr) -> sp.Expr:
-        if base.is_number and exponent.is_number:
-            b, e = complex(base.evalf(15)), complex(exponent.evalf(15))
-            if b != 0 and abs(e.real) * math.log10(abs(b)) > MAX_CONSTANT_LOG10:
+        if exponent.is_number:  # checked: a finite real number
+            if base.is_number:
+                self.constant_power(node, base, exponent, "a constant power")
+            e = complex(exponent.evalf(17)).real
+            if abs(e) > MAX_EXPONENT:
                 raise self.fail(
                     node,
-                    "a constant power whose value exceeds 1e300",
-                    "Rewrite it (e.g. use exp and log) so that every constant stays finite.",
+                    f"an exponent above {MAX_EXPONENT} (here {e:.6g})",
+                    "Such a power overflows or vanishes unless its base is within a hair of ±1; "
+                    "rescale the base, or rewrite the power with exp and log.",
                 )
-        elif exponent.is_number and abs(complex(exponent.evalf(15))) > 1e6:
-            raise self.fail(
-                node, "an exponent above 1e6", "Such a power overflows for any |x| ≠ 1."
-            )
+        elif base.is_number:
+            # SymPy splits b**(c + t) into b**c·b**t where it sees fit (Min and Max do, through
+            # as_content_primitive), computing b**c exactly: (-4)**(10**300 + z) ran for ever
+            term = exponent.as_coeff_Add()[0]
+            if term != 0:
+                what = "the constant part b**c of a power b**(c + …),"
+                self.constant_power(node, base, term, what)
         return base**exponent
+
+    def constant_power(self, node: ast.BinOp, base: sp.Expr, exponent: sp.Expr, what: str) -> None:
+        """Refuse base**exponent (checked numbers both) before SymPy computes it, if its value
+        exceeds 1e300, its exponent 1000, or it is an exact fraction of too many bits."""
+        b, e = abs(complex(base.evalf(17))), complex(exponent.evalf(17)).real
+        if b != 0 and abs(e) * math.log10(b) > MAX_CONSTANT_LOG10:
+            raise self.fail(
+                node,
+                f"{what} whose value exceeds 1e{MAX_CONSTANT_LOG10}",
+                "Rewrite it (e.g. use exp and log) so that every constant stays finite.",
+            )
+        if abs(e) > MAX_EXPONENT:
+            raise self.fail(
+                node,
+                f"{what} with an exponent above {MAX_EXPONENT} (here {e:.6g})",
+                "Such a power overflows or vanishes unless its base is within a hair of ±1; "
+                "rescale the base, or rewrite the power with exp and log.",
+            )
+        # e.g. (1 + 1/10**20)**999: an exact fraction of 20,000 digits, near 1
+        exact = isinstance(base, sp.Rational) and isinstance(exponent, sp.Rational)
+        if exact and max(abs(base.p), base.q).bit_length() * abs(e) > MAX_EXACT_BITS:
+            raise self.fail(
+                node,
+                f"{what} that is an exact fraction of more than {MAX_EXACT_BITS} bits",
+                "Write the base as a decimal number (e.g. 1.0000001) instead.",
+            )
 
     def compare(self, node: ast.Compare, depth: int) -> sp.Basic:
         left = self.expr(node.left, depth)
@@ -442,20 +693,36 @@ _RELATIONAL = {sp.Lt: torch.lt, sp.Le: torch.le, sp.Gt: torch.gt, sp.Ge: torch.g
 def compile_expression(tree: sp.Expr, names: Sequence[str]) -> Callable[[Tensor], Tensor]:
     """Compile a SymPy energy to f(z: (N, D)) → (N,), column i of z being variable ``names[i]``."""
     slots: dict[sp.Basic, int] = {sp.Symbol(n, real=True): i for i, n in enumerate(names)}
-    replacements, (reduced,) = sp.cse(stabilise(tree), symbols=sp.numbered_symbols("_cse"))
-    steps: list[Node] = []
-    for sym, sub in replacements:
-        steps.append(_compile_node(sub, slots))
-        slots[sym] = len(names) + len(steps) - 1
-    final = _compile_node(reduced, slots)
+    try:
+        replacements, (reduced,) = sp.cse(stabilise(tree), symbols=sp.numbered_symbols("_cse"))
+        steps: list[Node] = []
+        for sym, sub in replacements:
+            steps.append(_compile_node(sub, slots))
+            slots[sym] = len(names) + len(steps) - 1
+        final = _compile_node(reduced, slots)
+    except RecursionError:
+        raise NfcliError(
+            "The energy is nested too deeply to compile. Simplify it, or write it as a Python "
+            "file with an energy(z) function."
+        ) from None
 
     def energy(z: Tensor) -> Tensor:
         values: list[Tensor] = list(z.unbind(-1))
-        for step in steps:
-            values.append(step(values))  # type: ignore[arg-type]
+        for step in steps:  # a shared constant (e.g. exp(2)) is a tensor too, for torch.pow etc.
+            values.append(_tensor(step(values), values))
         return torch.as_tensor(final(values), dtype=z.dtype, device=z.device).expand(z.shape[:-1])
 
     return energy
+
+
+def _shown(e: sp.Basic) -> str:
+    """A SymPy expression for a message: shortened, and safe for numbers of thousands of digits
+    (which str() refuses past Python's int_max_str_digits)."""
+    try:
+        text = str(e)
+    except ValueError:
+        return "(a number of thousands of digits)"
+    return text if len(text) <= 80 else text[:80] + "…"
 
 
 def _tensor(value: Value, env: list[Tensor]) -> Tensor:
@@ -470,9 +737,12 @@ def _compile_node(e: sp.Basic, slots: dict[sp.Basic, int]) -> Node:
         i = slots[e]
         return lambda v: v[i]
     if isinstance(e, sp.Expr) and not e.free_symbols:
-        c = complex(e.evalf(17))
-        if c.imag != 0 or not math.isfinite(c.real):
-            raise NfcliError(f"The constant {e} in the energy is not a finite real number.")
+        c = _numeric(e)
+        if c is None or c.imag != 0 or not math.isfinite(c.real):
+            raise NfcliError(
+                f"The constant {_shown(e)} in the energy is not a finite real number. Rewrite the "
+                "expression so that every constant, once multiplied out, stays below 1e300."
+            )
         return lambda v, c=c.real: c
     if isinstance(e, sp.Symbol):
         raise NfcliError(f"The variable {e} is not among the variables {list(slots)}.")
@@ -509,7 +779,8 @@ def _compile_node(e: sp.Basic, slots: dict[sp.Basic, int]) -> Node:
         (a,) = args
         return lambda v: torch.logical_not(a(v))
     raise NfcliError(
-        f"The energy contains {type(e).__name__} ({e}), which nfcli cannot compile to torch. "
+        f"The energy contains {type(e).__name__} ({_shown(e)}), which nfcli cannot compile to "
+        "torch. "
         "Rewrite it with the supported functions: " + ", ".join(FUNCTIONS) + "."
     )
 

@@ -50,6 +50,11 @@ def _umask() -> int:
 def ensure_dir(path: str | Path) -> Path:
     """Create an output folder, or explain why it cannot be written."""
     path = Path(path)
+    if os.path.exists(path) and not os.path.isdir(path):  # os.path: False, not raise, on EACCES
+        raise NfcliError(
+            f"The output folder {path} is an existing file, not a folder. Choose a folder with "
+            "-o/--output (it is created if missing), or move the file away."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".nfcli-probe-"):
@@ -72,8 +77,18 @@ def check_sample_path(path: str) -> str:
             f"Cannot tell the format of {path!r} from its extension {suffix or '(none)'}. "
             f"Use one of {', '.join(SAMPLE_FORMATS)}, or - for CSV on standard output."
         )
-    if not Path(path).parent.is_dir():
+    parent = Path(path).parent
+    if not os.path.isdir(parent):  # os.path: False, not PermissionError, past a closed folder
         raise NfcliError(f"The folder of {path!r} does not exist; create it or choose another.")
+    if os.path.isdir(path):
+        raise NfcliError(
+            f"{path!r} is a folder; give a file name in it instead, e.g. {path}/samples{suffix}."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NfcliError(
+            f"Cannot write {path!r}: its folder {parent} is not writable. Choose another path, "
+            "or fix the folder's permissions."
+        )
     return suffix
 
 
