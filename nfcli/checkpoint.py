@@ -32,6 +32,7 @@ from torch import Tensor
 
 from nfcli import __version__
 from nfcli.devices import resolve_dtype
+from nfcli.energy import check_source
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write
@@ -95,9 +96,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # weights_only refuses both a pickle that names a callable ("Unsupported global") and
+        # bytes it cannot parse; only the first is a file carrying code
+        code = [line for line in str(e).splitlines() if "Unsupported global" in line]
+        if not code:
+            raise NfcliError(
+                f"{path} is not a readable nfcli checkpoint (truncated, corrupted or another "
+                "kind of file). Re-run nfcli fit to make a new one."
+            ) from None
         raise NfcliError(
             f"{path} was refused: it holds Python objects that loading would have to run "
-            f"({str(e).splitlines()[0][:200]}). nfcli checkpoints contain only tensors and plain "
+            f"({code[0].strip()[:200]}). nfcli checkpoints contain only tensors and plain "
             "values; do not load this file with anything that runs pickles."
         ) from None
     except Exception as e:  # torch raises many types for a foreign file
@@ -114,6 +123,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"({FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
         )
     try:
+        check_source(data.get("energy"))
         known = set(FitConfig.field_names())
         config = FitConfig(**{k: v for k, v in data["config"].items() if k in known})
         flow = Flow(data["dim"], config.K, config.flow, config.init_scale, config.base_scale)

@@ -229,14 +229,6 @@ GAUSS = "x**2/2 + y**2/2"
 BAD_SYNTAX_FILE = "DIM = 2\n\ndef energy(z):\n    return z[:, 0] +* 2\n"
 RAISES_FILE = "DIM = 2\n\ndef energy(z):\n    u = (z**2).sum(-1)\n    return u / undefined_name\n"
 NOT_ROOT = pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions")
-NEEDS_CHECKPOINT_FIX = pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py reports any UnpicklingError (random bytes too) as carrying code",
-)
-NEEDS_CLI_FIX = pytest.mark.xfail(
-    strict=True,
-    reason="cli.py reads ckpt.names (energy['vars']) before any check: KeyError, exit 1",
-)
 
 ROWS: list[tuple[str, Argv, str]] = [
     # --- expressions -------------------------------------------------------------------------
@@ -497,10 +489,7 @@ ROWS: list[tuple[str, Argv, str]] = [
     ),
 ]
 ROW_MARKS = {
-    "report-random-bytes-says-unreadable": NEEDS_CHECKPOINT_FIX,
     "output-not-writable": NOT_ROOT,
-    "sample-damaged-energy-record": NEEDS_CLI_FIX,
-    "plot-damaged-energy-record": NEEDS_CLI_FIX,
 }
 
 
