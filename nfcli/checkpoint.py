@@ -111,11 +111,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
     except Exception as e:  # torch raises many types for a foreign file
         raise NfcliError(
-            f"{path} is not a readable nfcli checkpoint (truncated or another kind of file: "
-            f"{str(e).splitlines()[0][:200]}). Re-run nfcli fit to make a new one."
+            f"{path} is not a readable nfcli checkpoint (truncated, corrupted or another kind "
+            f"of file; torch raised {type(e).__name__}). Re-run nfcli fit to make a new one."
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise NfcliError(f"{path} is a torch file but not an nfcli checkpoint.")
+        raise NfcliError(
+            f"{path} is a torch file but not an nfcli checkpoint. Give the model.pt that nfcli "
+            "fit wrote."
+        )
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise NfcliError(

@@ -32,6 +32,7 @@ MAX_CONSTANT_LOG10 = 300  # constants beyond 1e300 are refused before they are c
 MAX_EXPONENT = 1_000  # |p| in base**p for a number p: beyond it, SymPy's exact arithmetic explodes
 MAX_EXACT_BITS = 4_096  # numerator and denominator of an exact fraction SymPy is left to carry
 SHOWN = 100  # characters of a long expression quoted in a message
+HEAVY_NODES = 20  # a constant with more nodes than this is carried as a Float (see _heavy)
 
 
 def _real_values(args: Sequence[sp.Basic]) -> list[float] | None:
@@ -177,8 +178,8 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
     stripped = text.strip()
     source = stripped.replace("^", "**")  # as SymPy's convert_xor: ^ is a power, not xor
     try:
-        with warnings.catch_warnings():  # e.g. "invalid decimal literal" for 1or x: not for users
-            warnings.simplefilter("ignore", SyntaxWarning)
+        with warnings.catch_warnings():  # Python's own, e.g. "invalid decimal literal" for 1or x
+            warnings.simplefilter("ignore")
             module = ast.parse(source, mode="eval")
     except SyntaxError as e:
         col = _original_column(stripped, _offset(source, e.lineno or 1, (e.offset or 1) - 1))
@@ -325,6 +326,15 @@ def _evaluate_constant(value: sp.Expr) -> sp.Float | tuple[str, str]:
     return sp.Float(re_part, 17)
 
 
+def _heavy(value: sp.Expr) -> bool:
+    """Whether a constant is better carried as a Float: of more than HEAVY_NODES nodes (each
+    level of nesting would evaluate all below it again), or holding a number beyond 1e15."""
+    for count, sub in enumerate(sp.preorder_traversal(value), start=1):
+        if count > HEAVY_NODES or (sub.is_Number and abs(sub) > 10**15):
+            return True
+    return False
+
+
 def _too_exact(value: sp.Expr) -> bool:
     """Whether an exact fraction in ``value`` has a numerator or denominator of more than
     MAX_EXACT_BITS bits (SymPy would go on computing with it exactly, ever more slowly)."""
@@ -444,10 +454,11 @@ class _Builder:
 
     def checked(self, node: ast.AST, value: sp.Expr) -> sp.Expr:
         """Refuse a constant (or a number SymPy folded into a sum or product) that is complex,
-        infinite, above 1e300 or an exact fraction of thousands of digits. A constant that is
-        not a plain number (sin(1), sqrt(2), exp(600)) is replaced by its value as a Float, so
-        that SymPy goes on with floating-point arithmetic, not exact reasoning about it, which
-        can take seconds (asin(sin(10**300)) compares 10**300 − k·π with π) or fail."""
+        infinite, above 1e300 or an exact fraction of thousands of digits. A heavy constant
+        (see _heavy) is replaced by its value as a Float, so that SymPy goes on with
+        floating-point arithmetic, not exact reasoning about it, which can take seconds
+        (asin(sin(10**300)) compares 10**300 − k·π with π) or fail. Light ones stay exact, so
+        that tan(pi/2) is still zoo and sin(2*pi) still 0."""
         numbers = [value] if value.is_number else [a for a in value.args if a.is_Number]
         for number in numbers:
             if _too_exact(number):
@@ -459,7 +470,7 @@ class _Builder:
             evaluated = _evaluate_constant(number)
             if isinstance(evaluated, tuple):
                 raise self.fail(node, *evaluated)
-            if number is value and not value.is_Atom:
+            if number is value and not value.is_Atom and _heavy(value):
                 return evaluated
         return value
 

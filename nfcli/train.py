@@ -47,15 +47,23 @@ class FitConfig:
 
     def validate(self) -> None:
         checks = [
-            ("K", self.K >= 1, "the number of layers; use e.g. --K 16"),
-            ("restarts", self.restarts >= 1, "the number of flows fitted at once; e.g. 8"),
-            ("iters", self.iters >= 1, "the number of optimisation steps; use e.g. --iters 5000"),
-            ("batch", self.batch >= 1, "samples per step; use e.g. --batch 256"),
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "Adam's step size; use e.g. --lr 1e-3"),
+            ("K", self.K >= 1, "the number of layers, at least 1; use e.g. --K 16"),
+            (
+                "restarts",
+                self.restarts >= 1,
+                "the number of flows fitted at once, at least 1; e.g. 8",
+            ),
+            ("iters", self.iters >= 1, "the number of steps, at least 1; use e.g. --iters 5000"),
+            ("batch", self.batch >= 1, "samples per step, at least 1; use e.g. --batch 256"),
+            (
+                "lr",
+                self.lr > 0 and math.isfinite(self.lr),
+                "Adam's step size, a positive number; use e.g. --lr 1e-3",
+            ),
             (
                 "anneal",
                 self.anneal is None or self.anneal >= 0,
-                "steps of β's schedule, 0 for none",
+                "steps of β's schedule, 0 or more (0: none); e.g. --anneal 3000",
             ),
             ("decay", 0 <= self.decay <= 1, "a fraction between 0 and 1"),
             ("init_scale", self.init_scale > 0, "a positive standard deviation"),
@@ -64,8 +72,7 @@ class FitConfig:
         for name, ok, meaning in checks:
             if not ok:
                 raise NfcliError(
-                    f"{name} = {getattr(self, name)} is out of range: it is {meaning}. "
-                    "Give a positive value."
+                    f"{name} = {getattr(self, name)} is out of range: it is {meaning}."
                 )
         resolve_dtype(self.dtype)
         if self.flow not in FLOW_TYPES:

@@ -21,6 +21,7 @@ import string
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,8 +248,11 @@ def test_formulas(text: str) -> None:
         # hung: Min's as_content_primitive split (-4)**(10**300 + z1) and computed 4**(10**300)
         ("Min((-3-1)**(10**300 + z1), 0.5)", "the constant part b**c of a power b**(c + …)"),
         ("Min((-4)**(300 + z1), 0.5)", None),
-        # 0.6 s: every level re-evaluated the whole constant below it; constants are now Floats
+        # 0.6 s: every level re-evaluated the whole constant below it; heavy constants are now
+        # Floats, light ones stay exact (tan(pi/2) is still zoo)
         ("erf(" * 29 + "10**300" + ")" * 29 + " + x", None),
+        ("erf(" * 29 + "2" + ")" * 29 + " + x", None),
+        ("tan(pi/2) + x", "an infinite or undefined constant"),
     ],
 )
 def test_regressions_found_by_fuzzing(text: str, fragment: str | None) -> None:
@@ -263,3 +267,14 @@ def test_regressions_found_by_fuzzing(text: str, fragment: str | None) -> None:
                 load_energy(text)
             assert fragment in " ".join(str(refused.value).split())
     assert time.perf_counter() - start < SECONDS
+
+
+@pytest.mark.parametrize("text", ["1or x", "'\\e' + x", "x is 1", "x + 1if y else 2"])
+def test_python_warnings_about_the_text_are_not_shown(text: str) -> None:
+    """ast.parse warns about some texts (SyntaxWarning, DeprecationWarning: found by fuzzing);
+    the user gets nfcli's answer only, not Python's warnings on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.suppress(NfcliError):
+            load_energy(text)
+    assert [str(w.message) for w in caught] == []
