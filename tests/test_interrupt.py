@@ -77,7 +77,7 @@ def test_extending_a_finished_fit_keeps_the_beta_schedule():
     assert more.steps == 400 and torch.equal(more.loss[:200], done.loss)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: the resume test below
 def test_a_signal_finishes_the_step_writes_everything_and_exits_130(tmp_path, sig):
     out, log = tmp_path / "run", tmp_path / "log"
     proc = start(["u1", "--K", "4", "--iters", "100000", "--batch", "64", "-o", str(out)], log)
@@ -103,6 +103,7 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, log.read_text()
+    assert "SIGINT: stopped after step" in " ".join(log.read_text().split())
     cut = load_checkpoint(tmp_path / "cut" / "model.pt")
     assert cut.training.step < 1000
     result = run("fit", "--resume", tmp_path / "cut" / "model.pt")
@@ -123,7 +124,7 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_model(tmp_path):
     assert start(args, log).wait(timeout=120) == 0
     span = time.monotonic() - t0
     rng = random.Random(6)
-    for _ in range(4):
+    for _ in range(2):
         proc = subprocess.Popen(FIT + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 1.1) * span)
         proc.kill()

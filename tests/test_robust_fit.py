@@ -75,8 +75,8 @@ def test_energy_nan_everywhere_stops_with_a_message_and_finite_parameters():
     ],
 )
 def test_improper_targets_are_stopped_with_an_explanation(text, names):
-    iters = 3000
-    result = fit(load_energy(text, names), FitConfig(K=8, batch=256, iters=iters))
+    iters = 2000
+    result = fit(load_energy(text, names), FitConfig(K=8, batch=256, iters=iters, anneal=300))
     assert result.stopped == "improper", [c["loss"] for c in result.state.checks]
     assert result.steps < iters - 500
     assert "keeps spreading" in result.message and "improper" in result.message
@@ -84,8 +84,8 @@ def test_improper_targets_are_stopped_with_an_explanation(text, names):
 
 
 def test_a_proper_target_runs_to_the_end():
-    result = fit(load_energy("u1"), FitConfig(K=8, batch=256, iters=3000))
-    assert result.stopped is None and result.steps == 3000
+    result = fit(load_energy("u1"), FitConfig(K=8, batch=256, iters=2000, anneal=300))
+    assert result.stopped is None and result.steps == 2000
     assert len(result.state.checks) > 2 * SPREAD_SPAN  # the check ran and did not fire
 
 
