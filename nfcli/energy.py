@@ -16,10 +16,13 @@ and may define ``NAMES`` (one name per column) for axis labels and CSV headers.
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
+import re
 import traceback
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,10 @@ import torch
 from torch import Tensor
 
 from nfcli.errors import NfcliError
-from nfcli.expr import parse
+from nfcli.expr import Expression, improper_variables, parse
 from nfcli.targets import TARGETS
+
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -56,14 +61,37 @@ class Energy:
     @property
     def label(self) -> str:
         s = self.source
-        return s["name"] or (Path(s["path"]).name if s["path"] else s["text"])
+        label = s["name"] or (Path(s["path"]).name if s["path"] else s["text"])
+        bound = s.get("constants") or {}
+        return label + "".join(f" {k}={v:g}" for k, v in bound.items())
 
 
-def load_energy(target: str, names: Sequence[str] | None = None) -> Energy:
-    """Resolve a TARGET string (built-in name, ``.py`` path, or expression) to an Energy."""
+def load_energy(
+    target: str,
+    names: Sequence[str] | None = None,
+    constants: Mapping[str, float] | None = None,
+    check_proper: bool = True,
+) -> Energy:
+    """Resolve a TARGET string (built-in name, ``.py`` path, or expression) to an Energy.
+
+    ``constants`` binds names of an expression to numbers (``nu=3``). A bare name that is not a
+    built-in, and a path to a file that is not a ``.py`` file, are refused rather than read as a
+    formula; so is an expression that is flat or linear in one of its variables (its density has
+    infinite mass: improper), unless ``check_proper`` is False."""
     target = target.strip()
     if not target:
         raise NfcliError("The target is empty. Give an expression, a .py file or a built-in name.")
+    if constants and (target in TARGETS or target.endswith(".py")):
+        what = "a built-in target" if target in TARGETS else "a Python file"
+        raise NfcliError(
+            f"{target} is {what}, and constants such as "
+            f"{', '.join(f'{k}={v:g}' for k, v in constants.items())} apply only to expressions. "
+            + (
+                "Set them in the file instead."
+                if target.endswith(".py")
+                else "Write the expression out to change it."
+            )
+        )
     if target in TARGETS:
         t = TARGETS[target]
         expr = parse(t.expression, names)
@@ -81,9 +109,90 @@ def load_energy(target: str, names: Sequence[str] | None = None) -> Energy:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise NfcliError(f"Cannot read the energy file {target}: {e}.") from None
-        return energy_from_file_text(text, str(path), names)
-    expr = parse(target, names)
-    return Energy(expr.compile(), expr.names, _source("expression", target, None, None, expr.names))
+        return energy_from_file_text(text, str(path.resolve()), names)
+    refuse_names_and_paths(target)
+    expr = parse(target, names, constants)
+    if check_proper:
+        refuse_improper(expr, constants)
+    source = _source("expression", target, None, None, expr.names, constants)
+    return Energy(expr.compile(), expr.names, source)
+
+
+def refuse_names_and_paths(target: str) -> None:
+    """A TARGET that is a bare name (``my_energy``, ``U1``, ``ringg``) or names a file that is not
+    a ``.py`` file was almost surely not meant as the formula U = name: refuse it, with the
+    built-in or the file the user probably meant."""
+    path_like = os.path.exists(target) or os.path.isfile(target + ".py")
+    if not (path_like or _BARE_NAME.fullmatch(target)):
+        return
+    guesses = [n for n in TARGETS if n.lower() == target.lower()]
+    guesses += difflib.get_close_matches(target.lower(), list(TARGETS), n=2, cutoff=0.6)
+    guesses += [str(p) for p in _python_files_named(Path(target).name) if str(p) != target]
+    if os.path.isfile(target + ".py"):
+        guesses.insert(0, target + ".py")
+    guesses = list(dict.fromkeys(guesses))
+    hint = f"Did you mean {' or '.join(guesses[:3])}? " if guesses else ""
+    if path_like and not _BARE_NAME.fullmatch(target):
+        what = (
+            f"{target} is a {'folder' if os.path.isdir(target) else 'file'}, not a Python energy "
+            "file (those end in .py) nor a formula."
+        )
+    elif os.path.exists(target):
+        what = f"{target} names a file here, not a built-in target or a formula."
+    else:
+        what = (
+            f"{target!r} is not a built-in target, and as a formula it would be U = {target}, "
+            "linear in one variable: a density with infinite mass, which cannot be fitted."
+        )
+    raise NfcliError(
+        f"{what} {hint}nfcli targets lists the built-ins ({', '.join(TARGETS)}); a Python file "
+        "is given with its .py extension; a formula is written out, e.g. 'x**2/2 + y**2/2'."
+    )
+
+
+def _python_files_named(name: str) -> list[Path]:
+    """``name.py`` here or one folder down (not hidden folders): where a user's file would be."""
+    if not name or not _BARE_NAME.fullmatch(name):
+        return []
+    found = [Path(f"{name}.py")] if os.path.isfile(f"{name}.py") else []
+    try:
+        folders = sorted(p for p in Path(".").iterdir() if p.is_dir() and p.name[0] not in "._")
+    except OSError:
+        return found
+    return found + [p / f"{name}.py" for p in folders[:200] if (p / f"{name}.py").is_file()]
+
+
+def refuse_improper(expr: Expression, constants: Mapping[str, float] | None = None) -> None:
+    """An energy that does not depend on a variable, or is linear in it (U = a·v + b with a, b
+    free of v), has ∫ exp(−U) dv = ∞ for every value of the others: p is improper and reverse
+    KL would drift without end. Refuse it at once, naming the variable."""
+    problems = improper_variables(expr)
+    if not problems:
+        return
+    name, kind = problems[0]
+    bound = f" with {', '.join(f'{k}={v:g}' for k, v in constants.items())}" if constants else ""
+    why = (
+        f"does not depend on {name}, so p is flat along {name}"
+        if kind == "absent"
+        else f"is linear in {name} (U = a·{name} + b), so exp(−U) grows without bound on one "
+        f"side of {name}"
+    )
+    fix = (
+        f"Leave {name} out of --vars, or add a term that confines it, e.g. + {name}**2/2."
+        if kind == "absent"
+        else f"Add a term that confines {name}, e.g. + {name}**2/2, or if {name} is a constant, "
+        f"bind it: {name}=VALUE."
+    )
+    raise NfcliError(
+        f"The energy {_short(expr.text)}{bound} over ({', '.join(expr.names)}), D = "
+        f"{len(expr.names)}, {why}: the density has infinite mass (it is improper) and cannot be "
+        f"fitted. {fix}"
+    )
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def energy_from_source(source: dict[str, Any], trust: bool = False) -> Energy:
@@ -93,7 +202,7 @@ def energy_from_source(source: dict[str, Any], trust: bool = False) -> Energy:
     if kind == "builtin":
         return load_energy(source["name"], names)
     if kind == "expression":
-        return load_energy(source["text"], names)
+        return load_energy(source["text"], names, source.get("constants"), check_proper=False)
     if not trust:
         raise NfcliError(
             f"This checkpoint's energy is Python code from {source['path']}; running it means "
@@ -121,7 +230,7 @@ def energy_from_file_text(text: str, path: str, names: Sequence[str] | None) -> 
         raise NfcliError(
             f"Running the energy file {path} raised {_describe(e)}"
             + (f"\n{where}\n" if where else " ")
-            + "Fix the file and run again."
+            + (_missing_file(e, path) or "Fix the file and run again.")
         ) from None
     fn = getattr(module, "energy", None)
     if not callable(fn):
@@ -166,6 +275,41 @@ def _file_names(module: types.ModuleType, path: str) -> tuple[str, ...]:
     )
 
 
+@torch.no_grad()
+def undefined_region(energy: Energy, z: Tensor) -> str:
+    """Where U is not finite among the points z (N, D) and their mirror images −z, as advice.
+    If one variable's sign splits the points where U is finite from those where it is not
+    (U = −2·ln(x) + x is NaN for x < 0), say so and how to fit a positive variable; else a
+    general hint; '' where U is finite at every point."""
+    z = z.detach()
+    if not torch.isfinite(energy(z)).all():  # with the mirror images, so that both signs occur
+        z = torch.cat([z, -z])
+    bad = ~torch.isfinite(energy(z))
+    if not bad.any():
+        return ""
+    for i, name in enumerate(energy.names):
+        v = z[:, i]
+        for low in (True, False):
+            outside, inside = (v <= 0, v > 0) if low else (v >= 0, v < 0)
+            if bad.all() or not (bad <= outside).all() or not (~bad <= inside).all():
+                continue
+            side, other = ("≤ 0", "> 0") if low else ("≥ 0", "< 0")
+            sign = "" if low else "−"
+            return (
+                f"U is not finite where {name} {side} (it is wherever {name} {other}): p lives on "
+                f"{name} {other}. Fit an unconstrained variable instead, t = ln({sign}{name}): "
+                f"write {name} as {sign}exp(t) and add −t (the log-Jacobian) to U, and transform "
+                f"the samples back with {name} = {sign}exp(t). Do not wrap the logarithm in "
+                f"Abs(): that puts a mirror image of p at {name} {side}."
+            )
+    return (
+        "U is not finite in part of where q puts samples (a log or sqrt of a negative number, a "
+        "division by zero, or an overflow: try --dtype float64). Where p has no mass, make U "
+        "large and finite rather than undefined (e.g. a Piecewise with a steep wall), or fit an "
+        "unconstrained transform of a constrained variable."
+    )
+
+
 def check_energy(energy: Energy) -> None:
     """Call U on a small batch and check shape and dtype, reporting the user's frame on error."""
     z = torch.randn(4, energy.dim, generator=torch.Generator().manual_seed(0))
@@ -177,7 +321,10 @@ def check_energy(energy: Energy) -> None:
         raise NfcliError(
             f"The energy raised {_describe(e)} on a test batch of shape {tuple(z.shape)}"
             + (f"\n{where}\n" if where else ". ")
-            + (f"Fix energy(z) in {path} and run again." if path else "Fix the energy.")
+            + (
+                _missing_file(e, path)
+                or (f"Fix energy(z) in {path} and run again." if path else "Fix the energy.")
+            )
         ) from None
     if not isinstance(u, Tensor) or u.shape != (4,) or not u.is_floating_point():
         got = (
@@ -203,6 +350,8 @@ def check_source(source: Any) -> None:
         and all(isinstance(v, str) for v in source["vars"])
         and (source["kind"] != "builtin" or isinstance(source.get("name"), str))
         and (source["kind"] != "file" or isinstance(source.get("path"), str))
+        and isinstance(bound := source.get("constants", {}), dict)
+        and all(isinstance(k, str) and isinstance(v, float) for k, v in bound.items())
     )
     if not ok:
         raise NfcliError(
@@ -219,6 +368,26 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__} ({e})" if str(e) else type(e).__name__
 
 
+def _missing_file(e: BaseException, path: str) -> str:
+    """For a file the energy could not open: where it was looked for and how to make it found
+    from any folder ('' for other errors)."""
+    if not isinstance(e, FileNotFoundError) or not e.filename:
+        return ""
+    missing = str(e.filename)
+    if not os.path.isabs(missing):
+        return (
+            f"The energy reads {missing}, a path relative to the folder nfcli runs in "
+            f"({os.getcwd()}), not to the energy file. Read it beside the file instead, e.g. "
+            f"Path(__file__).with_name({Path(missing).name!r}) (__file__ is {path}), or give "
+            "an absolute path."
+        )
+    return (
+        f"The energy reads {missing}, which does not exist. A checkpoint stores the energy's "
+        f"code, not the data it reads: put the file back at {missing}, or edit the energy to "
+        "read it where it is now."
+    )
+
+
 def _type_name(value: object) -> str:
     """'numpy.ndarray', 'float', 'NoneType': what a user's function returned."""
     cls = type(value)
@@ -233,6 +402,18 @@ def _user_frames(e: BaseException, path: str) -> str:
 
 
 def _source(
-    kind: str, text: str, path: str | None, name: str | None, names: Sequence[str]
+    kind: str,
+    text: str,
+    path: str | None,
+    name: str | None,
+    names: Sequence[str],
+    constants: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    return {"kind": kind, "text": text, "path": path, "name": name, "vars": list(names)}
+    return {
+        "kind": kind,
+        "text": text,
+        "path": path,
+        "name": name,
+        "vars": list(names),
+        "constants": {k: float(v) for k, v in (constants or {}).items()},
+    }

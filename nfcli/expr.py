@@ -15,7 +15,7 @@ import math
 import operator
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sympy as sp
@@ -154,6 +154,27 @@ class Expression:
         return compile_expression(self.tree, self.names)
 
 
+def improper_variables(expr: Expression) -> list[tuple[str, str]]:
+    """The variables along which exp(−U) cannot integrate: ("v", "absent") where U does not
+    depend on v, ("v", "linear") where ∂U/∂v ≠ 0 is free of v (U = a·v + b, a and b free of v).
+    A derivative SymPy cannot take, or one that takes too long to matter, counts as fine."""
+    found = []
+    terms = [(t, t.free_symbols) for t in sp.Add.make_args(expr.tree)]  # a sum: term by term
+    for n in expr.names:
+        v = sp.Symbol(n, real=True)
+        with_v = [t for t, free in terms if v in free]
+        if not with_v:
+            found.append((n, "absent"))
+            continue
+        try:
+            d = sp.diff(sp.Add(*with_v), v)
+        except Exception:  # SymPy's own failure is not the user's: the fit's checks remain
+            continue
+        if d != 0 and v not in d.free_symbols:
+            found.append((n, "linear"))
+    return found
+
+
 def natural_key(name: str) -> tuple[str, int, str]:
     """Sort key so that x < y < z and x1 < x2 < … < x10: the stem, then the numeric suffix
     (compared by length, then digits: no int() of what may be thousands of digits)."""
@@ -164,12 +185,43 @@ def natural_key(name: str) -> tuple[str, int, str]:
     return stem, len(number) if digits else -1, number
 
 
-def parse(text: str, names: Sequence[str] | None = None) -> Expression:
+def check_constants(
+    constants: Mapping[str, float], text: str, names: Sequence[str] | None = None
+) -> None:
+    """Constants bound by the user are names the text uses, not --vars, and finite numbers."""
+    for n, v in constants.items():
+        if not _NAME.match(n) or n in FUNCTIONS or n in CONSTANTS:
+            raise NfcliError(
+                f"{n}={v} cannot be bound: {n!r} is not a name that can stand for a number in an "
+                f"expression (it must start with a letter and not be a function or pi/E)."
+            )
+        if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_(])", text):
+            raise NfcliError(
+                f"{n}={v} binds a constant that the expression {_quoted(text)} does not use. "
+                "Check the spelling, or leave it out."
+            )
+        if names is not None and n in names:
+            raise NfcliError(
+                f"{n} is both bound as a constant ({n}={v}) and listed in --vars; it is one or "
+                "the other. Leave it out of --vars to fix it at the value."
+            )
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise NfcliError(f"{n}={v!r}: a constant must be a finite number, e.g. {n}=3.")
+
+
+def parse(
+    text: str,
+    names: Sequence[str] | None = None,
+    constants: Mapping[str, float] | None = None,
+) -> Expression:
     """Parse an energy U(z) written in SymPy syntax; variables ordered naturally unless ``names``.
 
     ``names`` (the ``--vars`` option) may add variables the expression does not use, but must
-    include every variable it does use.
+    include every variable it does use. ``constants`` binds names to numbers (``nu=3`` on the
+    command line): each must occur in the text, and is then a number, not a variable.
     """
+    constants = dict(constants or {})
+    check_constants(constants, text, names)
     if len(text) > MAX_LENGTH:
         raise NfcliError(
             f"The expression is {len(text)} characters long; the limit is {MAX_LENGTH}. "
@@ -182,8 +234,11 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
             warnings.simplefilter("ignore")
             module = ast.parse(source, mode="eval")
     except SyntaxError as e:
-        col = _original_column(stripped, _offset(source, e.lineno or 1, (e.offset or 1) - 1))
-        what = e.msg
+        if e.offset:
+            col = _original_column(stripped, _offset(source, e.lineno or 1, e.offset - 1))
+        else:  # Python gives no column when the text ends too early ("x**2 + y*")
+            col = len(stripped)
+        what = e.msg if e.offset else f"{e.msg}: it ends too early"
         if "integer string conversion" in what:  # Python's limit on decimal literals
             what = "a number with thousands of digits; numbers must stay below 1e300"
         raise NfcliError(
@@ -204,7 +259,7 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
             f"The expression has {count} syntax nodes; the limit is {MAX_NODES}. "
             "Write a large energy as a Python file with an energy(z) function instead."
         )
-    tree = _Builder(text, source).build(module.body, 0)
+    tree = _Builder(text, source, constants).build(module.body, 0)
     if not isinstance(tree, sp.Expr) or isinstance(tree, _CONDITION):
         raise NfcliError(
             f"The expression {_quoted(text)} is a condition, not a number-valued energy. "
@@ -213,9 +268,17 @@ def parse(text: str, names: Sequence[str] | None = None) -> Expression:
     _check_real(tree, text)
     used = sorted((s.name for s in tree.free_symbols), key=natural_key)
     if not used:
+        bound = f" once {', '.join(constants)} are bound to numbers" if constants else ""
         raise NfcliError(
-            f"The expression {_quoted(text)} has no variables, so it defines no density. "
+            f"The expression {_quoted(text)} has no variables{bound}, so it defines no density. "
             "Write it in terms of variables such as x, y (or x1, x2, …)."
+        )
+    if "e" in used and (names is None or "e" not in names):
+        raise NfcliError(
+            f"The expression {_quoted(text)} uses e, which nfcli reads as a variable, not Euler's "
+            "number: it would fit a density over e as well. Write Euler's number as E or use "
+            "exp(x) for e**x; if e really is a variable, list it with --vars "
+            f"(--vars {','.join(used)}); if it is a constant, bind it (e=2.5)."
         )
     if names is None:
         return Expression(text, tree, tuple(used))
@@ -351,9 +414,10 @@ class _Builder:
     its fourth exp from the inside (e^3.8e6), in a millisecond, instead of costing mpmath minutes.
     """
 
-    def __init__(self, text: str, source: str) -> None:
+    def __init__(self, text: str, source: str, constants: Mapping[str, float]) -> None:
         self.text = text
         self.source = source  # the stripped text with ^ → **, which ``ast`` parsed
+        self.constants = constants  # names bound to numbers by the user (nu=3)
         self.symbols: dict[str, sp.Symbol] = {}
 
     def fail(self, node: ast.AST, what: str, fix: str) -> NfcliError:
@@ -516,6 +580,8 @@ class _Builder:
 
     def name(self, node: ast.Name) -> sp.Basic:
         n = node.id
+        if n in self.constants:
+            return sp.Float(self.constants[n])
         if n in CONSTANTS:
             return CONSTANTS[n]
         if n in ("True", "False"):

@@ -22,7 +22,7 @@ from nfcli.diagnostics import (
     khat_verdict,
     verdict,
 )
-from nfcli.energy import Energy
+from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, write_figures
 from nfcli.flows import Flow
@@ -156,8 +156,11 @@ def run_fit(
                 f"{v:,} {k.replace('_', ' ').replace('nonfinite', 'non-finite')}"
                 for k, v in bad.items()
             )
-            + f" (of {result.steps:,} steps × {config.batch:,} samples) were left out: U is not "
-            "finite everywhere q went; check the energy, or try --dtype float64."
+            + f" (of {result.steps:,} steps × {config.batch:,} samples) were left out. "
+            + (
+                undefined_region(energy, samples)
+                or "U was not finite everywhere q went; check the energy, or try --dtype float64."
+            )
         )
     metrics = {
         "target": energy.label,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
-from nfcli.energy import Energy
+from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import FLOW_TYPES, Flow
 
@@ -326,7 +326,13 @@ def _fit(
                 monitor(t + 1, flow)
         if (t + 1) % CHECK_EVERY == 0:
             stopped, message = _check(
-                t + 1, loss1_hist[t + 1 - CHECK_EVERY : t + 1, cols], z, checks, anneal, config
+                t + 1,
+                loss1_hist[t + 1 - CHECK_EVERY : t + 1, cols],
+                z,
+                checks,
+                anneal,
+                config,
+                energy,
             )
         if stopped is None and stop is not None and stop():
             stopped = "interrupted"
@@ -374,6 +380,7 @@ def _check(
     checks: list[dict[str, Any]],
     anneal: int,
     config: FitConfig,
+    energy: Energy,
 ) -> tuple[str | None, str]:
     """Every CHECK_EVERY steps: stop if the loss had no finite value in the whole window (the
     steps' F at β = 1, one column per restart), or if, after annealing, q keeps spreading or
@@ -382,10 +389,8 @@ def _check(
         return "nonfinite", (
             f"Stopped at step {step} of {config.iters}: U(z) or ln q was NaN or infinite at every "
             f"sample of the last {CHECK_EVERY} steps, so the loss had no finite value to "
-            "minimise. Check where U is defined (a log or sqrt of a negative number, a division "
-            "by zero, an overflow: try --dtype float64) and make it finite wherever q can put "
-            "samples, e.g. log(Abs(x) + 1e-12) or a Piecewise. The parameters are those of the "
-            "last step with a finite loss."
+            f"minimise. {undefined_region(energy, z.reshape(-1, z.shape[-1]))} The parameters "
+            "are those of the last step with a finite loss."
         )
     if step - CHECK_EVERY < anneal:
         return None, ""
