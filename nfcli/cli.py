@@ -7,8 +7,10 @@ Every NfcliError becomes one paragraph on stderr and exit code 2, never a traceb
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
+import inspect
 import math
 import os
 import re
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -76,12 +79,22 @@ def user_errors(fn: F) -> F:
             err.print(Text.assemble(("internal error: ", "bold red"), msg), soft_wrap=True)
             raise typer.Exit(1) from None
 
+    wrapper.__doc__ = unwrap(fn.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def unwrap(doc: str | None) -> str | None:
+    """A docstring's paragraphs each on one line: Typer's help keeps the source's line breaks,
+    which the terminal then wraps a second time."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 # --- fit ---
 
-RUN_KEYS = ("target", "output", "vars", "force", "device")
+RUN_KEYS = ("target", "output", "vars", "force", "device", "const")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -180,11 +193,29 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="float32 or float64. (default: float32)")
 ]
+ConstOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--const",
+        help="Bind a name of the expression to a number, e.g. --const nu=3 (repeatable); "
+        "nu=3 after the expression does the same.",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of options; flags win.")
 ]
-FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png, pdf or svg.")]
-DpiOpt = Annotated[int, typer.Option("--dpi", help="Figure resolution (dots per inch).")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format", help="Figure format: png, pdf or svg. (default: png)", show_default=False
+    ),
+]
+DpiOpt = Annotated[
+    int,
+    typer.Option(
+        "--dpi", help="Figure resolution (dots per inch). (default: 120)", show_default=False
+    ),
+]
 WindowOpt = Annotated[
     str | None,
     typer.Option(
@@ -200,9 +231,12 @@ WindowOpt = Annotated[
 EXPRESSION_FIRST = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
-def refuse_unknown(ctx: typer.Context, target: str | None) -> None:
-    """A one-paragraph error for options the command does not have (with a close match)."""
-    words = ([target] if target and target.startswith("--") else []) + list(ctx.args)
+def refuse_unknown(ctx: typer.Context, target: str | None, extra: list[str] | None = None) -> None:
+    """A one-paragraph error for options the command does not have (with a close match);
+    ``extra``: the words after the target still to account for (default: all of them)."""
+    words = ([target] if target and target.startswith("--") else []) + list(
+        ctx.args if extra is None else extra
+    )
     if not words:
         return
     known = [o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith("-")]
@@ -255,12 +289,15 @@ def fit(
         bool,
         typer.Option("--trust", help="With --resume: run the checkpoint's stored Python energy."),
     ] = False,
+    const: ConstOpt = None,
 ) -> None:
     """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures.
 
-    Ctrl-C or SIGTERM finishes the current step, writes everything so far and exits with 130;
-    nfcli fit --resume model.pt then goes on."""
-    refuse_unknown(ctx, target)
+    Constants of an expression are bound after it, as in nfcli fit "(nu+1)/2*log(1 + x**2/nu)"
+    nu=3 (or --const nu=3). Ctrl-C or SIGTERM finishes the current step, writes everything so far
+    and exits with 130; nfcli fit --resume model.pt then goes on."""
+    bindings, rest = split_bindings(ctx.args)
+    refuse_unknown(ctx, target, rest)
     flags = dict(
         target=target,
         K=K,
@@ -276,6 +313,7 @@ def fit(
         output=output,
         vars=vars,
         force=force,
+        const=parse_constants([*bindings, *(const or [])]) or None,
     )
     if resume is not None:
         energy, cfg, state, out_dir, force = _resume_plan(resume, flags, config, trust)
@@ -290,13 +328,15 @@ def fit(
         cfg, state = make_config(values), None
         where = resolve_device(str(values.get("device") or "cpu"))
         names = _split_vars(values.get("vars"))
-        energy = load_energy(str(values["target"]), names)
+        constants = parse_constants(values.get("const"), "const: in the config file")
+        energy = load_energy(str(values["target"]), names, constants)
         force = bool(values.get("force"))
         out_dir = check_output(Path(values.get("output") or "."), force)
     done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
-            f"fitting {energy.label}: {cfg.flow} K={cfg.K}, "
+            f"fitting {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "
+            f"{cfg.flow} K={cfg.K}, "
             + (f"steps {done}→{cfg.iters}" if done else f"{cfg.iters} steps")
             + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
             soft_wrap=True,
@@ -324,6 +364,53 @@ def fit(
 RESUME_KEEPS = ("K", "flow", "batch", "lr", "seed", "anneal", "restarts", "dtype", "vars")
 
 
+def split_bindings(words: list[str]) -> tuple[list[str], list[str]]:
+    """The words after the target that bind constants (``nu=3``), and the others."""
+    bound = [w for w in words if BINDING.fullmatch(w.strip())]
+    return [w.strip() for w in bound], [w for w in words if w not in bound]
+
+
+BINDING = re.compile(r"[A-Za-z][A-Za-z0-9_]*=\S+")
+
+
+def parse_constants(values: Any, where: str = "the command line") -> dict[str, float]:
+    """``["nu=3", "s=0.5"]`` (or "nu=3,s=0.5", or YAML's {nu: 3}) → {"nu": 3.0, "s": 0.5}."""
+    if values is None:
+        return {}
+    if isinstance(values, dict):
+        items = [(str(k), v) for k, v in values.items()]
+    else:
+        words = [values] if isinstance(values, str) else list(values)
+        parts = [p.strip() for w in words for p in str(w).split(",") if p.strip()]
+        items = []
+        for p in parts:
+            name, eq, value = p.partition("=")
+            if not eq or not name.strip():
+                raise NfcliError(
+                    f"{p!r} in {where} is not a constant binding: write NAME=NUMBER, e.g. nu=3."
+                )
+            items.append((name.strip(), value.strip()))
+    constants: dict[str, float] = {}
+    for name, value in items:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise NfcliError(
+                f"{name}={value} in {where}: the value of a constant must be a number, e.g. "
+                f"{name}=3 or {name}=0.5."
+            ) from None
+        if not math.isfinite(number):
+            raise NfcliError(
+                f"{name}={value} in {where}: a constant must be finite, e.g. {name}=3."
+            )
+        if name in constants:
+            raise NfcliError(f"{name} is bound twice in {where}; give each constant once.")
+        constants[name] = number
+    return constants
+
+
 def _resume_plan(
     model: Path, flags: dict[str, Any], config: Path | None, trust: bool
 ) -> tuple[Energy, FitConfig, TrainingState, Path, bool]:
@@ -331,6 +418,8 @@ def _resume_plan(
     must be the same), its config extended to --iters, its training state, and the folder to
     write (MODEL's unless -o; overwriting MODEL itself needs no --force)."""
     given = [f"--{k}" for k in RESUME_KEEPS if flags[k] is not None]
+    if flags["const"] is not None and flags["target"] is None:
+        given.append("constants")
     if given or config is not None:
         raise NfcliError(
             f"--resume continues a fit with the settings it was started with, so "
@@ -338,6 +427,7 @@ def _resume_plan(
             "--force, --device and --trust can). Start a new fit to change them."
         )
     ckpt = load_checkpoint(model)
+    energy = _resume_energy(ckpt, flags["target"], flags["const"], trust, model)
     state = ckpt.training
     if state is None:
         raise NfcliError(
@@ -355,15 +445,22 @@ def _resume_plan(
             )
             + f", e.g. --iters {state.step + max(1, state.step // 2)}."
         )
-    energy = _resume_energy(ckpt, flags["target"], trust, model)
     out_dir = Path(flags["output"]) if flags["output"] is not None else model.parent
     out_dir = ensure_dir(out_dir)
     force = bool(flags["force"]) or (out_dir / "model.pt").resolve() == model.resolve()
     return energy, extend(ckpt.config, iters), state, check_output(out_dir, force), force
 
 
-def _resume_energy(ckpt: Checkpoint, target: str | None, trust: bool, model: Path) -> Energy:
-    """The checkpoint's energy; a stored Python file runs only if given again or with --trust."""
+def _resume_energy(
+    ckpt: Checkpoint,
+    target: str | None,
+    constants: dict[str, float] | None,
+    trust: bool,
+    model: Path,
+) -> Energy:
+    """The checkpoint's energy; a stored Python file runs only if given again or with --trust.
+    A TARGET given with --resume must be the energy (and constants) the checkpoint was fitted to;
+    it is loaded on its own terms first, so a different one is named as such."""
     source = ckpt.energy_source
     if target is None:
         if source["kind"] == "file" and not trust:
@@ -373,16 +470,23 @@ def _resume_energy(ckpt: Checkpoint, target: str | None, trust: bool, model: Pat
                 "or --trust to run the copy stored in the checkpoint."
             )
         return energy_from_source(source, trust)
-    energy = load_energy(target, ckpt.names)
-    same = ("kind", "text", "name")
-    if any(energy.source[k] != source[k] for k in same):
+    energy = load_energy(target, None, constants, check_proper=False)
+    if energy.source["kind"] == source["kind"] == "file":
+        energy.source["path"] = source["path"]  # the same text fitted from another folder
+    same = ("kind", "text", "name", "constants")
+    if any(energy.source[k] != source.get(k, {}) for k in same) or energy.dim != len(ckpt.names):
         stored = source["name"] or source["path"] or source["text"]
+        bound = "".join(f" {k}={v:g}" for k, v in (source.get("constants") or {}).items())
         raise NfcliError(
-            f"{target} is not the energy {model} was fitted to ({source['kind']} {stored!r}"
+            f"{energy.label} (D = {energy.dim}) is not the energy {model} was fitted to "
+            f"({source['kind']} {stored!r}{bound}, D = {len(ckpt.names)}"
             + (", and the file has changed since" if source["kind"] == "file" else "")
             + "). Resume with the same energy, or leave TARGET out to use the checkpoint's."
         )
-    return energy
+    if source["kind"] == "file":  # columns named as in the fit (its --vars, if any)
+        names = list(ckpt.names)
+        return dataclasses.replace(energy, names=tuple(names), source={**source, "vars": names})
+    return load_energy(target, ckpt.names, constants, check_proper=False)
 
 
 @contextlib.contextmanager
@@ -423,9 +527,19 @@ def compare(
             help="Comma-separated targets (built-ins, .py files or expressions), e.g. u1,u2,u3,u4."
         ),
     ],
-    K: Annotated[str, typer.Option("--K", help="Comma-separated layer counts.")] = "2,8,32",
+    K: Annotated[
+        str,
+        typer.Option(
+            "--K", help="Comma-separated layer counts. (default: 2,8,32)", show_default=False
+        ),
+    ] = "2,8,32",
     flow: Annotated[
-        str, typer.Option("--flow", help="Comma-separated flow types: planar, radial.")
+        str,
+        typer.Option(
+            "--flow",
+            help="Comma-separated flow types: planar, radial. (default: planar)",
+            show_default=False,
+        ),
     ] = "planar",
     iters: IterOpt = None,
     batch: BatchOpt = None,
@@ -438,7 +552,13 @@ def compare(
     dtype: DtypeOpt = None,
     config: ConfigOpt = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the fits, figure and summary.csv.")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for the fits, figure and summary.csv. (default: compare)",
+            show_default=False,
+        ),
     ] = Path("compare"),
     force: Annotated[
         bool, typer.Option("--force", help="Refit and overwrite existing fits.")
@@ -548,11 +668,18 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
 @user_errors
 def sample(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
-    n: int = typer.Option(10_000, "-n", help="Number of samples."),
-    output: str = typer.Option(
-        "samples.npy", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
+    n: int = typer.Option(
+        10_000, "-n", help="Number of samples. (default: 10000)", show_default=False
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    output: str = typer.Option(
+        "samples.npy",
+        "--output",
+        "-o",
+        help="File (.npy, .csv, .pt) or - for CSV on stdout. (default: samples.npy)",
+        show_default=False,
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed. (default: 0)", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     resample_: bool = typer.Option(
         False,
         "--resample",
@@ -570,7 +697,7 @@ def sample(
     """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
-    check_sample_path(output)
+    check_sample_path(output, force)
     ckpt = _load_to(model, device, dtype)
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     if resample_:
@@ -587,7 +714,7 @@ def sample(
         samples = ckpt.flow.sample(n, generator)
     save_samples(samples, output, ckpt.names)
     if output != "-":
-        err.print(f"wrote {n} samples of {ckpt.flow.dim} variables to {output}")
+        err.print(f"wrote {n} samples of {_count(ckpt.flow.dim, 'variable')} to {output}")
 
 
 def _load_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
@@ -605,13 +732,18 @@ def logprob(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
     points: Path = typer.Argument(..., help="Points, one per row: a .npy or .csv file."),
     output: str = typer.Option(
-        "-", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
+        "-",
+        "--output",
+        "-o",
+        help="File (.npy, .csv, .pt) or - for CSV on stdout. (default: -)",
+        show_default=False,
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
-    check_sample_path(output)
+    check_sample_path(output, force)
     ckpt = load_checkpoint(model)
-    log_q = log_prob(ckpt.flow, load_points(points, ckpt.flow.dim))
+    log_q = log_prob(ckpt.flow, load_points(points, ckpt.flow.dim, ckpt.names))
     save_samples(log_q[:, None], output, ["log_q"])
     if output != "-":
         err.print(f"wrote ln q of {len(log_q)} points to {output}")
@@ -695,6 +827,38 @@ def protect_expressions(argv: list[str]) -> list[str]:
         else a
         for a in argv
     ]
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 variable', '2 variables'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def plain_help() -> None:
+    """Typer 0.2x writes a type after every option, ``<bool>`` even for flags and ``--help``, and a
+    required argument as ``{model}`` in the usage line. Show no type for flags and arguments in
+    capitals (``MODEL``, ``[TARGET]``), as click and most tools do. Versions without these hooks
+    are left as they are."""
+    core = typer.core
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        typed = option.display_type_rich
+
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if self.is_flag else typed(self, ctx)
+
+        option.display_type_rich = display_type_rich
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+
+        def usage_name(self: Any) -> str:
+            name = self.display_name_raw.upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = usage_name
+
+
+plain_help()
 
 
 def main() -> None:

@@ -67,8 +67,9 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
-def check_sample_path(path: str) -> str:
-    """The sample format named by a path's extension, or an error before any work is done."""
+def check_sample_path(path: str, force: bool = True) -> str:
+    """The sample format named by a path's extension, or an error before any work is done;
+    unless ``force``, an existing file is not replaced (a fit's samples.npy among them)."""
     if path == "-":
         return "-"
     suffix = Path(path).suffix.lower()
@@ -83,6 +84,11 @@ def check_sample_path(path: str) -> str:
     if os.path.isdir(path):
         raise NfcliError(
             f"{path!r} is a folder; give a file name in it instead, e.g. {path}/samples{suffix}."
+        )
+    if not force and os.path.exists(path):
+        raise NfcliError(
+            f"{path} already exists and would be replaced. Pass --force to overwrite it, or "
+            "choose another file with -o."
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise NfcliError(
@@ -121,8 +127,9 @@ def _write_csv(out: IO[str], samples: Tensor, names: Sequence[str]) -> None:
     w.writerows([f"{v:.9g}" for v in row] for row in samples.detach().cpu().double().tolist())
 
 
-def load_points(path: str | Path, dim: int) -> Tensor:
-    """Points (N, dim) from a .npy file or a .csv file (an optional header row of names)."""
+def load_points(path: str | Path, dim: int, names: Sequence[str] | None = None) -> Tensor:
+    """Points (N, dim) from a .npy file or a .csv file (an optional header row of names, which
+    must then be ``names``, in that order, when they are given)."""
     path = Path(path)
     if not path.is_file():
         raise NfcliError(f"The points file {path} does not exist. Give a .npy or .csv file.")
@@ -133,7 +140,13 @@ def load_points(path: str | Path, dim: int) -> Tensor:
         elif suffix == ".csv":
             rows = list(csv.reader(path.read_text().splitlines()))
             if rows and rows[0] and not _is_number(rows[0][0]):
-                rows = rows[1:]  # a header of variable names
+                header, rows = [h.strip() for h in rows[0]], rows[1:]  # variable names
+                if names is not None and header != list(names):
+                    raise NfcliError(
+                        f"The header of {path} names the columns {', '.join(header)}, but the "
+                        f"model's variables are {', '.join(names)}, in that order. Give the "
+                        "columns in the model's order with its names (or no header)."
+                    )
             data = np.array([[float(v) for v in row] for row in rows if row], dtype=np.float64)
         else:
             raise NfcliError(f"Cannot read points from {path}: use a .npy or .csv file.")

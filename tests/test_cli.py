@@ -151,6 +151,7 @@ def test_fit_expression_with_vars_and_yaml_config(tmp_path):
         "path": None,
         "name": None,
         "vars": ["y", "x"],
+        "constants": {},
     }
     # the mean of q follows the variable order: y ≈ 1, x ≈ 0
     mean = np.load(tmp_path / "samples.npy").mean(0)
