@@ -720,8 +720,10 @@ def summary(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
-    """Per-variable mean, sd, MCSE and 5/25/50/75/95% quantiles of the fitted flow q, or with
-    --resample of p (importance-weighted draws of q, with their effective sample size)."""
+    """Per-variable mean, sd, MCSE and quantiles of q (with --resample: of p, and the ESS).
+
+    Without --resample: -n draws of the fitted flow q. With it: -n (or --pool) draws of q weighted
+    by p̃/q, which estimate p's statistics (what resampling them estimates, without its noise)."""
     check_summary_options(n, format)
     if pool is not None and (not resample_ or pool <= 0):
         raise NfcliError(
