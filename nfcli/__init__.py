@@ -24,6 +24,7 @@ from nfcli.figures import FigureOptions, write_figures
 from nfcli.flows import Flow, planar, radial
 from nfcli.run import run_fit
 from nfcli.signals import stop_on_signals
+from nfcli.summary import Summary, VariableSummary, summarise, summarise_flow
 from nfcli.train import FitConfig, FitResult, TrainingState, extend, fit
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "FitResult",
     "Flow",
     "NfcliError",
+    "Summary",
     "TrainingState",
+    "VariableSummary",
     "extend",
     "fit",
     "importance_sampling",
@@ -51,5 +54,7 @@ __all__ = [
     "run_fit",
     "save_checkpoint",
     "stop_on_signals",
+    "summarise",
+    "summarise_flow",
     "write_figures",
 ]

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from nfcli.checkpoint import Checkpoint, load_checkpoint
+from nfcli.checkpoint import Checkpoint, load_checkpoint, versions
 from nfcli.compare import run_compare, split_targets
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
@@ -39,6 +39,14 @@ from nfcli.figures import FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.run import check_output, run_fit
 from nfcli.signals import stop_on_signals
+from nfcli.summary import (
+    check_summary_options,
+    flow_summary_table,
+    summarise_flow,
+    to_csv,
+    to_json,
+    variables_table,
+)
 from nfcli.targets import TARGETS
 from nfcli.train import FitConfig, TrainingState, extend
 
@@ -52,6 +60,25 @@ err = Console(stderr=True)
 out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        v = versions()
+        typer.echo(f"nfcli {v['nfcli']} (torch {v['torch']}, python {v['python']})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print versions and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def user_errors(fn: F) -> F:
@@ -799,6 +826,51 @@ def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli f
     """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint."""
     ckpt = load_checkpoint(model)
     out.print(summary_table(ckpt.metrics))
+    out.print(flow_summary_table(ckpt.flow, ckpt.names))
+
+
+@app.command()
+@user_errors
+def summary(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    n: int = typer.Option(100_000, "-n", help="Draws of q to summarise."),
+    resample_: bool = typer.Option(
+        False,
+        "--resample",
+        help="Summarise p: weight the draws of q by p̃/q (needs the energy; shows the ESS).",
+    ),
+    pool: int = typer.Option(
+        None, "--pool", help="With --resample: draws of q to weight. (default: -n)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    trust: bool = typer.Option(
+        False, "--trust", help="With --resample: run a stored Python-file energy (its code)."
+    ),
+    format: Annotated[
+        str, typer.Option("--format", help="table, or csv or json (to stdout, for scripts).")
+    ] = "table",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Per-variable mean, sd, MCSE and quantiles of q (with --resample: of p, and the ESS).
+
+    Without --resample: -n draws of the fitted flow q. With it: -n (or --pool) draws of q weighted
+    by p̃/q, which estimate p's statistics (what resampling them estimates, without its noise)."""
+    check_summary_options(n, format)
+    if pool is not None and (not resample_ or pool <= 0):
+        raise NfcliError(
+            f"--pool {pool}: "
+            + ("the pool must be positive" if resample_ else "only --resample weights a pool")
+            + ", e.g. nfcli summary model.pt --resample --pool 100000."
+        )
+    ckpt = _load_to(model, device, dtype)
+    energy = energy_from_source(ckpt.energy_source, trust) if resample_ else None
+    generator = make_generator(ckpt.flow.base.loc.device, seed)
+    s = summarise_flow(ckpt.flow, ckpt.names, pool or n, generator, energy)
+    if format == "table":
+        out.print(variables_table(s))
+    else:
+        typer.echo(to_csv(s) if format == "csv" else to_json(s), nl=False)
 
 
 @app.command()
