@@ -220,6 +220,8 @@ class LargeWeights:
     edge_share: float  # share of the tail weights' excess beyond q's 99th-percentile radius
     radius_q99: float  # the 99th percentile of the draws' Mahalanobis radius under q
     heavy: int  # how many of the largest weights were looked at (PSIS's M)
+    centre: Tensor  # q's sample mean μ (D,)
+    far: Tensor  # up to 20 of the heaviest draws beyond the edge radius (n, D)
 
 
 def locate_large_weights(z: Tensor, log_w: Tensor, edge: float = 0.99) -> LargeWeights:
@@ -244,7 +246,26 @@ def locate_large_weights(z: Tensor, log_w: Tensor, edge: float = 0.99) -> LargeW
     w = torch.exp(lw[order] - lw[order[0]])
     excess, r_tail = w[:M] - w[M], r[order[:M]]  # what PSIS's Pareto fit sees
     share = float(excess[r_tail > r_edge].sum() / excess.sum().clamp_min(1e-300))
-    return LargeWeights("tails" if share >= 0.5 else "mode", share, r_edge, M)
+    beyond = order[:M][r_tail > r_edge][:20]
+    cause = "tails" if share >= 0.5 else "mode"
+    return LargeWeights(cause, share, r_edge, M, x.mean(0), x[beyond])
+
+
+@torch.no_grad()
+def tail_exponent(energy: Energy, centre: Tensor, far: Tensor) -> float:
+    """How fast U grows along the rays from q's centre μ through the far draws z: U ~ rᵃ, with
+    a = log₂[(U(μ + 4d) − U(μ + 2d)) / (U(μ + 2d) − U(μ + d))], d = z − μ, the median over the
+    draws (NaN where U does not grow). a ≈ 2 for Gaussian tails; a < 2 for heavier ones
+    (a → 0 for power laws such as Student-t, 1 for exponential tails), which planar and radial
+    layers on a Gaussian base cannot reach: far from their centres they are affine maps."""
+    if len(far) == 0:
+        return math.nan
+    d = far - centre
+    u = [energy((centre + t * d).to(torch.get_default_dtype())).double() for t in (1, 2, 4)]
+    with torch.no_grad():
+        ratio = (u[2] - u[1]) / (u[1] - u[0])
+    a = torch.log2(ratio[torch.isfinite(ratio) & (ratio > 0) & (u[1] > u[0])])
+    return float(a.median()) if len(a) else math.nan
 
 
 def khat_verdict(khat: float) -> str:
@@ -270,14 +291,38 @@ def compare_on_grid(
     return float(kl_pq), float(0.5 * (p - q).abs().sum() * cell)
 
 
-TAILS_ADVICE = (
+TAILS = (
     "the largest weights sit at q's outer edge (beyond 99% of q's draws), so q's tails are "
     "lighter than p's: q's bulk and quantiles may be fine, but its tail probabilities and high "
-    "moments, and ln Z from the weights, are not. More layers, restarts or steps cannot give "
-    "planar or radial layers on a Gaussian base a heavy tail; what helps: reparametrise the "
-    "heavy-tailed variable (fit its log or asinh), report quantiles rather than moments, or use "
-    "exact MCMC where available."
+    "moments, and ln Z from the weights, are not. "
 )
+HEAVY_ADVICE = (
+    "p's tails are heavier than a Gaussian's (U grows like r^{a:.1f} far out), and more layers, "
+    "restarts or steps cannot give planar or radial layers on a Gaussian base a heavy tail; what "
+    "helps: reparametrise the heavy-tailed variable (fit its log or asinh), report quantiles "
+    "rather than moments, or use exact MCMC where available."
+)
+LIGHT_ADVICE = (
+    "p's tails are not heavier than a Gaussian's (U grows like r^{a:.1f} far out), so a larger "
+    "--K or more --iters may let q reach further out; meanwhile report quantiles rather than "
+    "moments."
+)
+UNSURE_ADVICE = (
+    "If p's tails are heavier than a Gaussian's (a power law such as Student-t), more layers, "
+    "restarts or steps cannot fix that (planar and radial layers on a Gaussian base keep "
+    "Gaussian tails): reparametrise the heavy-tailed variable, report quantiles rather than "
+    "moments, or use exact MCMC where available; if they are not, a larger --K or more --iters "
+    "may reach further out."
+)
+
+
+def tails_advice(exponent: float | None) -> str:
+    """What a k̂ from q's tails means, and what helps, given how fast U grows far out."""
+    if exponent is None or not math.isfinite(exponent):
+        return TAILS + UNSURE_ADVICE
+    return TAILS + (HEAVY_ADVICE if exponent < 1.5 else LIGHT_ADVICE).format(a=exponent)
+
+
 MODE_ADVICE = (
     "the largest weights sit inside q's bulk, where p has a mode or region that q underweights, "
     "so importance weights and their ln Z cannot be trusted; try --restarts 8, a larger --K or "
@@ -325,7 +370,9 @@ def verdict(m: dict) -> tuple[str, list[str]]:
     edge = ": borderline" if borderline else ""
     cause = m.get("khat_cause")
     if khat_verdict(k_hi) == "do not trust":
-        advice = {"tails": TAILS_ADVICE, "mode": MODE_ADVICE}.get(cause, UNKNOWN_ADVICE)
+        advice = {"tails": tails_advice(m.get("tail_exponent")), "mode": MODE_ADVICE}.get(
+            cause, UNKNOWN_ADVICE
+        )
         worse(2, f"{shown} (> {KHAT_TRUST} is do not trust{edge}): {advice}")
     elif khat_verdict(k_hi) == "usable":
         worse(
@@ -333,11 +380,13 @@ def verdict(m: dict) -> tuple[str, list[str]]:
             f"{shown} ({KHAT_GOOD}–{KHAT_TRUST} is usable{edge}); sample --resample corrects "
             "q's samples.",
         )
+    a = m.get("tail_exponent")
+    heavy = a is None or not math.isfinite(a) or a < 1.5
     kl = m.get("kl_qp")
     if kl is not None:
         if not math.isfinite(kl) or kl > 0.2:
             worse(2, f"KL(q‖p) = {kl:.3f} nats is large: q is a poor match for p.")
-        elif kl > 0.05 and cause == "tails" and k_hi > KHAT_TRUST:
+        elif kl > 0.05 and cause == "tails" and k_hi > KHAT_TRUST and heavy:
             worse(
                 1,
                 f"KL(q‖p) = {kl:.3f} nats: a fair match; if the misfit is in the tails (see k̂), "

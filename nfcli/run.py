@@ -22,6 +22,7 @@ from nfcli.diagnostics import (
     importance_from_log_weights,
     khat_verdict,
     locate_large_weights,
+    tail_exponent,
     verdict,
 )
 from nfcli.energy import Energy
@@ -54,7 +55,8 @@ def evaluate(
     ``elbo``: the same draws as before replicates existed); ``*_replicates`` hold every set's
     value, so their spread is the Monte-Carlo noise of k̂ and ESS, which no standard error
     captures. Where k̂ is above 0.5 in some set (or ESS below 10%), ``khat_cause`` says whether
-    the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst set."""
+    the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst set, and for
+    tails ``tail_exponent`` how fast U grows out there (U ~ rᵃ: a < 2 is heavier than Gaussian)."""
     sets_ = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # set 0 is the one set drawn before replicates existed
@@ -87,6 +89,8 @@ def evaluate(
         where = locate_large_weights(worst[1], worst[2])
         m["khat_cause"] = where.cause
         m["large_weights_edge_share"] = where.edge_share
+        if where.cause == "tails":
+            m["tail_exponent"] = tail_exponent(energy, where.centre, where.far)
     if energy.log_z is not None:
         m["log_z_reference"] = energy.log_z
     warnings = []

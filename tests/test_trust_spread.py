@@ -14,6 +14,7 @@ from nfcli.diagnostics import (
     khat_verdict,
     locate_large_weights,
     pareto_khat,
+    tail_exponent,
     verdict,
 )
 from nfcli.energy import load_energy
@@ -181,13 +182,26 @@ def test_weights_of_a_q_that_underweights_a_mode_peak_inside_it():
 
 
 def test_advice_for_a_large_khat_follows_its_cause():
-    tails = verdict({**GOOD, "khat": 4.3, "khat_cause": "tails"})[1][0]
+    heavy = {**GOOD, "khat": 4.3, "khat_cause": "tails", "tail_exponent": 0.1}
+    tails = verdict(heavy)[1][0]
     assert "--restarts" not in tails and "--K" not in tails and "--iters" not in tails
     assert "tails are lighter than p's" in tails and "quantiles" in tails
     assert "reparametrise" in tails and "MCMC" in tails
     mode = verdict({**GOOD, "khat": 4.3, "khat_cause": "mode"})[1][0]
     assert "--restarts 8" in mode and "underweights" in mode
+    light = verdict({**heavy, "tail_exponent": 3.9})[1][0]  # e.g. a banana: U grows like x⁴
+    assert "tails are lighter than p's" in light and "a larger --K or more --iters" in light
+    assert "reparametrise" not in light
     ess_tails = verdict({**GOOD, "ess_fraction": 0.001, "khat_cause": "tails"})[1]
     assert not any("--restarts" in r for r in ess_tails)
-    kl_tails = verdict({**GOOD, "khat": 1.2, "kl_qp": 0.1, "khat_cause": "tails"})[1]
+    kl_tails = verdict({**heavy, "khat": 1.2, "kl_qp": 0.1})[1]
     assert not any("--K help" in r for r in kl_tails)
+
+
+def test_tail_exponent_tells_a_power_law_from_a_gaussian():
+    g = torch.Generator().manual_seed(2)
+    far = torch.randn(20, 2, generator=g, dtype=torch.float64) + torch.tensor([4.0, 0.0])
+    centre = torch.zeros(2, dtype=torch.float64)
+    student = tail_exponent(load_energy("2*log(1 + x**2/3) + y**2/2"), centre, far)
+    gaussian = tail_exponent(load_energy("x**2/2 + y**2/2"), centre, far)
+    assert student < 1.0 and abs(gaussian - 2) < 0.05
