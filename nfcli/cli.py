@@ -670,15 +670,52 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
             f"{len(scores)} fitted together until annealing ended; kept #{m['restart_kept']}; "
             f"their ln Z estimates from {min(scores):.3f} to {max(scores):.3f}",
         )
+    n, sets = m["monte_carlo_samples"], m.get("replicate_sets", 1)
+    over = f" over {sets} sets of {n:,} draws" if sets > 1 else ""
     t.add_row("ELBO", f"{m['elbo']:.4f} ± {m['elbo_se']:.4f}")
-    t.add_row("ln Z (importance sampling)", f"{m['log_z_is']:.4f} ± {m['log_z_is_se']:.4f}")
-    t.add_row("ESS (Kish)", f"{m['ess_fraction']:.1%} of {m['monte_carlo_samples']:,}")
-    t.add_row("Pareto k̂", f"{m['khat']:.3f} ({m['khat_verdict']})")
+    ess, khat = m["ess_fraction"], m["khat"]
+    one_draw = ess * n < 2  # one weight carries everything: no k̂ or ln Z worth printing
+    note = m.get("khat_note") or (
+        f"one draw carries the weight (ESS {ess * n:.1f} of {n:,})" if one_draw else ""
+    )
+    if math.isfinite(m["log_z_is"]) and not one_draw:
+        log_z = f"{m['log_z_is']:.4f} ± {m['log_z_is_se']:.4f}"
+        reps = [v for v in m.get("log_z_is_replicates", []) if math.isfinite(v)]
+        if len(reps) > 1:
+            log_z += f" (from {min(reps):.4f} to {max(reps):.4f}{over})"
+        t.add_row("ln Z (importance sampling)", log_z)
+    else:
+        t.add_row("ln Z (importance sampling)", f"not available: {note or 'no finite weights'}")
+    esses = m.get("ess_fraction_replicates", [])
+    spread = f" ({min(esses):.1%}–{max(esses):.1%}{over})" if len(esses) > 1 else ""
+    t.add_row("ESS (Kish)", f"{ess:.1%} of {n:,}{spread}")
+    khats = [k if math.isfinite(k) else math.inf for k in m.get("khat_replicates", [khat])]
+    if not math.isfinite(khat) or one_draw:
+        reading = f"not available: {note or 'the Pareto fit failed'} (do not trust)"
+    else:
+        reading = f"{khat:.3f} ({m['khat_verdict']})"
+    if len(khats) > 1:
+        lo, hi = min(khats), max(khats)
+        read_lo, read_hi = khat_verdict(lo), khat_verdict(hi)
+        shown = "not available" if not math.isfinite(hi) else f"{hi:.3f}"
+        reading += f"; {lo:.3f} to {shown}{over}"
+        reading += f": borderline, {read_lo} to {read_hi}" if read_lo != read_hi else ""
+    t.add_row("Pareto k̂", reading)
     if "log_z_quadrature" in m:
-        t.add_row("ln Z (quadrature)", f"{m['log_z_quadrature']:.4f}")
-        t.add_row("KL(q‖p)", f"{m['kl_qp']:.4f} ± {m['kl_qp_se']:.4f} nats")
-        t.add_row("KL(p‖q)", f"{m['kl_pq']:.4f} nats")
-        t.add_row("total variation", f"{m['tv']:.4f}")
+        lz = m["log_z_quadrature"]
+        if lz is None or not math.isfinite(lz):
+            why = m.get("quadrature_note") or (
+                "exp(−U) is 0 or NaN on the whole grid around q's samples, so p has no mass "
+                "where q is"
+            )
+            t.add_row("ln Z (quadrature)", f"not available: {why}")
+            for name in ("KL(q‖p)", "KL(p‖q)", "total variation"):
+                t.add_row(name, "not available (needs ln Z by quadrature)")
+        else:
+            t.add_row("ln Z (quadrature)", f"{lz:.4f}")
+            t.add_row("KL(q‖p)", f"{m['kl_qp']:.4f} ± {m['kl_qp_se']:.4f} nats")
+            t.add_row("KL(p‖q)", f"{m['kl_pq']:.4f} nats")
+            t.add_row("total variation", f"{m['tv']:.4f}")
     style = {"good": "bold green", "usable": "bold yellow"}.get(m["verdict"], "bold red")
     t.add_row("verdict", Text(m["verdict"].upper(), style=style))
     for reason in m["verdict_reasons"]:

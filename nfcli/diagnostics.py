@@ -93,7 +93,8 @@ def psis(log_w: Tensor) -> tuple[Tensor, float]:
     largest of S weights are fitted by a generalized Pareto distribution (Zhang & Stephens' 2009
     empirical-Bayes estimate, with the weak prior that pulls k̂ towards 0.5) and replaced by its
     expected order statistics, capped at the largest raw weight. Returns the smoothed log weights
-    (non-finite ones dropped) and k̂; a failed fit gives k̂ = ∞ and the raw weights."""
+    (non-finite ones dropped) and k̂; a failed fit, or one weight that outweighs all the others
+    (no tail to fit), gives k̂ = ∞ and the raw weights."""
     lw = log_w.double()
     lw = lw[torch.isfinite(lw)]
     S = len(lw)
@@ -107,8 +108,14 @@ def psis(log_w: Tensor) -> tuple[Tensor, float]:
     tail = order[-M:]  # ascending
     x = torch.exp(lw[tail]) - torch.exp(cutoff)  # exceedances over the cutoff
     n = len(x)
-    if float(x[-1]) <= 1e-12 or float(x[int(n / 4 + 0.5) - 1]) <= 0:
-        return lw + top, 0.0  # the largest weights are equal (to rounding): there is no tail
+    if float(x[-1]) <= 1e-12:
+        return lw + top, 0.0  # the M largest weights are all equal (to rounding): there is no tail
+    if float(x[int(n / 4 + 0.5) - 1]) <= 0:
+        # A quarter of the tail ties with the cutoff. If the largest weight is within 1% of the
+        # cutoff, the weights are equal up to float32 rounding of U and ln q: there is no tail.
+        # If it rises further, one weight (or a handful) outweighs ties that are rounding or
+        # underflow (by e^745 in float64): there is no tail to fit, and not a good one.
+        return lw + top, (0.0 if float(x[-1]) < 0.01 else math.inf)
     m = 30 + int(math.sqrt(n))
     b = 1 - torch.sqrt(m / (torch.arange(1, m + 1, dtype=torch.float64) - 0.5))
     b = b / (3 * x[int(n / 4 + 0.5) - 1]) + 1 / x[-1]
@@ -141,6 +148,7 @@ class ImportanceSampling:
     elbo_se: float
     samples: int
     nonfinite: int  # samples where U or ln q was not finite (dropped)
+    note: str = ""  # why k̂ or ln Z is not available (k̂ = ∞ or ln Z = NaN), else ""
 
 
 @torch.no_grad()
@@ -179,7 +187,10 @@ def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
     elbo = float(raw.mean()) if nonfinite == 0 and S else -math.inf
     elbo_se = float(raw.std() / math.sqrt(S)) if S > 1 else math.nan
     if S < 2:
-        return ImportanceSampling(math.nan, math.nan, 0.0, math.inf, elbo, elbo_se, S, nonfinite)
+        note = f"U or ln q is infinite or NaN at {nonfinite:,} of {S + nonfinite:,} draws of q"
+        return ImportanceSampling(
+            math.nan, math.nan, 0.0, math.inf, elbo, elbo_se, S, nonfinite, note
+        )
     smoothed, khat = psis(raw)
     w = torch.exp(smoothed - smoothed.max())
     mean = w.mean()
@@ -187,7 +198,74 @@ def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
     se = float(w.std() / (mean * math.sqrt(S)))
     v = torch.exp(raw - raw.max())
     ess = float(v.sum() ** 2 / (v * v).sum() / S)
-    return ImportanceSampling(log_z, se, ess, khat, elbo, elbo_se, S, nonfinite)
+    note = ""
+    if ess * S < 2:  # fewer than two effective draws: whatever k̂ the fit gave means nothing
+        khat = math.inf
+    if not math.isfinite(khat):
+        top = float(v.max() / v.sum())
+        note = (
+            f"one draw carries {top:.1%} of the weight (ESS {ess * S:.1f} of {S:,} draws)"
+            if ess * S < 2 or top > 0.5
+            else f"the Pareto fit to the largest of {S:,} weights failed"
+        )
+    return ImportanceSampling(log_z, se, ess, khat, elbo, elbo_se, S, nonfinite, note)
+
+
+@dataclass
+class LargeWeights:
+    """Where q's largest importance weights sit: at q's outer edge ("tails": q's tails are lighter
+    than p's) or inside q's bulk ("mode": p has a mode or region there that q underweights)."""
+
+    cause: str  # "tails" or "mode"
+    edge_share: float  # share of the tail weights' excess beyond q's 99th-percentile radius
+    radius_q99: float  # the 99th percentile of the draws' Mahalanobis radius under q
+    heavy: int  # how many of the largest weights were looked at (PSIS's M)
+    centre: Tensor  # q's sample mean μ (D,)
+    far: Tensor  # up to 20 of the heaviest draws beyond the edge radius (n, D)
+
+
+def locate_large_weights(z: Tensor, log_w: Tensor, edge: float = 0.99) -> LargeWeights:
+    """Tails or a missing mode, from draws z ~ q (S, D) and their log weights (S,).
+
+    Each draw's Mahalanobis radius r = ‖L⁻¹(z − μ)‖ under q's sample mean μ and covariance
+    Σ = LLᵀ; the heavy draws are PSIS's tail, the M = ⌈min(0.2 S, 3√S)⌉ largest weights, each
+    counted by its excess w − w₍M+1₎ over the cutoff (what the Pareto fit, hence k̂, sees). When
+    at least half of that excess lies beyond the ``edge`` quantile of r, the weights grow towards
+    q's edge: "tails"; else they peak inside it: "mode"."""
+    finite = torch.isfinite(log_w)
+    x, lw = z[finite].double(), log_w[finite].double()
+    S, D = x.shape
+    centred = x - x.mean(0)
+    cov = (centred.T @ centred / max(S - 1, 1)).reshape(D, D)
+    jitter = 1e-12 * float(cov.diagonal().mean().clamp_min(1e-300)) * torch.eye(D, dtype=cov.dtype)
+    L = torch.linalg.cholesky(cov + jitter)
+    r = torch.linalg.solve_triangular(L, centred.T, upper=False).norm(dim=0)
+    r_edge = float(torch.quantile(r, edge))
+    M = math.ceil(min(0.2 * S, 3 * math.sqrt(S)))
+    order = torch.argsort(lw, descending=True)[: M + 1]
+    w = torch.exp(lw[order] - lw[order[0]])
+    excess, r_tail = w[:M] - w[M], r[order[:M]]  # what PSIS's Pareto fit sees
+    share = float(excess[r_tail > r_edge].sum() / excess.sum().clamp_min(1e-300))
+    beyond = order[:M][r_tail > r_edge][:20]
+    cause = "tails" if share >= 0.5 else "mode"
+    return LargeWeights(cause, share, r_edge, M, x.mean(0), x[beyond])
+
+
+@torch.no_grad()
+def tail_exponent(energy: Energy, centre: Tensor, far: Tensor) -> float:
+    """How fast U grows along the rays from q's centre μ through the far draws z: U ~ rᵃ, with
+    a = log₂[(U(μ + 4d) − U(μ + 2d)) / (U(μ + 2d) − U(μ + d))], d = z − μ, the median over the
+    draws (NaN where U does not grow). a ≈ 2 for Gaussian tails; a < 2 for heavier ones
+    (a → 0 for power laws such as Student-t, 1 for exponential tails), which planar and radial
+    layers on a Gaussian base cannot reach: far from their centres they are affine maps."""
+    if len(far) == 0:
+        return math.nan
+    d = far - centre
+    u = [energy((centre + t * d).to(torch.get_default_dtype())).double() for t in (1, 2, 4)]
+    with torch.no_grad():
+        ratio = (u[2] - u[1]) / (u[1] - u[0])
+    a = torch.log2(ratio[torch.isfinite(ratio) & (ratio > 0) & (u[1] > u[0])])
+    return float(a.median()) if len(a) else math.nan
 
 
 def khat_verdict(khat: float) -> str:
@@ -213,8 +291,65 @@ def compare_on_grid(
     return float(kl_pq), float(0.5 * (p - q).abs().sum() * cell)
 
 
+TAILS = (
+    "the largest weights sit at q's outer edge (beyond 99% of q's draws), so q's tails are "
+    "lighter than p's: q's bulk and quantiles may be fine, but its tail probabilities and high "
+    "moments, and ln Z from the weights, are not. "
+)
+HEAVY_ADVICE = (
+    "p's tails are heavier than a Gaussian's (U grows like r^{a:.1f} far out), and more layers, "
+    "restarts or steps cannot give planar or radial layers on a Gaussian base a heavy tail; what "
+    "helps: reparametrise the heavy-tailed variable (fit its log or asinh), report quantiles "
+    "rather than moments, or use exact MCMC where available."
+)
+LIGHT_ADVICE = (
+    "p's tails are not heavier than a Gaussian's (U grows like r^{a:.1f} far out), so a larger "
+    "--K or more --iters may let q reach further out; meanwhile report quantiles rather than "
+    "moments."
+)
+UNSURE_ADVICE = (
+    "If p's tails are heavier than a Gaussian's (a power law such as Student-t), more layers, "
+    "restarts or steps cannot fix that (planar and radial layers on a Gaussian base keep "
+    "Gaussian tails): reparametrise the heavy-tailed variable, report quantiles rather than "
+    "moments, or use exact MCMC where available; if they are not, a larger --K or more --iters "
+    "may reach further out."
+)
+
+
+def tails_advice(exponent: float | None) -> str:
+    """What a k̂ from q's tails means, and what helps, given how fast U grows far out."""
+    if exponent is None or not math.isfinite(exponent):
+        return TAILS + UNSURE_ADVICE
+    return TAILS + (HEAVY_ADVICE if exponent < 1.5 else LIGHT_ADVICE).format(a=exponent)
+
+
+MODE_ADVICE = (
+    "the largest weights sit inside q's bulk, where p has a mode or region that q underweights, "
+    "so importance weights and their ln Z cannot be trusted; try --restarts 8, a larger --K or "
+    "more --iters."
+)
+UNKNOWN_ADVICE = (
+    "q misses mass that p has: a lost mode (try --restarts 8, a larger --K or more --iters) or "
+    "tails lighter than p's (which more layers or steps cannot fix), so importance weights and "
+    "their ln Z cannot be trusted."
+)
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """'0.60–0.73' for the lowest and highest of ``values`` (one value if they agree)."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def verdict(m: dict) -> tuple[str, list[str]]:
-    """A plain-language verdict on a fit's metrics: 'good', 'usable' or 'do not trust', and why."""
+    """A plain-language verdict on a fit's metrics: 'good', 'usable' or 'do not trust', and why.
+
+    k̂ and ESS are read at their worst over the independent sets of draws (``khat_replicates``,
+    ``ess_fraction_replicates``; the single ``khat``/``ess_fraction`` for older metrics): a heavy
+    tail shows only in the sets that happen to draw far into it, so the lower k̂ of the other
+    sets is luck, not evidence. When the sets fall on both sides of a threshold the reason says
+    "borderline". The advice for a large k̂ follows ``khat_cause``: "tails" (q's tails are too
+    light: no setting of planar/radial layers fixes that) or "mode" (p has mass that q lost)."""
     level, reasons = 0, []  # 0 good, 1 usable, 2 do not trust
 
     def worse(to: int, why: str) -> None:
@@ -222,35 +357,60 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         level = max(level, to)
         reasons.append(why)
 
-    k = m.get("khat", math.inf)
-    if khat_verdict(k) == "do not trust":
-        worse(
-            2,
-            f"k̂ = {k:.2f} > {KHAT_TRUST}: q misses mass that p has (a lost mode or tails too "
-            "light), so importance weights and their ln Z cannot be trusted; try --restarts 8, a "
-            "larger --K or more --iters.",
+    ks = [float(k) for k in m.get("khat_replicates") or [m.get("khat", math.inf)]]
+    ks = [k if math.isfinite(k) else math.inf for k in ks]
+    k_hi = max(ks)
+    over = f" across {len(ks)} sets of draws" if len(ks) > 1 else ""
+    finite = [k for k in ks if math.isfinite(k)]
+    shown = f"k̂ {_span(finite, '.2f')}{over}" if finite else "k̂"
+    if len(finite) < len(ks):
+        note = m.get("khat_note") or "the Pareto fit failed"
+        shown += (", " if finite else " ") + f"not available in {len(ks) - len(finite)}: {note}"
+    borderline = khat_verdict(min(ks)) != khat_verdict(k_hi)
+    edge = ": borderline" if borderline else ""
+    cause = m.get("khat_cause")
+    if khat_verdict(k_hi) == "do not trust":
+        advice = {"tails": tails_advice(m.get("tail_exponent")), "mode": MODE_ADVICE}.get(
+            cause, UNKNOWN_ADVICE
         )
-    elif khat_verdict(k) == "usable":
+        worse(2, f"{shown} (> {KHAT_TRUST} is do not trust{edge}): {advice}")
+    elif khat_verdict(k_hi) == "usable":
         worse(
             1,
-            f"k̂ = {k:.2f} ({KHAT_GOOD}–{KHAT_TRUST}): usable; sample --resample corrects q's "
-            "samples.",
+            f"{shown} ({KHAT_GOOD}–{KHAT_TRUST} is usable{edge}); sample --resample corrects "
+            "q's samples.",
         )
+    a = m.get("tail_exponent")
+    heavy = a is None or not math.isfinite(a) or a < 1.5
     kl = m.get("kl_qp")
     if kl is not None:
         if not math.isfinite(kl) or kl > 0.2:
             worse(2, f"KL(q‖p) = {kl:.3f} nats is large: q is a poor match for p.")
+        elif kl > 0.05 and cause == "tails" and k_hi > KHAT_TRUST and heavy:
+            worse(
+                1,
+                f"KL(q‖p) = {kl:.3f} nats: a fair match; if the misfit is in the tails (see k̂), "
+                "more --iters or a larger --K will not remove it.",
+            )
         elif kl > 0.05:
             worse(1, f"KL(q‖p) = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
-    ess = m.get("ess_fraction")
-    if ess is not None and ess < 0.01:
-        worse(
-            2,
-            f"ESS is {ess:.2%} of the samples: a few samples carry all the weight, as when q "
-            "misses a mode; try --restarts 8.",
-        )
-    elif ess is not None and ess < 0.1:
-        worse(1, f"ESS is {ess:.1%} of the samples: importance-sampling estimates are noisy.")
+    esses = m.get("ess_fraction_replicates") or (
+        [m["ess_fraction"]] if m.get("ess_fraction") is not None else []
+    )
+    if esses:
+        ess, ess_shown = min(esses), f"ESS {_span(esses, '.1%')} of the samples{over}"
+        if ess < 0.01:
+            why = {
+                "tails": "a few draws far out in q's tails carry all the weight (see k̂)",
+                "mode": "a few samples carry all the weight, as when q misses a mode; try "
+                "--restarts 8",
+            }.get(
+                cause,
+                "a few samples carry all the weight: q misses a mode or its tails are too light",
+            )
+            worse(2, f"{ess_shown}: {why}.")
+        elif ess < 0.1:
+            worse(1, f"{ess_shown}: importance-sampling estimates are noisy.")
     spread = m.get("restarts_log_z_spread")
     if spread is not None and spread > m.get("restarts_log_z_noise", 0.0):
         worse(
@@ -273,7 +433,9 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         worse(2, f"the fit {what} and was stopped after {done} of {iters} steps (see above).")
     if not reasons:
         reasons.append(
-            f"k̂ < {KHAT_GOOD}" + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "") + "."
+            f"k̂ < {KHAT_GOOD}{' in every set of draws' if over else ''}"
+            + (" and KL(q‖p) ≤ 0.05 nats" if kl is not None else "")
+            + "."
         )
     return ("good", "usable", "do not trust")[level], reasons
 

@@ -15,11 +15,14 @@ from torch import Tensor
 
 from nfcli.checkpoint import Checkpoint, save_checkpoint, versions
 from nfcli.diagnostics import (
+    KHAT_GOOD,
     choose_window,
     compare_on_grid,
+    draw_weighted,
     importance_from_log_weights,
-    importance_log_weights,
     khat_verdict,
+    locate_large_weights,
+    tail_exponent,
     verdict,
 )
 from nfcli.energy import Energy, undefined_region
@@ -38,15 +41,31 @@ from nfcli.train import (
 )
 
 N_MONTE_CARLO = 100_000
+N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS and ln Z
 
 
-def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> dict[str, Any]:
-    """The trust report: ELBO and importance-sampling ln Z, ESS and k̂ from one set of draws;
-    in 2-D also ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density."""
+def evaluate(
+    flow: Flow, energy: Energy, samples: Tensor, seed: int = 0, sets: int = N_SETS
+) -> dict[str, Any]:
+    """The trust report: ELBO and importance-sampling ln Z, ESS and k̂; in 2-D also ln Z by
+    quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density.
+
+    The importance-sampling numbers are computed on ``sets`` independent sets of N_MONTE_CARLO
+    fresh draws. The first set gives the headline keys (``khat``, ``ess_fraction``, ``log_z_is``,
+    ``elbo``: the same draws as before replicates existed); ``*_replicates`` hold every set's
+    value, so their spread is the Monte-Carlo noise of k̂ and ESS, which no standard error
+    captures. Where k̂ is above 0.5 in some set (or ESS below 10%), ``khat_cause`` says whether
+    the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst set, and for
+    tails ``tail_exponent`` how fast U grows out there (U ~ rᵃ: a < 2 is heavier than Gaussian)."""
+    sets_ = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        log_w = importance_log_weights(flow, energy, N_MONTE_CARLO)
-    imp = importance_from_log_weights(log_w)
+        torch.manual_seed(seed + 1)  # set 0 is the one set drawn before replicates existed
+        for _ in range(sets):
+            z, log_w = draw_weighted(flow, energy, N_MONTE_CARLO)
+            sets_.append((importance_from_log_weights(log_w), z, log_w))
+    imp = sets_[0][0]
+    khats = [s[0].khat for s in sets_]
+    esses = [s[0].ess_fraction for s in sets_]
     m: dict[str, Any] = {
         "elbo": imp.elbo,
         "elbo_se": imp.elbo_se,
@@ -57,23 +76,51 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> dict
         "khat_verdict": khat_verdict(imp.khat),
         "monte_carlo_samples": N_MONTE_CARLO,
         "nonfinite_samples": imp.nonfinite,
+        "replicate_sets": sets,
+        "khat_replicates": khats,
+        "ess_fraction_replicates": esses,
+        "log_z_is_replicates": [s[0].log_z for s in sets_],
     }
+    notes = [s[0].note for s in sets_ if s[0].note]
+    if notes:
+        m["khat_note"] = notes[0]
+    worst = max(sets_, key=lambda s: (s[0].khat, -s[0].ess_fraction))
+    if (max(khats) > KHAT_GOOD or min(esses) < 0.1) and worst[0].samples > 1:
+        where = locate_large_weights(worst[1], worst[2])
+        m["khat_cause"] = where.cause
+        m["large_weights_edge_share"] = where.edge_share
+        if where.cause == "tails":
+            m["tail_exponent"] = tail_exponent(energy, where.centre, where.far)
     if energy.log_z is not None:
         m["log_z_reference"] = energy.log_z
     warnings = []
     if energy.dim == 2:
         grid = choose_window(samples, energy)
-        kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
-        m.update(
-            log_z_quadrature=grid.log_z,
-            kl_qp=grid.log_z - imp.elbo,
-            kl_qp_se=m["elbo_se"],
-            kl_pq=kl_pq,
-            tv=tv,
-            quadrature_window=[list(grid.window[0]), list(grid.window[1])],
-            quadrature_edge_mass=grid.edge_mass,
-        )
-        if grid.edge_mass > 1e-4:
+        window = [list(grid.window[0]), list(grid.window[1])]
+        if math.isfinite(grid.log_z):
+            kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
+            m.update(
+                log_z_quadrature=grid.log_z,
+                kl_qp=grid.log_z - imp.elbo,
+                kl_qp_se=m["elbo_se"],
+                kl_pq=kl_pq,
+                tv=tv,
+                quadrature_window=window,
+                quadrature_edge_mass=grid.edge_mass,
+            )
+        else:
+            note = quadrature_failure(grid.log_z, window)
+            m.update(
+                log_z_quadrature=None,
+                kl_qp=None,
+                kl_qp_se=None,
+                kl_pq=None,
+                tv=None,
+                quadrature_window=window,
+                quadrature_note=note,
+            )
+            warnings.append(f"ln Z by quadrature, KL and TV are not available: {note}.")
+        if math.isfinite(grid.log_z) and grid.edge_mass > 1e-4:
             warnings.append(
                 f"{grid.edge_mass:.2%} of the target's mass lies at the edge of the quadrature "
                 "window even after widening it: the target may be improper (infinite mass) or "
@@ -85,6 +132,18 @@ def evaluate(flow: Flow, energy: Energy, samples: Tensor, seed: int = 0) -> dict
         )
     m["warnings"] = warnings
     return m
+
+
+def quadrature_failure(log_z: float, window: list[list[float]]) -> str:
+    """Why grid quadrature gave a non-finite ln Z, in words."""
+    (x0, x1), (y0, y1) = window
+    where = f"[{x0:.3g}, {x1:.3g}] × [{y0:.3g}, {y1:.3g}]"
+    if log_z == math.inf:
+        return f"U is −∞ (or exp(−U) overflows) on the grid over {where}: p has no finite mass"
+    return (
+        f"exp(−U) is 0 or NaN at every point of the grid over {where}, which holds q's samples: "
+        "p has no mass where q is (or −U underflows there), so the fit missed p entirely"
+    )
 
 
 def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, Any]:
