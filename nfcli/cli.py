@@ -368,10 +368,11 @@ def fit(
             + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
             soft_wrap=True,
         )
-        _, metrics = run_fit(
+        ckpt, metrics = run_fit(
             energy, cfg, out_dir, force, progress("fit", cfg.iters, done), where, stop, state
         )
     err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
+    err.print(flow_summary_table(ckpt.flow, ckpt.names))
     model = out_dir / "model.pt"
     if metrics["stopped"] == "interrupted":
         err.print(
@@ -870,7 +871,9 @@ def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli f
 @user_errors
 def summary(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
-    n: int = typer.Option(100_000, "-n", help="Draws of q to summarise."),
+    n: int = typer.Option(
+        100_000, "-n", help="Draws of q to summarise. (default: 100000)", show_default=False
+    ),
     resample_: bool = typer.Option(
         False,
         "--resample",
@@ -879,12 +882,17 @@ def summary(
     pool: int = typer.Option(
         None, "--pool", help="With --resample: draws of q to weight. (default: -n)"
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", help="Random seed. (default: 0)", show_default=False),
     trust: bool = typer.Option(
         False, "--trust", help="With --resample: run a stored Python-file energy (its code)."
     ),
     format: Annotated[
-        str, typer.Option("--format", help="table, or csv or json (to stdout, for scripts).")
+        str,
+        typer.Option(
+            "--format",
+            help="table, or csv or json (to stdout, for scripts). (default: table)",
+            show_default=False,
+        ),
     ] = "table",
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

@@ -42,13 +42,16 @@ def rendered(m: dict) -> str:
 # --- the spread over sets of draws ---------------------------------------------------------------
 
 
-def test_khat_sets_that_straddle_0_7_are_borderline_and_not_trusted():
-    """The user's banana: k̂ 0.60–0.73 over four sets. The first set alone (0.60) reads 'usable';
-    the verdict reads the worst set and says the sets disagree."""
-    m = {**GOOD, "khat": 0.60, "khat_replicates": [0.60, 0.64, 0.66, 0.73]}
+def test_khat_sets_that_straddle_0_7_are_borderline_and_not_good():
+    """The user's banana: k̂ 0.60–0.73 over four sets. The verdict reads the median (usable),
+    says that the sets disagree, and what the set above 0.7 means."""
+    m = {**GOOD, "khat": 0.40, "khat_replicates": [0.40, 0.45, 0.48, 0.73], "khat_cause": "tails"}
     level, reasons = verdict(m)
-    assert level == "do not trust"
-    assert "0.60–0.73 across 4 sets" in reasons[0] and "borderline" in reasons[0]
+    assert level == "usable"  # the median is good, but one set says do not trust: not good
+    assert "0.40–0.73 across 4 sets" in reasons[0] and "borderline" in reasons[0]
+    assert "sit in q's tails" in reasons[0]
+    m = {**GOOD, "khat": 0.60, "khat_replicates": [0.60, 0.72, 0.75, 0.73]}
+    assert verdict(m)[0] == "do not trust"  # most sets above 0.7
 
 
 def test_khat_sets_that_straddle_0_5_are_not_good():
@@ -56,10 +59,10 @@ def test_khat_sets_that_straddle_0_5_are_not_good():
     assert level == "usable" and "borderline" in reasons[0]
 
 
-def test_ess_is_read_at_its_worst_set():
+def test_ess_sets_that_straddle_10_percent_are_borderline():
     m = {**GOOD, "khat_replicates": [0.2] * 4, "ess_fraction_replicates": [0.945, 0.6, 0.3, 0.087]}
     level, reasons = verdict(m)
-    assert level == "usable" and "ESS 8.7%–94.5%" in reasons[0]
+    assert level == "usable" and "ESS 8.7%–94.5%" in reasons[0] and "borderline" in reasons[0]
 
 
 def test_evaluate_reports_every_set_and_keeps_the_first_as_the_headline():
