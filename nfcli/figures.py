@@ -172,6 +172,11 @@ def write_figures(
         )
     elif flow.dim == 1:
         (lo, hi) = opts.window[0] if opts.window else range_1d(samples)
+        if energy is not None and not opts.window:  # where p is too, should q have missed it
+            found = mass_range_1d(energy, (lo, hi), dtype, device)
+            if found is not None:
+                pad = 0.2 * (found[1] - found[0])
+                lo, hi = min(lo, found[0] - pad), max(hi, found[1] + pad)
         xs = torch.linspace(lo, hi, 1000, dtype=torch.float64)
         q = log_prob(flow, xs[:, None].to(device)).exp().cpu()
         p = None
@@ -195,7 +200,8 @@ def write_figures(
     figures.append(
         (path["loss"], loss_figure(h["loss"], h["loss_beta1"], cfg.anneal_steps, log_z, title))
     )
-    return [save_figure(fig, p, opts.dpi) for p, fig in figures]
+    # layers.png is drawn in a few flat colours: stored indexed, at a fraction of the bytes
+    return [save_figure(fig, p, opts.dpi, palette=p == path["layers"]) for p, fig in figures]
 
 
 def range_1d(samples: Tensor) -> tuple[float, float]:
@@ -203,6 +209,38 @@ def range_1d(samples: Tensor) -> tuple[float, float]:
     s = samples.detach().cpu().double().reshape(-1)
     lo, hi = torch.quantile(s, 0.0005).item(), torch.quantile(s, 0.9995).item()
     return lo - 0.2 * (hi - lo), hi + 0.2 * (hi - lo)
+
+
+def mass_range_1d(
+    energy: Energy,
+    start: tuple[float, float],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    mass: float = 1e-3,
+    n: int = 4001,
+    tries: int = 8,
+) -> tuple[float, float] | None:
+    """Where a 1-D target p ∝ exp(−U) has its mass: the ``mass``/2 and 1 − ``mass``/2 quantiles of
+    exp(−U) on an n-point grid, which grows from ``start`` (4× its span each try) until its outer
+    twentieths hold less than ``mass`` of it. None when it never does within ``tries`` (too wide,
+    or not normalisable) or U is nowhere finite."""
+    centre, half = (start[0] + start[1]) / 2, max((start[1] - start[0]) / 2, 1e-6)
+    for _ in range(tries):
+        xs = torch.linspace(centre - half, centre + half, n, dtype=torch.float64)
+        with torch.no_grad():
+            neg_u = -energy(xs[:, None].to(device=device, dtype=dtype)).double().cpu()
+        neg_u = torch.nan_to_num(neg_u, nan=-math.inf, posinf=-math.inf)
+        if not torch.isfinite(neg_u).any():
+            return None
+        w = torch.softmax(neg_u, 0)
+        edge = n // 20
+        if float(w[:edge].sum() + w[-edge:].sum()) < mass:
+            cdf = torch.cumsum(w, 0)
+            i0 = int(torch.searchsorted(cdf, torch.tensor(mass / 2, dtype=cdf.dtype)))
+            i1 = int(torch.searchsorted(cdf, torch.tensor(1 - mass / 2, dtype=cdf.dtype)))
+            return xs[i0].item(), xs[min(i1, n - 1)].item()
+        half *= 4
+    return None
 
 
 def _importance_weights(samples: Tensor, log_q: Tensor, energy: Energy) -> Tensor | None:

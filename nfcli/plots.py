@@ -3,19 +3,23 @@
 Each figure has a builder that returns a matplotlib Figure (tests count its panels) and is written
 by ``save_figure`` in the format its file name ends with (png, pdf or svg):
 
-* ``density_2d_figure``: target p | fitted q (exact) | q − p on one colour scale;
+* ``density_2d_figure``: target p | fitted q (exact) on one colour scale | q − p on its own;
 * ``density_1d_figure``: target and fitted densities as curves, with a histogram of samples;
 * ``layers_figure``: the samples after layers 0, 1, …, K, coloured by where they started;
-* ``loss_figure``: the β = 1 loss (−ELBO) per step, the annealed loss, β, and −ln Z as its floor;
+* ``loss_figure``: the β = 1 loss (−ELBO) per step, the annealed loss, β, and −ln Z as its floor,
+  on a y-range set by the fitted part of the β = 1 loss (what lies beyond is marked and named);
 * ``pairs_figure``: a corner plot of 1-D and 2-D marginals (D > 2);
 * ``compare_figure``: the paper's Figure 3 layout: per target, the target, the fitted density per
   flow type and K, and the bound against K.
+
+Titles, which hold the target's formula, are wrapped to the figure's width (``fit_title``).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from PIL import Image
 from torch import Tensor
 
 from nfcli.diagnostics import Grid, Window, grid_points
@@ -34,15 +40,65 @@ from nfcli.train import beta_schedule
 
 FORMATS = ("png", "pdf", "svg")
 DPI = 120
+LAYER_COLOURS = 8  # layers.png colours the draws by their start's radius in this many bands
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write ``fig`` atomically in the format named by the file's suffix, then close it."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = False) -> Path:
+    """Write ``fig`` atomically in the format named by the file's suffix, then close it. With
+    ``palette``, a PNG is stored with 256 indexed colours (a quarter of RGBA's bytes before
+    compression): for figures drawn in few colours, such as layers.png, the pixels barely change
+    (only the shades of antialiased text edges beyond 256 are merged)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    fig.savefig(buf, format=fmt, dpi=dpi)
     plt.close(fig)
+    if palette and fmt == "png":
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        buf = io.BytesIO()
+        # median cut (0) without dithering (0): flat colours stay flat
+        image.quantize(256, method=0, dither=0).save(buf, format="png", dpi=(dpi, dpi))
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     return Path(path)
+
+
+# --- titles --------------------------------------------------------------------------------------
+
+
+def fit_title(fig: Figure, text: str, max_lines: int = 3, **kwargs) -> Text:
+    """Set ``text`` as ``fig``'s title (suptitle), made to fit its width by ``fit_text``."""
+    return fit_text(fig, fig.suptitle(text, **kwargs), max_lines)
+
+
+def fit_text(fig: Figure, artist: Text, max_lines: int = 3, room: float = 0.96) -> Text:
+    """Wrap ``artist``'s text at spaces so that each line fits in ``room`` of ``fig``'s width; a
+    text that would need more than ``max_lines`` lines is shortened in its middle with '…' (its
+    end, which names the flow, K and KL, is kept). Measured with the figure's own renderer, so it
+    holds at any dpi (text and figure scale together)."""
+    text = artist.get_text()
+    if not text:
+        return artist
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width * room
+    measured = artist.get_window_extent(renderer).width
+    chars = len(text) if measured <= width else max(8, int(len(text) * width / measured))
+    while True:
+        artist.set_text("\n".join(_wrap(text, chars, max_lines)))
+        if artist.get_window_extent(renderer).width <= width or chars <= 8:
+            return artist
+        chars = max(8, int(chars * 0.9))
+
+
+def _wrap(text: str, chars: int, max_lines: int) -> list[str]:
+    """``text`` in lines of at most ``chars`` characters, at most ``max_lines`` of them: when it
+    needs more, two thirds of what fits is kept from its start and one third from its end."""
+    lines = textwrap.wrap(text, chars, break_on_hyphens=False)
+    budget = chars * max_lines - 3
+    while len(lines) > max_lines and budget > 2:
+        head = budget * 2 // 3
+        short = text[:head].rstrip() + " … " + text[len(text) - (budget - head) :].lstrip()
+        lines = textwrap.wrap(short, chars, break_on_hyphens=False)
+        budget -= max(1, chars // 4)
+    return lines[:max_lines]
 
 
 # --- windows -------------------------------------------------------------------------------------
@@ -120,15 +176,19 @@ def density_2d_figure(
     title: str,
     kl: float | None = None,
 ) -> Figure:
-    """Target p | fitted q | q − p: (n, n) density images on ``window``, p and q on one colour
-    scale and the difference on its symmetric version. Without p, q alone."""
+    """Target p | fitted q | q − p: (n, n) density images on ``window``. p and q share one colour
+    scale (0 to the larger maximum); the difference has its own diverging one, centred at 0 and
+    symmetric (±max |q − p|), so that a difference such as a tail deficit of q (blue) shows at its
+    own size rather than as a pale fraction of the densities' peak. Without p, q alone."""
     panels = [("fitted q (exact density)", q)]
     if p is not None:
         panels = [("target p", p), *panels]
     vmax = max(float(img.max()) for _, img in panels) or 1.0
-    shown = [(label, img, "viridis", 0.0) for label, img in panels]
+    shown = [(label, img, "viridis", 0.0, vmax) for label, img in panels]
     if p is not None:
-        shown.append(("difference q − p", q - p, "RdBu_r", -vmax))
+        diff = q - p
+        dmax = float(diff.abs().max()) or 1.0
+        shown.append(("difference q − p (own scale)", diff, "RdBu_r", -dmax, dmax))
     (x0, x1), (y0, y1) = window
     height = min(6.0, max(2.5, 4.0 * (y1 - y0) / (x1 - x0)))
     fig, axes = plt.subplots(
@@ -138,13 +198,13 @@ def density_2d_figure(
         squeeze=False,
         layout="constrained",
     )
-    for ax, (label, img, cmap, vmin) in zip(axes[0], shown, strict=True):
-        im = _image(ax, img, window, vmin, vmax, cmap)
+    for ax, (label, img, cmap, lo, hi) in zip(axes[0], shown, strict=True):
+        im = _image(ax, img, window, lo, hi, cmap)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         fig.colorbar(im, ax=ax, shrink=0.85)
-    fig.suptitle(title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats")
+    fit_title(fig, title if kl is None else f"{title}   KL(q‖p) = {kl:.4f} nats")
     return fig
 
 
@@ -157,9 +217,10 @@ def density_1d_figure(
     title: str,
 ) -> Figure:
     """The fitted density q (exact) and the target p as curves over ``xs``, with a histogram of
-    samples of q."""
+    samples of q. When q peaks more than 4× above p (q has collapsed onto part of p), the axis
+    stops at 4× p's peak, so that p stays readable, and says where q's peak went."""
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.hist(
+    _, _, bars = ax.hist(
         samples.detach().cpu().double().reshape(-1).numpy(),
         bins=150,
         range=(xs[0].item(), xs[-1].item()),
@@ -170,10 +231,23 @@ def density_1d_figure(
     ax.plot(xs.numpy(), q.numpy(), label="fitted q (exact)", color="C0")
     if p is not None:
         ax.plot(xs.numpy(), p.numpy(), label="target p", color="k", ls="--")
+        p_top = float(torch.nan_to_num(p.double(), nan=0.0, posinf=0.0).max())
+        q_top = max([float(q.max())] + [bar.get_height() for bar in bars])
+        if p_top > 0 and q_top > 4 * p_top:
+            ax.set_ylim(0, 4.4 * p_top)
+            ax.text(
+                0.02,
+                0.97,
+                f"q's peak (≥ {q_top:.3g}) is above the axis",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=8,
+                color="C0",
+            )
     ax.set_xlim(xs[0].item(), xs[-1].item())
     ax.set_xlabel(name)
     ax.set_ylabel("density")
-    ax.set_title(title)
+    fit_title(fig, title, fontsize="large")
     ax.legend()
     return fig
 
@@ -206,8 +280,10 @@ def layers_figure(
     columns: tuple[int, int] = (0, 1),
 ) -> Figure:
     """One panel per requested layer k: the draws z_k, coloured by their start's distance from the
-    base mean. In 1-D each panel plots z_k against z_0 (the map so far); above 2-D, the two
-    ``columns`` are shown. All panels share one window (the draws' extent over the shown layers)."""
+    base mean (in ``LAYER_COLOURS`` bands and without antialiasing: with so few colours a 33-panel
+    PNG takes a fraction of the bytes, and ``save_figure(..., palette=True)`` stores it indexed).
+    In 1-D each panel plots z_k against z_0 (the map so far); above 2-D, the two ``columns`` are
+    shown. All panels share one window (the draws' extent over the shown layers)."""
     dim = zs[0].shape[1]
     pts = [(z[:, columns[0]], z[:, columns[1]]) if dim > 1 else (z[:, 0], zs[0][:, 0]) for z in zs]
     if window is None:
@@ -239,12 +315,13 @@ def layers_figure(
             y.numpy(),
             c=radius.numpy(),
             s=1.5,
-            cmap="viridis",
+            cmap=matplotlib.colormaps["viridis"].resampled(LAYER_COLOURS),
             vmin=float(lo),
             vmax=float(hi),
             linewidths=0,
             rasterized=True,
         )
+        scatter.set_antialiased(False)  # few colours, whole pixels: the PNG compresses well
         ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9)
         ax.set_xlim(*window[0])
         ax.set_ylim(*window[1])
@@ -256,11 +333,45 @@ def layers_figure(
     if scatter is not None:
         fig.colorbar(scatter, ax=axes, shrink=0.6, label="start: ‖(z₀ − μ)/σ‖")
     shown = f" ({names[columns[0]]}, {names[columns[1]]} of D = {dim})" if dim > 2 else ""
-    fig.suptitle(f"{title}: samples after each layer{shown}")
+    fit_title(fig, f"{title}: samples after each layer{shown}")
     return fig
 
 
 # --- loss ----------------------------------------------------------------------------------------
+
+
+def loss_range(
+    loss_beta1: Tensor, log_z: float | None, skip: float = 0.05, q: float = 0.98
+) -> tuple[float, float]:
+    """The loss figure's y-range: from the β = 1 loss after the first ``skip`` of the steps, its
+    (1 − ``q``)–``q`` quantiles, widened to hold its last value and −ln Z, padded by a tenth on
+    each side. Neither a few outliers nor the early steps (where F_β, taken at small β, and the
+    loss of the start are far off) set it. (n,) → (lo, hi); (0, 1) when nothing is finite."""
+    tail = loss_beta1[int(skip * len(loss_beta1)) :].double()
+    tail = tail[torch.isfinite(tail)]
+    if not len(tail):
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in torch.quantile(tail, torch.tensor([1 - q, q]).double()))
+    ends = [float(tail[-1])] + ([] if log_z is None else [-log_z])
+    lo, hi = min(lo, *ends), max(hi, *ends)
+    pad = 0.1 * (hi - lo) or 0.5 * max(1.0, abs(hi))
+    return (lo - pad, hi + pad)
+
+
+def _off_axis(steps: Tensor, y: Tensor, lo: float, hi: float) -> str:
+    """Where ``y`` leaves [lo, hi]: e.g. 'steps 1–2,950 below' (empty when nowhere)."""
+    parts = []
+    for side, off in (("below", y < lo), ("above", y > hi)):
+        if off.any():
+            at = steps[off]
+            n, first, last = len(at), int(at[0]), int(at[-1])
+            where = (
+                f"steps {first:,}–{last:,}"
+                if n == last - first + 1
+                else (f"{n:,} steps in {first:,}–{last:,}")
+            )
+            parts.append(f"{where} {side}" if n > 1 else f"step {first:,} {side}")
+    return ", ".join(parts)
 
 
 def loss_figure(
@@ -270,7 +381,9 @@ def loss_figure(
     log_z: float | None,
     title: str,
 ) -> Figure:
-    """F_β and the negative ELBO F(β=1) per step (smoothed); −ln Z is the floor F approaches."""
+    """F_β and the negative ELBO F(β=1) per step (smoothed); −ln Z is the floor F approaches. The
+    y-range is ``loss_range``'s; what lies beyond it is clipped, marked at the axis' edge and named
+    in a note under the curves."""
     n = len(loss)
     steps = torch.arange(1, n + 1)
     w = max(1, n // 200)
@@ -280,25 +393,51 @@ def loss_figure(
         kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
         return torch.nn.functional.conv1d(x[None, None], kernel)[0, 0]
 
+    lo, hi = loss_range(smooth(loss_beta1), log_z)
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    ax.plot(steps[w - 1 :], smooth(loss_beta1).numpy(), label="−ELBO = F(β = 1)", lw=1.2)
-    ax.plot(steps[w - 1 :], smooth(loss).numpy(), label="annealed objective F_β", lw=1, alpha=0.7)
+    curves = [
+        ("−ELBO = F(β = 1)", "−ELBO", loss_beta1, 1.2, 1.0),
+        ("annealed objective F_β", "F_β", loss, 1, 0.7),
+    ]
+    notes = []
+    for i, (label, short, values, lw, alpha) in enumerate(curves):
+        x, y = steps[w - 1 :], smooth(values)
+        ax.plot(x.numpy(), y.numpy(), label=label, lw=lw, alpha=alpha, color=f"C{i}")
+        for edge, off in ((lo, y < lo), (hi, y > hi)):
+            if not off.any():
+                continue
+            marks = x[off][:: max(1, int(off.sum()) // 8)]  # a few marks along the edge
+            ax.plot(
+                marks.numpy(),
+                [edge] * len(marks),
+                ls="none",
+                marker="v" if edge == lo else "^",
+                ms=3,
+                color=f"C{i}",
+                alpha=alpha,
+                clip_on=False,
+            )
+        where = _off_axis(x, y, lo, hi)
+        if where:
+            notes.append(f"{short} {where}")
     if log_z is not None:
         ax.axhline(-log_z, color="k", ls="--", lw=1, label=f"−ln Z = {-log_z:.4f} (the floor)")
-    finite = loss_beta1[torch.isfinite(loss_beta1)]
-    if len(finite):
-        lo = float(finite.min()) if log_z is None else min(-log_z, float(finite.min()))
-        hi = float(torch.quantile(finite.double(), 0.9))
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(0, n + 1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (nats)")
-    ax.set_title(title)
+    if notes:  # under the axis, where it hides no curve
+        note = fig.supxlabel("off the axis (▲▼ at its edge): " + "; ".join(notes), fontsize=8)
+        fit_text(fig, note, max_lines=2)
+    fit_title(fig, title)
     if anneal:
         ax2 = ax.twinx()
         ax2.plot(steps.numpy(), beta_schedule(steps - 1, anneal).numpy(), color="gray", lw=0.8)
         ax2.set_ylabel("β", color="gray")
         ax2.set_ylim(0, 1.05)
-    ax.legend(loc="center right", framealpha=0.9).set_zorder(10)
+        ax.set_zorder(ax2.get_zorder() + 1)  # the losses and their legend over β
+        ax.patch.set_visible(False)
+    ax.legend(loc="upper right", framealpha=0.9)
     return fig
 
 
@@ -377,10 +516,12 @@ def pairs_figure(
             elif j > 0:
                 ax.set_yticklabels([])
     if w is not None:
-        # in the empty upper triangle; a legend beside a panel would widen its grid column
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=9)
+        # in the empty upper triangle, right of the first panel and under the title; out of the
+        # layout, since a legend beside a panel would widen its grid column
+        legend = axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=9)
+        legend.set_in_layout(False)
     shown = "" if d == len(names) else f" ({d} of {len(names)} variables)"
-    fig.suptitle(f"{title}: marginals of q, {len(s):,} samples{shown}")
+    fit_title(fig, f"{title}: marginals of q, {len(s):,} samples{shown}")
     return fig
 
 
@@ -456,7 +597,7 @@ def compare_figure(rows: Sequence[CompareRow], title: str = "") -> Figure:
             ax.set_visible(False)
         _bound_panel(ax_row[-1], row)
     if title:
-        fig.suptitle(title)
+        fit_title(fig, title)
     return fig
 
 

@@ -2,13 +2,16 @@
 of the expected size in each format, a summary.csv, and refuse bad options with exit code 2."""
 
 import csv
+import math
 import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.legend
 import matplotlib.pyplot as plt
+import matplotlib.text
 import pytest
 import torch
 from clitools import assert_refused, run
@@ -17,15 +20,20 @@ from nfcli.compare import split_targets
 from nfcli.diagnostics import quadrature
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
+from nfcli.figures import mass_range_1d
 from nfcli.flows import Flow
 from nfcli.plots import (
     ComparePanel,
     CompareRow,
     compare_figure,
     default_layers,
+    density_1d_figure,
+    density_2d_figure,
     layers_figure,
+    loss_figure,
     mass_window,
     pairs_figure,
+    save_figure,
 )
 
 TINY = ["--iters", "60", "--anneal", "20", "--K", "3"]
@@ -133,6 +141,153 @@ def test_split_targets_keeps_function_arguments_whole():
         split_targets("u1,,u2")
 
 
+# --- what a reader sees (issue 11, item 9) --------------------------------------------------------
+
+LONG = "0.5*((x-1.5)/0.7)**2 + 0.1*x**4 - log(1 + exp(-3*x)) + 0.05*x**3: planar flow, K = 32"
+
+
+def extent(fig: plt.Figure, artist):
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def inside(fig: plt.Figure, box) -> bool:
+    f = fig.bbox
+    return box.x0 >= f.x0 - 1 and box.x1 <= f.x1 + 1 and box.y0 >= f.y0 - 1 and box.y1 <= f.y1 + 1
+
+
+def texts_with(fig: plt.Figure, fragment: str) -> list:
+    return [
+        t for t in fig.findobj(matplotlib.text.Text) if fragment in t.get_text().replace("\n", " ")
+    ]
+
+
+def gaussian_images(n: int = 120) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """p = N(0, I) on (−4, 4)² and q = p with half of its mass beyond radius 2.5 missing."""
+    window = ((-4.0, 4.0), (-4.0, 4.0))
+    c = torch.linspace(-4, 4, n, dtype=torch.float64)
+    r2 = c[None, :] ** 2 + c[:, None] ** 2
+    p = torch.exp(-r2 / 2) / (2 * torch.pi)
+    q = torch.where(r2 > 2.5**2, 0.5 * p, p)
+    return window, q, p
+
+
+def test_difference_panel_has_its_own_diverging_scale_centred_at_zero():
+    window, q, p = gaussian_images()
+    fig = density_2d_figure(window, q, p, ["z1", "z2"], "t")
+    diff = next(ax for ax in fig.axes if ax.get_title().startswith("difference"))
+    image = diff.images[0]
+    assert image.get_cmap().name in {"RdBu_r", "RdBu", "coolwarm", "bwr", "seismic", "PuOr"}
+    lo, hi = image.norm.vmin, image.norm.vmax
+    assert lo == -hi  # centred at 0: white is "no difference"
+    # its own range: the largest |q − p| (the tail deficit, ≈ 0.022), not p's peak (0.159), so
+    # the deficit reaches the end of the scale instead of a pale seventh of it
+    assert hi == pytest.approx(float((q - p).abs().max()))
+    assert hi < 0.2 * float(p.max())
+    assert image.colorbar is not None and image.colorbar.norm is image.norm
+    plt.close(fig)
+
+
+def test_pairs_legend_is_clear_of_the_title_and_the_panels():
+    samples = torch.randn(3000, 4)
+    fig = pairs_figure(samples, list("abcd"), [0, 1, 2, 3], LONG, weights=torch.rand(3000))
+    fig.canvas.draw()
+    (legend,) = [lg for lg in fig.findobj(matplotlib.legend.Legend)]
+    box = extent(fig, legend)
+    (title,) = texts_with(fig, "planar flow")
+    assert not box.overlaps(extent(fig, title))
+    assert inside(fig, box)
+    assert not any(box.overlaps(extent(fig, ax)) for ax in panels(fig))
+    plt.close(fig)
+
+
+def _long_titled_figures():
+    xs = torch.linspace(-3, 3, 200, dtype=torch.float64)
+    curve = torch.exp(-(xs**2) / 2) / (2 * torch.pi) ** 0.5
+    window, q, p = gaussian_images(40)
+    zs = [torch.randn(200, 2) for _ in range(3)]
+    steps = torch.arange(400, dtype=torch.float64)
+    loss = 1 + torch.exp(-steps / 50)
+    return {
+        "density 1-D": lambda: density_1d_figure(xs, curve, curve, torch.randn(500), "x", LONG),
+        "density 2-D": lambda: density_2d_figure(window, q, p, ["z1", "z2"], LONG, kl=0.01),
+        "pairs": lambda: pairs_figure(torch.randn(500, 3), list("abc"), [0, 1, 2], LONG),
+        "layers": lambda: layers_figure(zs, zs[0].norm(dim=1), [0, 1, 2], ["z1", "z2"], LONG),
+        "loss": lambda: loss_figure(loss, loss, 100, None, LONG),
+    }
+
+
+@pytest.mark.parametrize("which", list(_long_titled_figures()))
+def test_a_long_formula_in_a_title_is_wrapped_inside_the_figure(which):
+    fig = _long_titled_figures()[which]()
+    fig.canvas.draw()
+    (title,) = texts_with(fig, "planar flow")
+    assert "exp(-3*x)" in title.get_text()  # wrapped where it is too wide, not cut
+    assert inside(fig, extent(fig, title))
+    plt.close(fig)
+
+
+def test_a_very_long_title_is_shortened_in_its_middle_keeping_its_end():
+    formula = " + ".join(f"{i / 10}*x**{i}" for i in range(2, 80))
+    window, q, p = gaussian_images(40)
+    fig = density_2d_figure(window, q, p, ["z1", "z2"], f"{formula}: planar flow, K = 32", 0.01)
+    fig.canvas.draw()
+    (title,) = texts_with(fig, "planar flow")
+    text = title.get_text()
+    assert "…" in text and text.count("\n") <= 2
+    assert text.startswith("0.2*x**2 + ") and text.endswith("K = 32   KL(q‖p) = 0.0100 nats")
+    assert inside(fig, extent(fig, title))
+    plt.close(fig)
+
+
+def test_loss_axis_is_set_by_the_converged_loss_not_outliers_or_early_annealing():
+    n = 4000
+    steps = torch.arange(n, dtype=torch.float64)
+    neg_log_z = -1.9
+    beta1 = neg_log_z + 0.02 + 5 * torch.exp(-steps / 300)  # the −ELBO, down to just above −ln Z
+    beta1[2500], beta1[3000] = 1e4, -1e4  # two outlying steps
+    annealed = beta1 - 500 * torch.exp(-steps / 500)  # F_β: far below early in the annealing
+    fig = loss_figure(annealed.float(), beta1.float(), 1500, -neg_log_z, "t")
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo < neg_log_z < float(beta1[-1]) < hi  # the floor and the final loss are on the axis
+    assert lo > -3 and hi < 10  # neither outlier nor the early F_β stretches it
+    note = fig.get_supxlabel()
+    assert "off the axis" in note and "F_β" in note and "below" in note and "above" in note
+    plt.close(fig)
+
+
+def test_layers_png_of_32_layers_stays_small(tmp_path):
+    """33 panels of 3,000 draws spread over their windows, as a fitted K = 32 flow gives: 1.25 MB
+    before (smooth colours, antialiased, RGBA), about 140 kB now."""
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(3000, 2, generator=g)
+    scale = [torch.tensor([1 + k / 8, 1 + k / 32]) for k in range(33)]
+    zs = [z0 * s + torch.tensor([math.sin(k), 0.0]) for k, s in enumerate(scale)]
+    fig = layers_figure(zs, z0.norm(dim=1), default_layers(32), ["z1", "z2"], "u1, K = 32")
+    path = save_figure(fig, tmp_path / "layers.png", palette=True)
+    assert path.stat().st_size < 400_000
+
+
+@pytest.mark.parametrize(
+    ("energy", "start", "expected"),
+    [("(x - 50)**2/2", (-1.0, 1.0), (46.7, 53.3)), ("x**2/2", (-1e-3, 1e-3), (-3.29, 3.29))],
+)
+def test_mass_range_1d_finds_the_target_away_from_or_wider_than_q(energy, start, expected):
+    # the 0.05% and 99.95% quantiles of N(50, 1) and N(0, 1): ±3.29 about the mean
+    lo, hi = mass_range_1d(load_energy(energy), start, torch.float64)
+    assert lo == pytest.approx(expected[0], abs=0.1) and hi == pytest.approx(expected[1], abs=0.1)
+
+
+def test_a_collapsed_q_does_not_flatten_p_in_the_1d_density():
+    xs = torch.linspace(-4, 4, 801, dtype=torch.float64)
+    p = torch.exp(-(xs**2) / 2) / (2 * torch.pi) ** 0.5
+    q = torch.exp(-((xs - 0.5) ** 2) / (2 * 0.01**2)) / (0.01 * (2 * torch.pi) ** 0.5)
+    fig = density_1d_figure(xs, q, p, 0.5 + 0.01 * torch.randn(2000), "x", "t")
+    top = fig.axes[0].get_ylim()[1]
+    assert top == pytest.approx(4.4 * float(p.max()))  # p fills a quarter of the axis, not 1/100
+    assert texts_with(fig, "is above the axis")
+    plt.close(fig)
+
+
 # --- nfcli plot ----------------------------------------------------------------------------------
 
 
@@ -174,6 +329,7 @@ def test_plot_writes_images_of_the_requested_size(fitted, tmp_path):
     # layers: 3 panels on a 2 × 2 grid of 2.1 in cells, + 1.2 in and 0.7 in of margins
     assert png_size(tmp_path / "layers.png") == (round(5.4 * 50), round(4.9 * 50))
     assert png_size(tmp_path / "loss.png") == (350, 200)
+    assert (tmp_path / "layers.png").read_bytes()[25] == 3  # PNG colour type 3: indexed colours
 
 
 @pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml")])
