@@ -668,7 +668,9 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
         scores = [r["score"] for r in m["restarts"]]
         t.add_row(
             "restarts",
-            f"{len(scores)} fitted together until annealing ended; kept #{m['restart_kept']}; "
+            f"{len(scores)} fitted together "
+            + ("to the end" if m.get("anneal") == 0 else "until annealing ended")
+            + f"; kept #{m['restart_kept']}; "
             f"their ln Z estimates from {min(scores):.3f} to {max(scores):.3f}",
         )
     n, sets = m["monte_carlo_samples"], m.get("replicate_sets", 1)

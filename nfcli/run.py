@@ -231,6 +231,7 @@ def run_fit(
         "device": str(torch.device(device)),
         "dtype": config.dtype,
         "iters": config.iters,
+        "anneal": config.anneal_steps,
         "steps_done": result.steps,
         "stopped": result.stopped,
         "stop_message": result.message,

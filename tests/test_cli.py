@@ -326,3 +326,11 @@ def test_an_expression_may_start_with_a_minus_and_option_typos_are_named(tmp_pat
     assert_refused(run("fit", "--iter", "10", "u1", "-o", tmp_path), "--iter is not one of")
     assert_refused(run("compare", "u1,u2", "--k", "2", "-o", tmp_path), "did you mean --K?")
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_restarts_without_annealing_are_said_to_run_to_the_end(tmp_path):
+    args = ("--restarts", "2", "--anneal", "0", "--iters", "30", "--K", "2", "--batch", "64")
+    result = run("fit", "x**2/2 + y**2/2", *args, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "2 fitted together to the end" in text and "until annealing ended" not in text
