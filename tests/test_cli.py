@@ -271,7 +271,9 @@ def test_logprob_is_exact_and_reads_npy_and_csv(u1_run, tmp_path):
     np.save(tmp_path / "p.npy", z.numpy())
     (tmp_path / "p.csv").write_text("z1,z2\n" + "\n".join(f"{a!r},{b!r}" for a, b in z.tolist()))
     for name in ("p.npy", "p.csv"):
-        result = run("logprob", out / "model.pt", tmp_path / name, "-o", tmp_path / "lq.npy")
+        result = run(
+            "logprob", out / "model.pt", tmp_path / name, "-o", tmp_path / "lq.npy", "--force"
+        )
         assert result.exit_code == 0, result.output
         np.testing.assert_allclose(np.load(tmp_path / "lq.npy")[:, 0], log_q.numpy(), atol=1e-6)
     bad = tmp_path / "bad.npy"
