@@ -5,8 +5,8 @@ wait for each other at the end of every parallel operation. When another process
 busy, the thread on that core is descheduled and every operation waits for it, so a fit with two
 threads on a 2-core machine with one busy core ran 14–40× slower than with one (a user's report:
 12 against 487 it/s on a 300-step fit, 103 s against 7 s for ``nfcli plot``). And a small
-problem gains nothing from a second thread even on an idle machine: torch splits an elementwise
-operation only above 32,768 elements, and a 2-D fit's tensors hold batch × D = 2,048.
+problem gains nothing from a second thread even on an idle machine: torch runs an elementwise
+operation on one thread below 32,768 elements, and a 2-D fit's tensors hold batch × D = 2,048.
 
 The policy (``choose_threads``), in this order:
 
@@ -26,8 +26,21 @@ a core later still slows a multi-threaded run down (``--threads 1`` is always sa
 ``torch.set_num_interop_threads`` is left alone: nfcli runs no inter-op parallel work, and torch
 allows setting it only once per process, before any parallel work, which a library cannot know.
 
-Measurements behind ``MIN_ELEMENTS_PER_THREAD`` (``benchmarks/threads.py``; README, "Threads"):
-see the constant's comment.
+What the size threshold rests on. Measured (``benchmarks/threads.py --seconds 10``, torch 2.13
+CPU, K = 32, batch 1024, on a 2-core VM that other jobs kept busy: 1-minute load 4–4.7, no idle
+clock ticks): two threads were slower than one at every size, 53× on U1 (95.0 against 1.8 it/s),
+26× at D = 256, 5.7× at D = 1024, and ``nfcli plot`` took 47.5 s against 16.0 s; ``auto``
+measured no free core and chose one thread each time (the same setting as ``--threads 1``; its
+it/s differ only by the machine's noise). Not measured: where a second thread starts to pay on an
+idle machine (none was available; ``benchmarks/threads.py --cases normal --dims
+2,16,64,256,512,1024 --spinner none`` measures it). So the threshold is set from torch's own
+rule, conservatively: torch splits an elementwise operation into chunks of at least 32,768
+elements (``at::internal::GRAIN_SIZE``), so a second thread gets no elementwise work below that
+and at most one chunk in two below 65,536; nfcli asks for a second thread only at
+2 × 2¹⁸ = 524,288 elements (batch 1024 × D 512), where one operation moves megabytes (estimated
+at a few tenths of a millisecond, not measured), far longer than waking a thread takes. Below
+that a second thread could save at most a fraction of a step, while a core that becomes busy
+costs several times the step.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import torch
 from nfcli.errors import NfcliError
 
 AUTO = "auto"
-MIN_ELEMENTS_PER_THREAD = 1 << 18  # placeholder until measured
+MIN_ELEMENTS_PER_THREAD = 1 << 18  # 8 × torch's grain size; see "What the size threshold rests on"
 LOAD_SAMPLE_S = 0.1
 FREE_IF_IDLE = 0.7  # a core at least this idle counts as free
 
