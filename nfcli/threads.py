@@ -26,21 +26,24 @@ a core later still slows a multi-threaded run down (``--threads 1`` is always sa
 ``torch.set_num_interop_threads`` is left alone: nfcli runs no inter-op parallel work, and torch
 allows setting it only once per process, before any parallel work, which a library cannot know.
 
-What the size threshold rests on. Measured (``benchmarks/threads.py --seconds 10``, torch 2.13
-CPU, K = 32, batch 1024, on a 2-core VM that other jobs kept busy: 1-minute load 4–4.7, no idle
-clock ticks): two threads were slower than one at every size, 53× on U1 (95.0 against 1.8 it/s),
-26× at D = 256, 5.7× at D = 1024, and ``nfcli plot`` took 47.5 s against 16.0 s; ``auto``
-measured no free core and chose one thread each time (the same setting as ``--threads 1``; its
-it/s differ only by the machine's noise). Not measured: where a second thread starts to pay on an
-idle machine (none was available; ``benchmarks/threads.py --cases normal --dims
-2,16,64,256,512,1024 --spinner none`` measures it). So the threshold is set from torch's own
-rule, conservatively: torch splits an elementwise operation into chunks of at least 32,768
-elements (``at::internal::GRAIN_SIZE``), so a second thread gets no elementwise work below that
-and at most one chunk in two below 65,536; nfcli asks for a second thread only at
-2 × 2¹⁸ = 524,288 elements (batch 1024 × D 512), where one operation moves megabytes (estimated
-at a few tenths of a millisecond, not measured), far longer than waking a thread takes. Below
-that a second thread could save at most a fraction of a step, while a core that becomes busy
-costs several times the step.
+What the size threshold rests on (``benchmarks/threads.py``, torch 2.13 CPU, a 2-core VM, K = 32,
+batch 1024, a standard normal in D dimensions; it/s with 1 and 2 threads). When the machine was
+quiet (1-minute load 1.0–1.4, this benchmark included):
+
+    D            2      16     32     64     128    256    512    1024
+    1 thread     180    131    103    70     44     25     13.2   5.9
+    2 threads    182    143    111    81     56     33     16.3   8.4
+    gain         1.0×   1.09×  1.08×  1.16×  1.27×  1.34×  1.23×  1.42×
+
+(D = 16–256 from a second run, ``--dims 16,32,64,128,256``). When other jobs kept both cores
+busy (load 4–4.7), two threads were slower than one at every size: 53× on U1 (95.0 against 1.8
+it/s), 26× at D = 256, 5.7× at D = 1024; ``nfcli plot`` took 47.5 s against 16.0 s. On the quiet
+machine with one core kept spinning by another process, two threads lost 3.0× on U1, 2.1× at
+D = 128 and 1.8× at D = 1024, where ``auto`` measured one free core and kept one. So a second
+thread gains at most ~1.4× on a quiet machine and can lose 5–50× on a busy one: ``auto`` takes it
+only from 2 × 2¹⁶ = 131,072 elements (D = 128 at batch 1024, the first size where it gained more
+than a quarter), one more thread per further 65,536 elements, and only on cores measured free.
+More than two threads (machines with more cores) were not measured here.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import torch
 from nfcli.errors import NfcliError
 
 AUTO = "auto"
-MIN_ELEMENTS_PER_THREAD = 1 << 18  # 8 × torch's grain size; see "What the size threshold rests on"
+MIN_ELEMENTS_PER_THREAD = 1 << 16  # a second thread from 131,072 (batch 1024 × D 128): see above
 LOAD_SAMPLE_S = 0.1
 FREE_IF_IDLE = 0.7  # a core at least this idle counts as free
 
