@@ -86,6 +86,13 @@ def test_auto_gives_a_2d_problem_one_thread_without_measuring_the_load(eight_cpu
     assert choose_threads("auto", Work(1024 * 8, 2), environ={}, free=never) == 1
 
 
+def test_auto_takes_a_second_thread_from_d_128_at_batch_1024(eight_cpus):
+    # measured on a quiet 2-core machine: 1.16x at D = 64, 1.27x at D = 128 (nfcli/threads.py)
+    assert choose_threads(None, Work(1024, 64), environ={}, free=lambda: 8) == 1
+    assert choose_threads(None, Work(1024, 128), environ={}, free=lambda: 8) == 2
+    assert choose_threads(None, Work(1024, 128), environ={}, free=lambda: 1) == 1
+
+
 def test_auto_gives_one_thread_when_no_core_is_free(eight_cpus):
     assert choose_threads(None, BIG, environ={}, free=lambda: 1) == 1
     assert choose_threads(None, BIG, environ={}, free=lambda: 3) == 3
