@@ -35,7 +35,7 @@ from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
 from nfcli.energy import Energy, energy_from_source, load_energy
 from nfcli.errors import NfcliError
-from nfcli.figures import FigureOptions, parse_ints, parse_window, write_figures
+from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.run import check_output, run_fit
 from nfcli.signals import stop_on_signals
@@ -48,6 +48,7 @@ from nfcli.summary import (
     variables_table,
 )
 from nfcli.targets import TARGETS
+from nfcli.threads import Work, use_threads
 from nfcli.train import FitConfig, TrainingState, extend
 
 app = typer.Typer(
@@ -121,7 +122,7 @@ def unwrap(doc: str | None) -> str | None:
 
 # --- fit ---
 
-RUN_KEYS = ("target", "output", "vars", "force", "device", "const")
+RUN_KEYS = ("target", "output", "vars", "force", "device", "const", "threads")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -228,6 +229,14 @@ ConstOpt = Annotated[
         "nu=3 after the expression does the same.",
     ),
 ]
+ThreadsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads, or auto: OMP_NUM_THREADS if set, else 1 unless the problem is large "
+        "and cores are free. (default: auto)",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of options; flags win.")
 ]
@@ -300,6 +309,7 @@ def fit(
     restarts: RestartsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     force: Annotated[
         bool | None, typer.Option("--force", help="Overwrite an existing model.pt.")
@@ -359,6 +369,9 @@ def fit(
         energy = load_energy(str(values["target"]), names, constants)
         force = bool(values.get("force"))
         out_dir = check_output(Path(values.get("output") or "."), force)
+        if threads is None and values.get("threads") is not None:  # threads: in the YAML
+            threads = str(values["threads"])
+    use_threads(threads, Work(cfg.batch * cfg.restarts, energy.dim))
     done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
@@ -578,6 +591,7 @@ def compare(
     restarts: RestartsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     output: Annotated[
         Path,
@@ -628,6 +642,7 @@ def compare(
     energies = [load_energy(t, names) for t in split_targets(targets)]
     Ks = parse_ints(K, "--K")
     flows = [f.strip() for f in flow.split(",")]
+    use_threads(threads, Work(cfg.batch * cfg.restarts, max(e.dim for e in energies)))
 
     def done(job: Any, m: dict[str, Any]) -> None:
         kl = f", KL(q‖p) {m['kl_qp']:.4f}" if "kl_qp" in m else ""
@@ -760,12 +775,14 @@ def sample(
     ),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
     check_sample_path(output, force)
     ckpt = _load_to(model, device, dtype)
+    use_threads(threads, Work(n, ckpt.flow.dim))
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     if resample_:
         pool = pool if pool is not None else max(10 * n, 100_000)
@@ -806,11 +823,14 @@ def logprob(
         show_default=False,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    threads: ThreadsOpt = None,
 ) -> None:
     """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
     check_sample_path(output, force)
     ckpt = load_checkpoint(model)
-    log_q = log_prob(ckpt.flow, load_points(points, ckpt.flow.dim, ckpt.names))
+    at = load_points(points, ckpt.flow.dim, ckpt.names)
+    use_threads(threads, Work(len(at), ckpt.flow.dim))
+    log_q = log_prob(ckpt.flow, at)
     save_samples(log_q[:, None], output, ["log_q"])
     if output != "-":
         err.print(f"wrote ln q of {len(log_q)} points to {output}")
@@ -836,6 +856,7 @@ def plot(
     ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2)."""
     opts = FigureOptions(
@@ -848,6 +869,7 @@ def plot(
     opts.validate()
     ckpt = _load_to(model, device, dtype)
     opts.validate(ckpt.names, ckpt.config.K)
+    use_threads(threads, Work(N_SAMPLES, ckpt.flow.dim))
     out_dir = ensure_dir(output if output is not None else model.parent)
     try:
         energy = energy_from_source(ckpt.energy_source, trust)

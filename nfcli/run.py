@@ -229,6 +229,7 @@ def run_fit(
         "flow": config.flow,
         "restarts_fitted": config.restarts,
         "device": str(torch.device(device)),
+        "threads": torch.get_num_threads(),  # CPU threads (nfcli.threads: --threads)
         "dtype": config.dtype,
         "iters": config.iters,
         "anneal": config.anneal_steps,
