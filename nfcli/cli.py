@@ -754,10 +754,11 @@ def sample(
         10_000, "-n", help="Number of samples. (default: 10000)", show_default=False
     ),
     output: str = typer.Option(
-        "samples.npy",
+        "draws.npy",
         "--output",
         "-o",
-        help="File (.npy, .csv, .pt) or - for CSV on stdout. (default: samples.npy)",
+        help="File (.npy, .csv, .pt) or - for CSV on stdout; not the fit's samples.npy, which is "
+        "never replaced without --force. (default: draws.npy)",
         show_default=False,
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed. (default: 0)", show_default=False),

@@ -261,3 +261,15 @@ def test_energy_labels_show_bound_constants():
     energy = load_energy(STUDENT, constants={"nu": 3})
     assert isinstance(energy, Energy) and energy.label == f"{STUDENT} nu=3"
     assert os.path.isabs(load_energy("examples/funnel.py").source["path"])
+
+
+def test_the_readme_sequence_fit_then_sample_in_one_folder_works(tmp_path, monkeypatch):
+    """README: nfcli fit … then nfcli sample model.pt, in the same folder: the draws go to
+    draws.npy and the fit's samples.npy is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    assert run("fit", "x**2/2 + y**2/2", *QUICK).exit_code == 0
+    before = np.load("samples.npy")
+    result = run("sample", "model.pt", "-n", "100")
+    assert result.exit_code == 0, result.output
+    assert np.load("draws.npy").shape == (100, 2)
+    np.testing.assert_array_equal(np.load("samples.npy"), before)
