@@ -706,7 +706,8 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
         t.add_row("ln Z (importance sampling)", f"not available: {note or 'no finite weights'}")
     esses = m.get("ess_fraction_replicates", [])
     lo, hi = (f"{min(esses):.1%}", f"{max(esses):.1%}") if esses else ("", "")
-    spread = "" if len(esses) < 2 else f" ({lo}{over})" if lo == hi else f" ({lo}–{hi}{over})"
+    same = f" (the same in each of {len(esses)} sets of {n:,} draws)"
+    spread = "" if len(esses) < 2 else same if lo == hi else f" ({lo}–{hi}{over})"
     t.add_row("ESS (Kish)", f"{ess:.1%} of {n:,}{spread}")
     khats = [k if math.isfinite(k) else math.inf for k in m.get("khat_replicates", [khat])]
     if not math.isfinite(khat) or one_draw:
