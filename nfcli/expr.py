@@ -391,9 +391,13 @@ def _evaluate_constant(value: sp.Expr) -> sp.Float | tuple[str, str]:
 
 def _heavy(value: sp.Expr) -> bool:
     """Whether a constant is better carried as a Float: of more than HEAVY_NODES nodes (each
-    level of nesting would evaluate all below it again), or holding a number beyond 1e15."""
+    level of nesting would evaluate all below it again), holding a number beyond 1e15, or a
+    fraction whose denominator exceeds 1e6 (sqrt(10**(26999999/27000000)) had SymPy expanding
+    roots for minutes)."""
     for count, sub in enumerate(sp.preorder_traversal(value), start=1):
         if count > HEAVY_NODES or (sub.is_Number and abs(sub) > 10**15):
+            return True
+        if sub.is_Rational and sub.q > 10**6:
             return True
     return False
 
