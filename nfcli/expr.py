@@ -884,7 +884,9 @@ def _compile_pow(e: sp.Pow, args: list[Node]) -> Node:
             return lambda v: torch.reciprocal(base(v))
         if q == -0.5:
             return lambda v: torch.rsqrt(base(v))
-        exp_value: float | int = int(q) if q.is_integer() else q
+        # an integer exponent stays an int (exact for negative bases) while torch can hold it;
+        # x**(10**300), which SymPy makes of exp(10**300*log(x)), is a float power
+        exp_value: float | int = int(q) if q.is_integer() and abs(q) < 2**62 else q
         return lambda v: torch.pow(base(v), exp_value)
     if e.args[0].is_number:
         b = float(e.args[0])
