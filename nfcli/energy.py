@@ -132,13 +132,15 @@ def refuse_names_and_paths(target: str) -> None:
         guesses.insert(0, target + ".py")
     guesses = list(dict.fromkeys(guesses))
     hint = f"Did you mean {' or '.join(guesses[:3])}? " if guesses else ""
-    if path_like and not _BARE_NAME.fullmatch(target):
+    if os.path.exists(target) and not _BARE_NAME.fullmatch(target):
         what = (
             f"{target} is a {'folder' if os.path.isdir(target) else 'file'}, not a Python energy "
             "file (those end in .py) nor a formula."
         )
     elif os.path.exists(target):
         what = f"{target} names a file here, not a built-in target or a formula."
+    elif not _BARE_NAME.fullmatch(target):
+        what = f"{target} is not a file, a built-in target or a formula to fit."
     else:
         what = (
             f"{target!r} is not a built-in target, and as a formula it would be U = {target}, "

@@ -28,6 +28,7 @@ QUICK = ("--iters", "30", "--K", "2", "--batch", "64")
         ("ringg", "Did you mean ring or ring8?"),
         ("my_energy", "'my_energy' is not a built-in target"),
         ("funnel", "Did you mean examples/funnel.py?"),  # the tests run in the repository root
+        ("examples/funnel", "examples/funnel is not a file, a built-in target or a formula"),
     ],
 )
 def test_a_bare_name_is_refused_with_what_was_meant(target, fragment):
