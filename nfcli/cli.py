@@ -182,6 +182,12 @@ def make_config(values: dict[str, Any]) -> FitConfig:
     return cfg
 
 
+def option(default: Any, *names: str, help: str) -> Any:
+    """A typer option whose help ends in "(default: …)" written from ``default`` itself, the one
+    style of the whole CLI (Typer's own "[default: …]" is turned off)."""
+    return typer.Option(default, *names, help=f"{help} (default: {default})", show_default=False)
+
+
 # Options that fit and compare share, declared once.
 TargetArg = Annotated[
     str,
@@ -240,16 +246,21 @@ ThreadsOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of options; flags win.")
 ]
+FIGURE_FORMAT, FIGURE_DPI = "png", 120  # the defaults of --format and --dpi
 FormatOpt = Annotated[
     str,
     typer.Option(
-        "--format", help="Figure format: png, pdf or svg. (default: png)", show_default=False
+        "--format",
+        help=f"Figure format: png, pdf or svg. (default: {FIGURE_FORMAT})",
+        show_default=False,
     ),
 ]
 DpiOpt = Annotated[
     int,
     typer.Option(
-        "--dpi", help="Figure resolution (dots per inch). (default: 120)", show_default=False
+        "--dpi",
+        help=f"Figure resolution (dots per inch). (default: {FIGURE_DPI})",
+        show_default=False,
     ),
 ]
 WindowOpt = Annotated[
@@ -512,8 +523,6 @@ def _resume_energy(
             )
         return energy_from_source(source, trust)
     energy = load_energy(target, None, constants, check_proper=False)
-    if energy.source["kind"] == source["kind"] == "file":
-        energy.source["path"] = source["path"]  # the same text fitted from another folder
     same = ("kind", "text", "name", "constants")
     if any(energy.source[k] != source.get(k, {}) for k in same) or energy.dim != len(ckpt.names):
         stored = source["name"] or source["path"] or source["text"]
@@ -568,20 +577,8 @@ def compare(
             help="Comma-separated targets (built-ins, .py files or expressions), e.g. u1,u2,u3,u4."
         ),
     ],
-    K: Annotated[
-        str,
-        typer.Option(
-            "--K", help="Comma-separated layer counts. (default: 2,8,32)", show_default=False
-        ),
-    ] = "2,8,32",
-    flow: Annotated[
-        str,
-        typer.Option(
-            "--flow",
-            help="Comma-separated flow types: planar, radial. (default: planar)",
-            show_default=False,
-        ),
-    ] = "planar",
+    K: str = option("2,8,32", "--K", help="Comma-separated layer counts."),
+    flow: str = option("planar", "--flow", help="Comma-separated flow types: planar, radial."),
     iters: IterOpt = None,
     batch: BatchOpt = None,
     lr: LrOpt = None,
@@ -593,15 +590,9 @@ def compare(
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Folder for the fits, figure and summary.csv. (default: compare)",
-            show_default=False,
-        ),
-    ] = Path("compare"),
+    output: Path = option(
+        Path("compare"), "--output", "-o", help="Folder for the fits, figure and summary.csv."
+    ),
     force: Annotated[
         bool, typer.Option("--force", help="Refit and overwrite existing fits.")
     ] = False,
@@ -609,8 +600,8 @@ def compare(
         bool,
         typer.Option("--reuse", help="Draw from existing fits whose target and options match."),
     ] = False,
-    format: FormatOpt = "png",
-    dpi: DpiOpt = 120,
+    format: FormatOpt = FIGURE_FORMAT,
+    dpi: DpiOpt = FIGURE_DPI,
     window: WindowOpt = None,
 ) -> None:
     """Fit each target with each K (and flow type) and draw the paper's Figure 3 for them:
@@ -752,18 +743,15 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
 @user_errors
 def sample(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
-    n: int = typer.Option(
-        10_000, "-n", help="Number of samples. (default: 10000)", show_default=False
-    ),
-    output: str = typer.Option(
+    n: int = option(10_000, "-n", help="Number of samples."),
+    output: str = option(
         "draws.npy",
         "--output",
         "-o",
         help="File (.npy, .csv, .pt) or - for CSV on stdout; not the fit's samples.npy, which is "
-        "never replaced without --force. (default: draws.npy)",
-        show_default=False,
+        "never replaced without --force.",
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed. (default: 0)", show_default=False),
+    seed: int = option(0, "--seed", help="Random seed."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     resample_: bool = typer.Option(
         False,
@@ -818,12 +806,8 @@ def _load_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
 def logprob(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
     points: Path = typer.Argument(..., help="Points, one per row: a .npy or .csv file."),
-    output: str = typer.Option(
-        "-",
-        "--output",
-        "-o",
-        help="File (.npy, .csv, .pt) or - for CSV on stdout. (default: -)",
-        show_default=False,
+    output: str = option(
+        "-", "--output", "-o", help="File (.npy, .csv, .pt) or - for CSV on stdout."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     threads: ThreadsOpt = None,
@@ -847,8 +831,8 @@ def plot(
     trust: bool = typer.Option(
         False, "--trust", help="Run the checkpoint's stored Python-file energy (its code)."
     ),
-    format: FormatOpt = "png",
-    dpi: DpiOpt = 120,
+    format: FormatOpt = FIGURE_FORMAT,
+    dpi: DpiOpt = FIGURE_DPI,
     window: WindowOpt = None,
     layers: Annotated[
         str | None,
@@ -898,9 +882,7 @@ def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli f
 @user_errors
 def summary(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
-    n: int = typer.Option(
-        100_000, "-n", help="Draws of q to summarise. (default: 100000)", show_default=False
-    ),
+    n: int = option(100_000, "-n", help="Draws of q to summarise."),
     resample_: bool = typer.Option(
         False,
         "--resample",
@@ -909,18 +891,13 @@ def summary(
     pool: int = typer.Option(
         None, "--pool", help="With --resample: draws of q to weight. (default: -n)"
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed. (default: 0)", show_default=False),
+    seed: int = option(0, "--seed", help="Random seed."),
     trust: bool = typer.Option(
         False, "--trust", help="With --resample: run a stored Python-file energy (its code)."
     ),
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="table, or csv or json (to stdout, for scripts). (default: table)",
-            show_default=False,
-        ),
-    ] = "table",
+    format: str = option(
+        "table", "--format", help="table, or csv or json (to stdout, for scripts)."
+    ),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> None:
