@@ -369,7 +369,7 @@ def table_compile(args) -> None:
     energy = load_energy("u1")
     from nfcli.flows import Flow
 
-    flow = Flow(2, 32, "planar", 0.25, 2.0)
+    flow = Flow.of(2, 32, "planar", 0.25, 2.0)
     opt = torch.optim.Adam(flow.parameters(), lr=5e-3, fused=True)
 
     def step():

@@ -1,8 +1,9 @@
 """The checkpoint format: one ``torch.save`` file of plain types, loaded with weights_only=True.
 
     {
-      "format": "nfcli-checkpoint", "format_version": 1,
-      "state_dict": {name: tensor},       # the flow's parameters (Flow.state_dict())
+      "format": "nfcli-checkpoint", "format_version": 2,
+      "architecture": {"base": {...}, "transforms": [{...}, ...]},   # what Flow is built from
+      "state_dict": {name: tensor},       # the flow's parameters and buffers (Flow.state_dict())
       "dim": int,
       "config": {...},                     # the FitConfig, as a dict of plain values
       "energy": {"kind", "text", "path", "name", "vars"},   # see nfcli.energy.Energy.source
@@ -15,6 +16,10 @@
 Nothing in it is a pickled object, so loading it cannot run code; ``sample`` needs only this file.
 ``training`` (optimizer moments, step, random state, loss histories per restart) is what
 ``nfcli fit --resume`` needs to go on exactly; files without it load, but cannot be resumed.
+
+Format 1 (nfcli before the transform design) had no "architecture": its flow is the planar or
+radial stack that its config describes, and its parameter names lack the transform's index
+("layers.u" is now "transforms.0.u"); ``load_checkpoint`` reads it as format 2.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from nfcli.io import atomic_write
 from nfcli.train import FitConfig, TrainingState
 
 FORMAT = "nfcli-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -70,6 +75,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     data = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "architecture": ckpt.flow.architecture,
         "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.flow.state_dict().items()},
         "dim": ckpt.flow.dim,
         "config": ckpt.config.to_dict(),
@@ -129,8 +135,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         check_source(data.get("energy"))
         known = set(FitConfig.field_names())
         config = FitConfig(**{k: v for k, v in data["config"].items() if k in known})
-        flow = Flow(data["dim"], config.K, config.flow, config.init_scale, config.base_scale)
-        flow = flow.to(resolve_dtype(config.dtype))
+        if version == 1:
+            data = upgrade_format_1(data)
+        flow = Flow(data["dim"], data["architecture"]).to(resolve_dtype(config.dtype))
         flow.load_state_dict(data["state_dict"])
         return Checkpoint(
             flow.eval(),
@@ -141,8 +148,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             data["versions"],
             TrainingState.from_dict(data["training"]) if "training" in data else None,
         )
-    except (KeyError, TypeError, RuntimeError, ValueError, NfcliError) as e:
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
         raise NfcliError(
             f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
             "Re-run nfcli fit to make a new one."
         ) from None
+
+
+def upgrade_format_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint as format 2: the architecture its config implies (a planar or radial
+    stack), and its parameter names ("layers.u") moved to the stack's ("transforms.0.u"), in the
+    flow and in the training state that --resume reads."""
+    config = FitConfig(**{k: v for k, v in data["config"].items() if k in FitConfig.field_names()})
+
+    def rename(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            ("transforms.0." + k.removeprefix("layers.") if k.startswith("layers.") else k): v
+            for k, v in state.items()
+        }
+
+    data = dict(data, architecture=config.architecture(), format_version=2)
+    data["state_dict"] = rename(data["state_dict"])
+    if "training" in data:
+        data["training"] = dict(data["training"], flow=rename(data["training"]["flow"]))
+    return data

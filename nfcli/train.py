@@ -22,7 +22,7 @@ from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
-from nfcli.flows import FLOW_TYPES, Flow
+from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES, Flow, architecture
 
 ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 
@@ -32,7 +32,7 @@ class FitConfig:
     """Every knob of a fit. The defaults were chosen with ``benchmarks/sweep.py`` and are checked
     by ``benchmarks/quality.py`` (README, "Quality at defaults")."""
 
-    K: int = 32
+    K: int | None = None  # layers; None: the flow type's default (DEFAULT_K: 32 planar/radial)
     flow: str = "planar"
     iters: int = 8000
     batch: int = 1024  # per-step cost is mostly fixed overhead in 2-D: 1024 costs ≈ 256's
@@ -41,11 +41,31 @@ class FitConfig:
     anneal: int | None = None  # steps of β from 0.01 to 1; 0: off; None: 3/8 of iters
     decay: float = 0.3  # fraction of the steps, at the end, over which lr decays to 0
     init_scale: float = 0.25  # std of the initial u, w (planar) or centres (radial)
-    base_scale: float = 2.0  # initial std of q0: wide, so that annealing starts over every mode
+    base_scale: float = 2.0  # initial std of q: wide, so that annealing starts over every mode
     restarts: int = 1  # independent flows fitted together; see ``fit``
     dtype: str = "float32"  # or "float64"
+    hidden: list[int] | None = None  # coupling flows' MLP sizes; None: DEFAULT_HIDDEN (64, 64)
+    bins: int | None = None  # spline flows' bins; None: DEFAULT_BINS (8)
+
+    def __post_init__(self) -> None:
+        """Fill in the flow type's defaults, so that a config always says what was fitted."""
+        if self.flow in FLOW_TYPES:
+            if self.K is None:
+                self.K = DEFAULT_K[self.flow]
+            if self.hidden is None and self.flow in ("nice", "realnvp", "spline"):
+                self.hidden = list(DEFAULT_HIDDEN)
+            if self.bins is None and self.flow == "spline":
+                self.bins = DEFAULT_BINS
+        if self.hidden is not None:
+            self.hidden = [int(h) for h in self.hidden]
 
     def validate(self) -> None:
+        if self.flow not in FLOW_TYPES:
+            raise NfcliError(
+                f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
+                "(e.g. --flow radial)."
+            )
+        self._check_applies()
         checks = [
             ("K", self.K >= 1, "the number of layers, at least 1; use e.g. --K 16"),
             (
@@ -75,11 +95,40 @@ class FitConfig:
                     f"{name} = {getattr(self, name)} is out of range: it is {meaning}."
                 )
         resolve_dtype(self.dtype)
-        if self.flow not in FLOW_TYPES:
+
+    def _check_applies(self) -> None:
+        """Options that the flow type does not have are refused, not silently ignored."""
+        couplings = ("nice", "realnvp", "spline")
+        if self.hidden is not None and self.flow not in couplings:
             raise NfcliError(
-                f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
-                "(e.g. --flow radial)."
+                f"--hidden {','.join(map(str, self.hidden))} does not apply to --flow {self.flow}: "
+                "only coupling flows (nice, realnvp, spline) have hidden layers. Drop --hidden, "
+                "or choose one of those flows."
             )
+        if self.hidden is not None and (not self.hidden or min(self.hidden) < 1):
+            raise NfcliError(
+                f"--hidden {self.hidden} must list one or more layer sizes of at least 1 unit, "
+                "e.g. --hidden 64,64."
+            )
+        if self.bins is not None and self.flow != "spline":
+            raise NfcliError(
+                f"--bins {self.bins} does not apply to --flow {self.flow}: only spline flows "
+                "have bins. Drop --bins, or use --flow spline."
+            )
+        if self.bins is not None and self.bins < 2:
+            raise NfcliError(f"--bins {self.bins} is out of range: use 2 or more, e.g. --bins 8.")
+        if self.flow == "affine" and self.K != 1:
+            raise NfcliError(
+                f"--K {self.K} does not apply to --flow affine: it is one full-covariance affine "
+                "layer (a Gaussian fit). Drop --K, or choose a flow with layers (e.g. --flow "
+                "realnvp --K 8)."
+            )
+
+    def architecture(self) -> dict[str, Any]:
+        """The flow's spec (``nfcli.flows.architecture``): what ``Flow`` is built from."""
+        return architecture(
+            self.flow, self.K, self.init_scale, self.base_scale, self.hidden, self.bins
+        )
 
     @property
     def anneal_steps(self) -> int:
@@ -257,7 +306,7 @@ def _fit(
     R, B, D = config.restarts, config.batch, energy.dim
     dtype = resolve_dtype(config.dtype)
     restarts_now = resume.flow_restarts if resume is not None else R
-    flow = Flow(D, config.K, config.flow, config.init_scale, config.base_scale, restarts_now)
+    flow = Flow(D, config.architecture(), restarts_now)
     flow = flow.to(device=device, dtype=dtype)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)

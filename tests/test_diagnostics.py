@@ -25,10 +25,10 @@ LOG_Z = math.log(2 * math.pi * SIGMA[0] * SIGMA[1])
 
 def gaussian_flow(scale: float) -> Flow:
     """Identity layers (u = w = 0, so û = 0) on a base N(μ, (scale·σ)²)."""
-    flow = Flow(2, 2, "planar")
+    flow = Flow.of(2, 2, "planar")
     with torch.no_grad():
-        flow.layers.u.zero_()
-        flow.layers.w.zero_()
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
         flow.base.loc.copy_(torch.tensor([0.5, -1.0]))
         flow.base.log_scale.copy_(torch.log(torch.tensor(SIGMA) * scale))
     return flow
@@ -113,10 +113,10 @@ def test_a_planted_lost_mode_is_caught_by_restarts():
         "-log(exp(-((x - 4)**2 + y**2)/(2*0.5**2)) + exp(-((x + 4)**2 + y**2)/(2*0.5**2)))"
     )
     log_z = math.log(2 * 2 * math.pi * 0.25)
-    flow = Flow(2, 2, "planar", restarts=2)
+    flow = Flow.of(2, 2, "planar", restarts=2)
     with torch.no_grad():
-        flow.layers.u.zero_()
-        flow.layers.w.zero_()
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
         flow.base.loc.copy_(torch.tensor([[0.0, 0.0], [4.0, 0.0]]))
         flow.base.log_scale.copy_(torch.log(torch.tensor([[3.0, 1.0], [0.5, 0.5]])))
     torch.manual_seed(0)

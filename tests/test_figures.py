@@ -62,7 +62,7 @@ def panels(fig: plt.Figure) -> list[plt.Axes]:
 @pytest.mark.parametrize("kind", ["planar", "radial"])
 def test_trajectory_follows_the_readable_layers_to_the_fast_path(kind):
     torch.manual_seed(0)
-    flow = Flow(2, 5, kind, init_scale=0.8)
+    flow = Flow.of(2, 5, kind, init_scale=0.8)
     zs, radius = flow.trajectory(500, torch.Generator().manual_seed(3))
     assert len(zs) == 6 and all(z.shape == (500, 2) for z in zs)
     fast = flow.sample(500, torch.Generator().manual_seed(3))
@@ -79,7 +79,7 @@ def test_default_layers_are_every_layer_or_an_even_spread_with_both_ends():
 
 @pytest.mark.parametrize(("dim", "layers"), [(1, [0, 2]), (2, [0, 1, 2, 3, 4]), (5, [0, 4])])
 def test_layers_figure_draws_one_panel_per_requested_layer(dim, layers):
-    flow = Flow(dim, 4, "planar", init_scale=0.5)
+    flow = Flow.of(dim, 4, "planar", init_scale=0.5)
     zs, radius = flow.trajectory(200)
     names = [f"x{i}" for i in range(dim)]
     fig = layers_figure(zs, radius, layers, names, "t", columns=(0, 1) if dim < 3 else (3, 1))

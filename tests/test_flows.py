@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from nfcli.flows import (
-    Flow,
+from nfcli.flows import Flow
+from nfcli.transforms import (
     PlanarStack,
     planar,
     planar_inverse,
@@ -139,12 +139,12 @@ def test_planar_stack_matches_readable_layers_values_and_gradients():
 @pytest.mark.parametrize("kind", ["planar", "radial"])
 def test_flow_log_q_is_base_density_minus_log_dets(kind):
     torch.manual_seed(0)
-    flow = Flow(3, 4, kind, init_scale=0.7, base_scale=0.5)
+    flow = Flow.of(3, 4, kind, init_scale=0.7, base_scale=0.5)
     with torch.no_grad():
         flow.base.loc.copy_(torch.tensor([[0.1, -0.2, 0.3]]))
     z0, log_q0 = flow.base.rsample(50, torch.Generator().manual_seed(1))
     torch.testing.assert_close(log_q0, flow.base.log_prob(z0))
-    zk, log_det = flow.layers(z0)
+    zk, log_det = flow.transform(z0)
     z_again, log_q = flow.rsample(50, torch.Generator().manual_seed(1))
     torch.testing.assert_close(z_again, zk[0])
     torch.testing.assert_close(log_q, (log_q0 - log_det)[0])
@@ -152,19 +152,19 @@ def test_flow_log_q_is_base_density_minus_log_dets(kind):
 
 @pytest.mark.parametrize("kind", ["planar", "radial"])
 def test_restarts_are_independent_flows_and_select_takes_one_out(kind):
-    """Flow r of a batched Flow(restarts=R) gives the same samples and ln q as select(r)."""
+    """Flow r of a batched Flow.of(restarts=R) gives the same samples and ln q as select(r)."""
     torch.manual_seed(1)
-    flow = Flow(2, 5, kind, init_scale=0.8, restarts=4)
+    flow = Flow.of(2, 5, kind, init_scale=0.8, restarts=4)
     eps = torch.randn(4, 30, 2)
     with torch.no_grad():
-        z_all, log_q_all = flow.layers(
+        z_all, log_q_all = flow.transform(
             flow.base.loc[:, None] + flow.base.log_scale.exp()[:, None] * eps
         )
         for r in range(4):
             single = flow.select(r)
             assert single.restarts == 1
             z0 = single.base.loc + single.base.log_scale.exp() * eps[r : r + 1]
-            z, log_det = single.layers(z0)
+            z, log_det = single.transform(z0)
             torch.testing.assert_close(z[0], z_all[r])
             torch.testing.assert_close(log_det[0], log_q_all[r])
     with pytest.raises(ValueError, match="select"):
@@ -172,7 +172,7 @@ def test_restarts_are_independent_flows_and_select_takes_one_out(kind):
 
 
 def test_base_log_prob_is_the_normal_density():
-    base = Flow(2, 1).base
+    base = Flow.of(2, 1).base
     with torch.no_grad():
         base.loc.copy_(torch.tensor([[1.0, -1.0]]))
         base.log_scale.copy_(torch.tensor([[math.log(2.0), 0.0]]))
@@ -212,7 +212,7 @@ def test_radial_inverse_round_trips_including_the_constraint_edge(D):
 @pytest.mark.parametrize("kind", ["planar", "radial"])
 def test_exact_log_prob_agrees_with_sampling_and_integrates_to_one(kind):
     torch.manual_seed(5)
-    flow = Flow(2, 8, kind, init_scale=1.0, base_scale=0.7)
+    flow = Flow.of(2, 8, kind, init_scale=1.0, base_scale=0.7)
     with torch.no_grad():
         y, log_q = flow.rsample(3000)
     torch.testing.assert_close(flow.log_prob(y), log_q, atol=1e-6, rtol=0)

@@ -73,12 +73,14 @@ def test_a_kept_restart_continues_exactly_as_in_the_batched_run():
     """After _keep, restart r alone (with its slice of Adam's state) takes the same steps as it
     would have taken inside the batched run, on the same deterministic objective."""
     torch.manual_seed(0)
-    flow = Flow(2, 3, "planar", init_scale=0.7, restarts=2)
+    flow = Flow.of(2, 3, "planar", init_scale=0.7, restarts=2)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-2, fused=True)
     z = torch.randn(2, 64, 2)
 
     def objective(f, zz):
-        out, log_det = f.layers(f.base.loc.unsqueeze(1) + f.base.log_scale.exp().unsqueeze(1) * zz)
+        out, log_det = f.transform(
+            f.base.loc.unsqueeze(1) + f.base.log_scale.exp().unsqueeze(1) * zz
+        )
         return ((out - 1) ** 2).sum(-1).mean(-1) - log_det.mean(-1)
 
     for _ in range(5):

@@ -26,10 +26,10 @@ GOOD = {"khat": 0.2, "kl_qp": 0.01, "ess_fraction": 0.9, "warnings": []}
 
 def standard_flow(dim: int) -> Flow:
     """Identity layers on a standard normal base: q = N(0, I) exactly."""
-    flow = Flow(dim, 2, "planar")
+    flow = Flow.of(dim, 2, "planar")
     with torch.no_grad():
-        flow.layers.u.zero_()
-        flow.layers.w.zero_()
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
     return flow.eval()
 
 
