@@ -36,6 +36,7 @@ from nfcli.diagnostics import khat_verdict, log_prob, resample
 from nfcli.energy import Energy, energy_from_source, load_energy
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
+from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.run import check_output, run_fit
 from nfcli.signals import stop_on_signals
@@ -162,24 +163,47 @@ def merge_config(flags: dict[str, Any], yaml_values: dict[str, Any]) -> dict[str
 
 def make_config(values: dict[str, Any]) -> FitConfig:
     """A validated FitConfig from merged option values (YAML gives strings such as 1e-3)."""
-    defaults = FitConfig()
+    defaults = FitConfig(flow="spline")  # every optional field filled in, for the examples
     kwargs: dict[str, Any] = {}
     for name in FitConfig.field_names():
-        if name not in values:
+        if name not in values or values[name] is None:
             continue
-        v, kind = values[name], int if name == "anneal" else type(getattr(defaults, name))
+        v = values[name]
+        kind = int if name in ("anneal", "K", "bins") else type(getattr(defaults, name))
         try:
+            if name == "hidden":
+                kwargs[name] = parse_hidden(v)
+                continue
             if isinstance(v, bool) or (kind is int and not isinstance(v, int)):
                 raise ValueError
             kwargs[name] = kind(v)
         except (TypeError, ValueError):
+            example = (
+                ",".join(map(str, defaults.hidden)) if name == "hidden" else getattr(defaults, name)
+            )
             raise NfcliError(
-                f"{name}: {v!r} is not a valid {kind.__name__} "
-                f"(for example {name}: {getattr(defaults, name)})."
+                f"{name}: {v!r} is not a valid "
+                f"{'list of layer sizes' if name == 'hidden' else kind.__name__} "
+                f"(for example {name}: {example})."
             ) from None
     cfg = FitConfig(**kwargs)
     cfg.validate()
     return cfg
+
+
+def parse_hidden(value: Any) -> list[int]:
+    """--hidden 64,64 (or YAML hidden: [64, 64], or one size) as a list of whole numbers."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return [value]
+    parts = value if isinstance(value, list) else str(value).split(",")
+    sizes = []
+    for part in parts:
+        if isinstance(part, (bool, float)):
+            raise ValueError
+        sizes.append(int(str(part).strip()))
+    return sizes
 
 
 def option(default: Any, *names: str, help: str) -> Any:
@@ -197,6 +221,24 @@ TargetArg = Annotated[
 ]
 IterOpt = Annotated[
     int | None, typer.Option("--iters", help=f"Optimisation steps. (default: {FitConfig.iters})")
+]
+K_HELP = (
+    "Number of flow layers. (default: "
+    + ", ".join(f"{DEFAULT_K[f]} for {f}" for f in FLOW_TYPES if f != "affine")
+    + ")"
+)
+FLOW_HELP = f"Flow type: {', '.join(FLOW_TYPES)} (README, Flows). (default: {FitConfig.flow})"
+HiddenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hidden",
+        help="Hidden layer sizes of the coupling flows' networks (nice, realnvp, spline). "
+        f"(default: {','.join(map(str, DEFAULT_HIDDEN))})",
+    ),
+]
+BinsOpt = Annotated[
+    int | None,
+    typer.Option("--bins", help=f"Bins of each spline (--flow spline). (default: {DEFAULT_BINS})"),
 ]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch", help=f"Samples per step. (default: {FitConfig.batch})")
@@ -302,12 +344,10 @@ def refuse_unknown(ctx: typer.Context, target: str | None, extra: list[str] | No
 def fit(
     ctx: typer.Context,
     target: TargetArg = None,
-    K: Annotated[
-        int | None, typer.Option("--K", help=f"Number of flow layers. (default: {FitConfig.K})")
-    ] = None,
-    flow: Annotated[
-        str | None, typer.Option("--flow", help=f"planar or radial. (default: {FitConfig.flow})")
-    ] = None,
+    K: Annotated[int | None, typer.Option("--K", help=K_HELP)] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help=FLOW_HELP)] = None,
+    hidden: HiddenOpt = None,
+    bins: BinsOpt = None,
     iters: IterOpt = None,
     batch: BatchOpt = None,
     lr: LrOpt = None,
@@ -350,6 +390,8 @@ def fit(
         target=target,
         K=K,
         flow=flow,
+        hidden=hidden,
+        bins=bins,
         iters=iters,
         batch=batch,
         lr=lr,
@@ -413,7 +455,19 @@ def fit(
         )
 
 
-RESUME_KEEPS = ("K", "flow", "batch", "lr", "seed", "anneal", "restarts", "dtype", "vars")
+RESUME_KEEPS = (
+    "K",
+    "flow",
+    "hidden",
+    "bins",
+    "batch",
+    "lr",
+    "seed",
+    "anneal",
+    "restarts",
+    "dtype",
+    "vars",
+)
 
 
 def split_bindings(words: list[str]) -> tuple[list[str], list[str]]:
@@ -578,7 +632,11 @@ def compare(
         ),
     ],
     K: str = option("2,8,32", "--K", help="Comma-separated layer counts."),
-    flow: str = option("planar", "--flow", help="Comma-separated flow types: planar, radial."),
+    flow: str = option(
+        "planar", "--flow", help=f"Comma-separated flow types: {', '.join(FLOW_TYPES)}."
+    ),
+    hidden: HiddenOpt = None,
+    bins: BinsOpt = None,
     iters: IterOpt = None,
     batch: BatchOpt = None,
     lr: LrOpt = None,
@@ -608,6 +666,8 @@ def compare(
     OUTPUT/compare.png, OUTPUT/summary.csv, and each fit in OUTPUT/<target>/<flow>-K<K>/."""
     refuse_unknown(ctx, targets)
     flags = dict(
+        hidden=hidden,
+        bins=bins,
         iters=iters,
         batch=batch,
         lr=lr,
@@ -625,7 +685,10 @@ def compare(
                 "command line (the target list, --K, --flow, -o, --force). Remove it from the file."
             )
     values = merge_config(flags, yaml_values)
+    per_flow = {k: values.pop(k) for k in ("hidden", "bins") if values.get(k) is not None}
     cfg = make_config(values)
+    if "hidden" in per_flow:
+        per_flow["hidden"] = make_config({"flow": "nice", "hidden": per_flow["hidden"]}).hidden
     where = resolve_device(str(values.get("device") or "cpu"))
     opts = FigureOptions(format, dpi, parse_window(window) if window else None)
     opts.validate()
@@ -646,7 +709,7 @@ def compare(
 
     with fit_progress() as progress:
         figure, summary, _ = run_compare(
-            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done, where
+            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done, where, **per_flow
         )
     err.print(f"wrote {figure} and {summary}")
 

@@ -25,7 +25,7 @@ from nfcli.diagnostics import choose_window, log_prob
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, preset_window, range_1d
-from nfcli.flows import FLOW_TYPES
+from nfcli.flows import COUPLING_TYPES, FLOW_TYPES
 from nfcli.io import atomic_write, ensure_dir
 from nfcli.plots import (
     ComparePanel,
@@ -93,8 +93,11 @@ def plan(
     output: Path,
     force: bool = False,
     reuse: bool = False,
+    hidden: list[int] | None = None,
+    bins: int | None = None,
 ) -> list[Planned]:
-    """Every (target, flow, K) in figure order, each config validated and each folder checked."""
+    """Every (target, flow, K) in figure order, each config validated and each folder checked.
+    ``hidden`` and ``bins`` apply to the flow types that have them (couplings, splines)."""
     if not Ks or len(set(Ks)) != len(Ks):
         raise NfcliError(f"--K {Ks}: give one or more different layer counts, e.g. --K 2,8,32.")
     bad = [f for f in flows if f not in FLOW_TYPES]
@@ -103,6 +106,15 @@ def plan(
             f"--flow {','.join(flows)}: give one or more different flow types from "
             f"{', '.join(FLOW_TYPES)}, e.g. --flow planar,radial."
         )
+    for option, value, kinds in (
+        ("--hidden", hidden, COUPLING_TYPES),
+        ("--bins", bins, ("spline",)),
+    ):
+        if value is not None and not set(flows) & set(kinds):
+            raise NfcliError(
+                f"{option} applies to --flow {', '.join(kinds)}, none of which is in --flow "
+                f"{','.join(flows)}. Drop {option}, or add such a flow."
+            )
     names, planned, refused = set(), [], []
     for i, energy in enumerate(energies):
         name = folder_name(energy, i)
@@ -110,7 +122,13 @@ def plan(
         names.add(name)
         for kind in flows:
             for K in Ks:
-                cfg = replace(config, K=K, flow=kind)
+                cfg = replace(
+                    config,
+                    K=K,
+                    flow=kind,
+                    hidden=hidden if kind in COUPLING_TYPES else None,
+                    bins=bins if kind == "spline" else None,
+                )
                 cfg.validate()
                 folder = output / name / f"{kind}-K{K}"
                 model = folder / "model.pt"
@@ -153,6 +171,8 @@ def run_compare(
     progress: Callable[[str, int], Progress | None] | None = None,
     on_done: Callable[[Planned, dict[str, Any]], None] | None = None,
     device: str | torch.device = "cpu",
+    hidden: list[int] | None = None,
+    bins: int | None = None,
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
@@ -162,7 +182,7 @@ def run_compare(
     opts = options or FigureOptions()
     opts.validate()
     out = ensure_dir(Path(output))
-    planned = plan(energies, Ks, flows, config, out, force, reuse)
+    planned = plan(energies, Ks, flows, config, out, force, reuse, hidden, bins)
     fits: list[tuple[Planned, Checkpoint]] = []
     for i, job in enumerate(planned):
         if job.reuse:
