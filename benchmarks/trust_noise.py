@@ -39,10 +39,10 @@ def main() -> None:
         flow = result.flow.eval()
         samples = flow.sample(10_000, torch.Generator().manual_seed(0))
         for seed in range(args.seeds):
-            m = evaluate(flow, energy, samples, seed)
-            level, reasons = verdict({**m, "stopped": None})
-            ks = ", ".join(f"{k:.2f}" for k in m["khat_replicates"])
-            es = ", ".join(f"{e:.1%}" for e in m["ess_fraction_replicates"])
+            r = evaluate(flow, energy, samples, seed)
+            level, reasons = verdict(r)
+            ks = ", ".join(f"{k:.2f}" for k in r.khat_replicates)
+            es = ", ".join(f"{e:.1%}" for e in r.ess_fraction_replicates)
             print(f"| {label} | {seed} | {ks} | {es} | {level} | {reasons[0][:90]}… |")
         if energy.dim == 1:
             with torch.no_grad():

@@ -22,6 +22,7 @@ from nfcli.errors import NfcliError
 from nfcli.expr import parse
 from nfcli.figures import FigureOptions, write_figures
 from nfcli.flows import Flow, planar, radial
+from nfcli.report import TrustReport
 from nfcli.run import run_fit
 from nfcli.signals import stop_on_signals
 from nfcli.summary import Summary, VariableSummary, summarise, summarise_flow
@@ -37,6 +38,7 @@ __all__ = [
     "NfcliError",
     "Summary",
     "TrainingState",
+    "TrustReport",
     "VariableSummary",
     "extend",
     "fit",

@@ -41,6 +41,7 @@ from nfcli.energy import check_source
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write
+from nfcli.report import TrustReport
 from nfcli.train import FitConfig, TrainingState
 
 FORMAT = "nfcli-checkpoint"
@@ -53,7 +54,7 @@ class Checkpoint:
     config: FitConfig
     energy_source: dict[str, Any]
     history: dict[str, Tensor]
-    metrics: dict[str, Any]
+    report: TrustReport  # saved as its to_dict(), under "metrics"
     versions: dict[str, str]
     training: TrainingState | None = None
 
@@ -81,7 +82,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "config": ckpt.config.to_dict(),
         "energy": dict(ckpt.energy_source),
         "history": {k: v.detach().cpu().clone() for k, v in ckpt.history.items()},
-        "metrics": dict(ckpt.metrics),
+        "metrics": ckpt.report.to_dict(),
         "versions": dict(ckpt.versions),
     }
     if ckpt.training is not None:
@@ -144,7 +145,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             config,
             data["energy"],
             data["history"],
-            data["metrics"],
+            TrustReport.from_dict(data["metrics"]),
             data["versions"],
             TrainingState.from_dict(data["training"]) if "training" in data else None,
         )

@@ -38,6 +38,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
+from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
 from nfcli.signals import stop_on_signals
 from nfcli.summary import (
@@ -434,23 +435,23 @@ def fit(
             + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
             soft_wrap=True,
         )
-        ckpt, metrics = run_fit(
+        ckpt, report = run_fit(
             energy, cfg, out_dir, force, progress("fit", cfg.iters, done), where, stop, state
         )
-    err.print(summary_table(metrics, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
+    err.print(summary_table(report, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
     err.print(flow_summary_table(ckpt.flow, ckpt.names))
     model = out_dir / "model.pt"
-    if metrics["stopped"] == "interrupted":
+    if report.stopped == "interrupted":
         err.print(
             f"[bold yellow]{stop.name or 'interrupted'}[/]: stopped after step "
-            f"{metrics['steps_done']} of {metrics['iters']}; wrote the fit so far to {out_dir}/. "
+            f"{report.steps_done} of {report.iters}; wrote the fit so far to {out_dir}/. "
             f"Continue it with: nfcli fit --resume {model}",
             soft_wrap=True,
         )
         raise typer.Exit(130)
-    if metrics["stopped"] is not None:
+    if report.stopped is not None:
         raise NfcliError(
-            f"{metrics['stop_message']} The fit so far is in {out_dir}/ for inspection "
+            f"{report.stop_message} The fit so far is in {out_dir}/ for inspection "
             "(nfcli plot shows where q went)."
         )
 
@@ -698,12 +699,12 @@ def compare(
     flows = [f.strip() for f in flow.split(",")]
     use_threads(threads, Work(cfg.batch * cfg.restarts, max(e.dim for e in energies)))
 
-    def done(job: Any, m: dict[str, Any]) -> None:
-        kl = f", KL(q‖p) {m['kl_qp']:.4f}" if "kl_qp" in m else ""
-        how = "reused" if job.reuse else f"{m['wall_time_s']:.0f} s"
+    def done(job: Any, r: TrustReport) -> None:
+        kl = f", KL(q‖p) {r.kl_qp:.4f}" if r.kl_qp is not None else ""
+        how = "reused" if job.reuse else f"{r.wall_time_s:.0f} s"
         err.print(
-            f"{job.energy.label} {job.config.flow} K={job.config.K}: −ELBO {-m['elbo']:.4f}{kl}, "
-            f"{m['verdict']} ({how}) → {job.folder}",
+            f"{job.energy.label} {job.config.flow} K={job.config.K}: −ELBO {-r.elbo:.4f}{kl}, "
+            f"{r.verdict} ({how}) → {job.folder}",
             soft_wrap=True,
         )
 
@@ -723,51 +724,52 @@ def _split_vars(text: str | list | None) -> list[str] | None:
     return names
 
 
-def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
-    """The trust report of a fit, from its metrics (as in metrics.json and the checkpoint)."""
-    t = Table(title=f"nfcli fit: {m['target']}", show_header=False, title_justify="left")
+def summary_table(r: TrustReport, written: str | None = None) -> Table:
+    """The trust report of a fit (as in metrics.json and the checkpoint), as a table."""
+    t = Table(title=f"nfcli fit: {r.target}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("flow", f"{m['flow']}, K = {m['K']}, D = {m['dim']} ({', '.join(m['vars'])})")
-    done = m.get("steps_done", m["iters"])
-    steps = f"{done}" if done == m["iters"] else f"{done} of {m['iters']} ({m['stopped']})"
-    t.add_row("steps", f"{steps} in {m['wall_time_s']:.1f} s ({m['iters_per_s']:.0f} it/s)")
-    t.add_row("final loss (β = 1)", f"{m['final_loss_beta1']:.4f}")
-    if m.get("restarts"):
-        scores = [r["score"] for r in m["restarts"]]
+    t.add_row("flow", f"{r.flow}, K = {r.K}, D = {r.dim} ({', '.join(r.vars or [])})")
+    done = r.steps_done if r.steps_done is not None else r.iters
+    steps = f"{done}" if done == r.iters else f"{done} of {r.iters} ({r.stopped})"
+    t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s)")
+    t.add_row("final loss (β = 1)", f"{r.final_loss_beta1:.4f}")
+    if r.restarts:
+        scores = [s["score"] for s in r.restarts]
         t.add_row(
             "restarts",
             f"{len(scores)} fitted together "
-            + ("to the end" if m.get("anneal") == 0 else "until annealing ended")
-            + f"; kept #{m['restart_kept']}; "
+            + ("to the end" if r.anneal == 0 else "until annealing ended")
+            + f"; kept #{r.restart_kept}; "
             f"their ln Z estimates from {min(scores):.3f} to {max(scores):.3f}",
         )
-    n, sets = m["monte_carlo_samples"], m.get("replicate_sets", 1)
+    n, sets = r.monte_carlo_samples, r.replicate_sets if r.replicate_sets is not None else 1
     over = f" over {sets} sets of {n:,} draws" if sets > 1 else ""
-    t.add_row("ELBO", f"{m['elbo']:.4f} ± {m['elbo_se']:.4f}")
-    ess, khat = m["ess_fraction"], m["khat"]
+    t.add_row("ELBO", f"{r.elbo:.4f} ± {r.elbo_se:.4f}")
+    ess, khat = r.ess_fraction, r.khat
     one_draw = ess * n < 2  # one weight carries everything: no k̂ or ln Z worth printing
-    note = m.get("khat_note") or (
+    note = r.khat_note or (
         f"one draw carries the weight (ESS {ess * n:.1f} of {n:,})" if one_draw else ""
     )
-    if math.isfinite(m["log_z_is"]) and not one_draw:
-        log_z = f"{m['log_z_is']:.4f} ± {m['log_z_is_se']:.4f}"
-        reps = [v for v in m.get("log_z_is_replicates", []) if math.isfinite(v)]
+    if math.isfinite(r.log_z_is) and not one_draw:
+        log_z = f"{r.log_z_is:.4f} ± {r.log_z_is_se:.4f}"
+        reps = [v for v in r.log_z_is_replicates or [] if math.isfinite(v)]
         if len(reps) > 1:
             log_z += f" (from {min(reps):.4f} to {max(reps):.4f}{over})"
         t.add_row("ln Z (importance sampling)", log_z)
     else:
         t.add_row("ln Z (importance sampling)", f"not available: {note or 'no finite weights'}")
-    esses = m.get("ess_fraction_replicates", [])
+    esses = r.ess_fraction_replicates if r.ess_fraction_replicates is not None else []
     lo, hi = (f"{min(esses):.1%}", f"{max(esses):.1%}") if esses else ("", "")
     same = f" (the same in each of {len(esses)} sets of {n:,} draws)"
     spread = "" if len(esses) < 2 else same if lo == hi else f" ({lo}–{hi}{over})"
     t.add_row("ESS (Kish)", f"{ess:.1%} of {n:,}{spread}")
-    khats = [k if math.isfinite(k) else math.inf for k in m.get("khat_replicates", [khat])]
+    replicates = r.khat_replicates if r.khat_replicates is not None else [khat]
+    khats = [k if math.isfinite(k) else math.inf for k in replicates]
     if not math.isfinite(khat) or one_draw:
         reading = f"not available: {note or 'the Pareto fit failed'} (do not trust)"
     else:
-        reading = f"{khat:.3f} ({m['khat_verdict']})"
+        reading = f"{khat:.3f} ({r.khat_verdict})"
     if len(khats) > 1:
         lo, hi = min(khats), max(khats)
         read_lo, read_hi = khat_verdict(lo), khat_verdict(hi)
@@ -775,10 +777,10 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
         reading += f"; {lo:.3f} to {shown}{over}"
         reading += f": borderline, {read_lo} to {read_hi}" if read_lo != read_hi else ""
     t.add_row("Pareto k̂", reading)
-    if "log_z_quadrature" in m:
-        lz = m["log_z_quadrature"]
-        if lz is None or not math.isfinite(lz):
-            why = m.get("quadrature_note") or (
+    q = r.quadrature
+    if q is not None:
+        if q.log_z is None or not math.isfinite(q.log_z):
+            why = q.note or (
                 "exp(−U) is 0 or NaN on the whole grid around q's samples, so p has no mass "
                 "where q is"
             )
@@ -786,13 +788,13 @@ def summary_table(m: dict[str, Any], written: str | None = None) -> Table:
             for name in ("KL(q‖p)", "KL(p‖q)", "total variation"):
                 t.add_row(name, "not available (needs ln Z by quadrature)")
         else:
-            t.add_row("ln Z (quadrature)", f"{lz:.4f}")
-            t.add_row("KL(q‖p)", f"{m['kl_qp']:.4f} ± {m['kl_qp_se']:.4f} nats")
-            t.add_row("KL(p‖q)", f"{m['kl_pq']:.4f} nats")
-            t.add_row("total variation", f"{m['tv']:.4f}")
-    style = {"good": "bold green", "usable": "bold yellow"}.get(m["verdict"], "bold red")
-    t.add_row("verdict", Text(m["verdict"].upper(), style=style))
-    for reason in m["verdict_reasons"]:
+            t.add_row("ln Z (quadrature)", f"{q.log_z:.4f}")
+            t.add_row("KL(q‖p)", f"{q.kl_qp:.4f} ± {q.kl_qp_se:.4f} nats")
+            t.add_row("KL(p‖q)", f"{q.kl_pq:.4f} nats")
+            t.add_row("total variation", f"{q.tv:.4f}")
+    style = {"good": "bold green", "usable": "bold yellow"}.get(r.verdict, "bold red")
+    t.add_row("verdict", Text(r.verdict.upper(), style=style))
+    for reason in r.verdict_reasons:
         t.add_row("", reason)
     if written:
         t.add_row("written", written)
@@ -937,7 +939,7 @@ def plot(
 def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli fit.")) -> None:
     """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint."""
     ckpt = load_checkpoint(model)
-    out.print(summary_table(ckpt.metrics))
+    out.print(summary_table(ckpt.report))
     out.print(flow_summary_table(ckpt.flow, ckpt.names))
 
 

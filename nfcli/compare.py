@@ -36,6 +36,7 @@ from nfcli.plots import (
     normalised_curve,
     save_figure,
 )
+from nfcli.report import TrustReport
 from nfcli.run import run_fit
 from nfcli.train import FitConfig, Progress
 
@@ -169,7 +170,7 @@ def run_compare(
     reuse: bool = False,
     options: FigureOptions | None = None,
     progress: Callable[[str, int], Progress | None] | None = None,
-    on_done: Callable[[Planned, dict[str, Any]], None] | None = None,
+    on_done: Callable[[Planned, TrustReport], None] | None = None,
     device: str | torch.device = "cpu",
     hidden: list[int] | None = None,
     bins: int | None = None,
@@ -177,8 +178,8 @@ def run_compare(
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
     ``progress(label, steps)`` may return a per-step callback for the fit called ``label``;
-    ``on_done`` is called with each finished fit's metrics. Returns the figure's path, the table's
-    path and its rows."""
+    ``on_done`` is called with each finished fit's trust report. Returns the figure's path, the
+    table's path and its rows."""
     opts = options or FigureOptions()
     opts.validate()
     out = ensure_dir(Path(output))
@@ -195,7 +196,7 @@ def run_compare(
             ckpt, _ = run_fit(job.energy, job.config, job.folder, True, step, device)
         fits.append((job, ckpt))
         if on_done:
-            on_done(job, ckpt.metrics)
+            on_done(job, ckpt.report)
     rows = [_summary_row(job, ckpt) for job, ckpt in fits]
     summary = out / "summary.csv"
     _write_csv(summary, rows)
@@ -211,7 +212,7 @@ def run_compare(
 
 
 def _summary_row(job: Planned, ckpt: Checkpoint) -> dict[str, Any]:
-    m = ckpt.metrics
+    m = ckpt.report.to_dict()  # the columns are metrics.json's keys, "" where a fit has none
     row = {k: m.get(k, "") for k in SUMMARY_FIELDS}
     row.update(
         target=job.energy.label,
@@ -258,19 +259,17 @@ def _figure_row(
         with torch.no_grad():
             row.p = normalised_curve(-energy(row.xs[:, None].float()), row.xs, row.log_z)
     for job, ckpt in fits:
-        m = ckpt.metrics
-        kl = m.get("kl_qp")
+        r = ckpt.report
+        kl = r.kl_qp
         if dim == 1 and row.log_z is not None:
-            kl = row.log_z - m["elbo"]
+            kl = row.log_z - r.elbo
         if dim == 2:
             q = density_grid(ckpt.flow.log_prob, row.window, GRID, torch.float32)
         elif dim == 1:
             q = log_prob(ckpt.flow, row.xs[:, None]).exp()
         else:
             q = None
-        row.panels.append(
-            ComparePanel(job.config.flow, job.config.K, q, -m["elbo"], m["elbo_se"], kl)
-        )
+        row.panels.append(ComparePanel(job.config.flow, job.config.K, q, -r.elbo, r.elbo_se, kl))
     return row
 
 

@@ -13,6 +13,7 @@ import copy
 import math
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,6 +21,9 @@ from torch import Tensor
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
+
+if TYPE_CHECKING:  # nfcli.report imports nfcli.train, which imports this module
+    from nfcli.report import TrustReport
 
 Window = tuple[tuple[float, float], tuple[float, float]]
 KHAT_GOOD, KHAT_TRUST = 0.5, 0.7  # PSIS: k̂ < 0.5 good, ≤ 0.7 usable, above: do not trust
@@ -342,11 +346,12 @@ def _span(values: list[float], fmt: str) -> str:
     return lo if lo == hi else f"{lo}–{hi}"
 
 
-def verdict(m: dict) -> tuple[str, list[str]]:
-    """A plain-language verdict on a fit's metrics: 'good', 'usable' or 'do not trust', and why.
+def verdict(r: TrustReport) -> tuple[str, list[str]]:
+    """A plain-language verdict on a fit's trust report: 'good', 'usable' or 'do not trust', and
+    why.
 
     k̂ and ESS are read at their median over the independent sets of draws (``khat_replicates``,
-    ``ess_fraction_replicates``; the single ``khat``/``ess_fraction`` for older metrics), and
+    ``ess_fraction_replicates``; the single ``khat``/``ess_fraction`` for older reports), and
     when the sets fall on both sides of a threshold the reason says "borderline" and the fit is
     at best "usable": never "good" while one set says otherwise, never condemned by the one set
     that happened to draw far into a tail (a banana fit with KL(q‖p) < 0.001 has k̂ 0.58–0.73
@@ -359,21 +364,21 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         level = max(level, to)
         reasons.append(why)
 
-    ks = [float(k) for k in m.get("khat_replicates") or [m.get("khat", math.inf)]]
+    ks = [float(k) for k in r.khat_replicates or [r.khat if r.khat is not None else math.inf]]
     ks = [k if math.isfinite(k) else math.inf for k in ks]
     k_hi = max(ks)
     over = f" across {len(ks)} sets of draws" if len(ks) > 1 else ""
     finite = [k for k in ks if math.isfinite(k)]
     shown = f"k̂ {_span(finite, '.2f')}{over}" if finite else "k̂"
     if len(finite) < len(ks):
-        note = m.get("khat_note") or "the Pareto fit failed"
+        note = r.khat_note or "the Pareto fit failed"
         shown += (", " if finite else " ") + f"not available in {len(ks) - len(finite)}: {note}"
     k_mid = statistics.median(ks)
     borderline = khat_verdict(min(ks)) != khat_verdict(k_hi)
     edge = ": borderline" if borderline else ""
-    cause = m.get("khat_cause")
+    cause = r.khat_cause
     if khat_verdict(k_mid) == "do not trust":
-        advice = {"tails": tails_advice(m.get("tail_exponent")), "mode": MODE_ADVICE}.get(
+        advice = {"tails": tails_advice(r.tail_exponent), "mode": MODE_ADVICE}.get(
             cause, UNKNOWN_ADVICE
         )
         worse(2, f"{shown} (> {KHAT_TRUST} is do not trust{edge}): {advice}")
@@ -389,9 +394,9 @@ def verdict(m: dict) -> tuple[str, list[str]]:
             f"{shown} ({KHAT_GOOD}–{KHAT_TRUST} is usable{edge}{far}); sample --resample "
             "corrects q's samples.",
         )
-    a = m.get("tail_exponent")
+    a = r.tail_exponent
     heavy = a is None or not math.isfinite(a) or a < 1.5
-    kl = m.get("kl_qp")
+    kl = r.kl_qp
     if kl is not None:
         if not math.isfinite(kl) or kl > 0.2:
             worse(2, f"KL(q‖p) = {kl:.3f} nats is large: q is a poor match for p.")
@@ -403,9 +408,7 @@ def verdict(m: dict) -> tuple[str, list[str]]:
             )
         elif kl > 0.05:
             worse(1, f"KL(q‖p) = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
-    esses = m.get("ess_fraction_replicates") or (
-        [m["ess_fraction"]] if m.get("ess_fraction") is not None else []
-    )
+    esses = r.ess_fraction_replicates or ([r.ess_fraction] if r.ess_fraction is not None else [])
     if esses:
         ess, ess_shown = statistics.median(esses), f"ESS {_span(esses, '.1%')} of the samples{over}"
         if ess < 0.01:
@@ -421,17 +424,17 @@ def verdict(m: dict) -> tuple[str, list[str]]:
         elif ess < 0.1 or min(esses) < 0.1:
             edge = "" if ess < 0.1 else " (borderline: some sets of draws are below 10%)"
             worse(1, f"{ess_shown}{edge}: importance-sampling estimates are noisy.")
-    spread = m.get("restarts_log_z_spread")
-    if spread is not None and spread > m.get("restarts_log_z_noise", 0.0):
+    spread, noise = r.restarts_log_z_spread, r.restarts_log_z_noise
+    if spread is not None and spread > (noise if noise is not None else 0.0):
         worse(
             1,
             f"the restarts' ln Z estimates differ by {spread:.3f} nats, more than their noise: "
             "some restarts lost a mode, so single fits of this target are unreliable; the kept "
             "fit is the one with the highest ln Z (more restarts make that safer).",
         )
-    for w in m.get("warnings", []):
+    for w in r.warnings:
         worse(1, w)
-    stopped, done, iters = m.get("stopped"), m.get("steps_done"), m.get("iters")
+    stopped, done, iters = r.stopped, r.steps_done, r.iters
     if stopped == "interrupted":
         worse(
             1,

@@ -145,10 +145,11 @@ def write_figures(
     computed where ``ckpt.flow`` is (device and dtype), the drawing on the CPU. Returns the
     paths."""
     opts = options or FigureOptions()
-    flow, names, m, cfg = ckpt.flow, ckpt.names, ckpt.metrics, ckpt.config
+    flow, names, report, cfg = ckpt.flow, ckpt.names, ckpt.report, ckpt.config
     opts.validate(names, cfg.K)
-    title = f"{m.get('target', '')}: {cfg.flow} flow, K = {cfg.K}"
-    log_z = m.get("log_z_quadrature", m.get("log_z_reference"))
+    title = f"{report.target or ''}: {cfg.flow} flow, K = {cfg.K}"
+    quadrature = report.quadrature
+    log_z = quadrature.log_z if quadrature is not None else report.log_z_reference
     path = {name: out / f"{name}.{opts.format}" for name in ("density", "layers", "loss", "pairs")}
     shown = (
         [names.index(v) for v in opts.show] if opts.show else list(range(min(flow.dim, MAX_PAIRS)))
@@ -168,7 +169,7 @@ def write_figures(
         if energy is not None and log_z is not None:
             p = density_grid(lambda x: -energy(x) - log_z, window, GRID, dtype, device)
         figures.append(
-            (path["density"], density_2d_figure(window, q, p, names, title, m.get("kl_qp")))
+            (path["density"], density_2d_figure(window, q, p, names, title, report.kl_qp))
         )
     elif flow.dim == 1:
         (lo, hi) = opts.window[0] if opts.window else range_1d(samples)

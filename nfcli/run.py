@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
+from nfcli.report import Quadrature, TrustReport
 from nfcli.train import (
     FitConfig,
     Progress,
@@ -46,17 +47,19 @@ N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS an
 
 def evaluate(
     flow: Flow, energy: Energy, samples: Tensor, seed: int = 0, sets: int = N_SETS
-) -> dict[str, Any]:
-    """The trust report: ELBO and importance-sampling ln Z, ESS and k̂; in 2-D also ln Z by
-    quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density.
+) -> TrustReport:
+    """The trust report's diagnostics: ELBO and importance-sampling ln Z, ESS and k̂; in 2-D also
+    ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density. The fit's fields
+    (target, steps, losses, restarts, verdict) are left None for ``run_fit`` to fill.
 
     The importance-sampling numbers are computed on ``sets`` independent sets of N_MONTE_CARLO
-    fresh draws. The first set gives the headline keys (``khat``, ``ess_fraction``, ``log_z_is``,
-    ``elbo``: the same draws as before replicates existed); ``*_replicates`` hold every set's
-    value, so their spread is the Monte-Carlo noise of k̂ and ESS, which no standard error
-    captures. Where k̂ is above 0.5 in some set (or ESS below 10%), ``khat_cause`` says whether
-    the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst set, and for
-    tails ``tail_exponent`` how fast U grows out there (U ~ rᵃ: a < 2 is heavier than Gaussian)."""
+    fresh draws. The first set gives the headline fields (``khat``, ``ess_fraction``,
+    ``log_z_is``, ``elbo``: the same draws as before replicates existed); ``*_replicates`` hold
+    every set's value, so their spread is the Monte-Carlo noise of k̂ and ESS, which no standard
+    error captures. Where k̂ is above 0.5 in some set (or ESS below 10%), ``khat_cause`` says
+    whether the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst
+    set, and for tails ``tail_exponent`` how fast U grows out there (U ~ rᵃ: a < 2 is heavier than
+    Gaussian)."""
     sets_ = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # set 0 is the one set drawn before replicates existed
@@ -66,59 +69,50 @@ def evaluate(
     imp = sets_[0][0]
     khats = [s[0].khat for s in sets_]
     esses = [s[0].ess_fraction for s in sets_]
-    m: dict[str, Any] = {
-        "elbo": imp.elbo,
-        "elbo_se": imp.elbo_se,
-        "log_z_is": imp.log_z,
-        "log_z_is_se": imp.log_z_se,
-        "ess_fraction": imp.ess_fraction,
-        "khat": imp.khat,
-        "khat_verdict": khat_verdict(imp.khat),
-        "monte_carlo_samples": N_MONTE_CARLO,
-        "nonfinite_samples": imp.nonfinite,
-        "replicate_sets": sets,
-        "khat_replicates": khats,
-        "ess_fraction_replicates": esses,
-        "log_z_is_replicates": [s[0].log_z for s in sets_],
-    }
+    r = TrustReport(
+        elbo=imp.elbo,
+        elbo_se=imp.elbo_se,
+        log_z_is=imp.log_z,
+        log_z_is_se=imp.log_z_se,
+        ess_fraction=imp.ess_fraction,
+        khat=imp.khat,
+        khat_verdict=khat_verdict(imp.khat),
+        monte_carlo_samples=N_MONTE_CARLO,
+        nonfinite_samples=imp.nonfinite,
+        replicate_sets=sets,
+        khat_replicates=khats,
+        ess_fraction_replicates=esses,
+        log_z_is_replicates=[s[0].log_z for s in sets_],
+    )
     notes = [s[0].note for s in sets_ if s[0].note]
     if notes:
-        m["khat_note"] = notes[0]
+        r.khat_note = notes[0]
     worst = max(sets_, key=lambda s: (s[0].khat, -s[0].ess_fraction))
     if (max(khats) > KHAT_GOOD or min(esses) < 0.1) and worst[0].samples > 1:
         where = locate_large_weights(worst[1], worst[2])
-        m["khat_cause"] = where.cause
-        m["large_weights_edge_share"] = where.edge_share
+        r.khat_cause = where.cause
+        r.large_weights_edge_share = where.edge_share
         if where.cause == "tails":
-            m["tail_exponent"] = tail_exponent(energy, where.centre, where.far)
-    if energy.log_z is not None:
-        m["log_z_reference"] = energy.log_z
+            r.tail_exponent = tail_exponent(energy, where.centre, where.far)
+    r.log_z_reference = energy.log_z
     warnings = []
     if energy.dim == 2:
         grid = choose_window(samples, energy)
         window = [list(grid.window[0]), list(grid.window[1])]
         if math.isfinite(grid.log_z):
             kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
-            m.update(
-                log_z_quadrature=grid.log_z,
+            r.quadrature = Quadrature(
+                log_z=grid.log_z,
                 kl_qp=grid.log_z - imp.elbo,
-                kl_qp_se=m["elbo_se"],
+                kl_qp_se=imp.elbo_se,
                 kl_pq=kl_pq,
                 tv=tv,
-                quadrature_window=window,
-                quadrature_edge_mass=grid.edge_mass,
+                window=window,
+                edge_mass=grid.edge_mass,
             )
         else:
             note = quadrature_failure(grid.log_z, window)
-            m.update(
-                log_z_quadrature=None,
-                kl_qp=None,
-                kl_qp_se=None,
-                kl_pq=None,
-                tv=None,
-                quadrature_window=window,
-                quadrature_note=note,
-            )
+            r.quadrature = Quadrature(window=window, note=note)
             warnings.append(f"ln Z by quadrature, KL and TV are not available: {note}.")
         if math.isfinite(grid.log_z) and grid.edge_mass > 1e-4:
             warnings.append(
@@ -130,8 +124,8 @@ def evaluate(
         warnings.append(
             f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
         )
-    m["warnings"] = warnings
-    return m
+    r.warnings = warnings
+    return r
 
 
 def quadrature_failure(log_z: float, window: list[list[float]]) -> str:
@@ -146,7 +140,9 @@ def quadrature_failure(log_z: float, window: list[list[float]]) -> str:
     )
 
 
-def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, Any]:
+def summary_metrics(result_loss: Tensor, result_loss1: Tensor, seconds: float) -> dict[str, float]:
+    """The TrustReport fields of the loss: its mean over the last 1% of steps (at β and at β = 1),
+    the wall time and the steps per second."""
     tail = max(1, len(result_loss) // 100)
     return {
         "final_loss": result_loss[-tail:].nanmean().item(),
@@ -177,39 +173,37 @@ def run_fit(
     device: str | torch.device = "cpu",
     stop: Stop | None = None,
     resume: TrainingState | None = None,
-) -> tuple[Checkpoint, dict[str, Any]]:
+) -> tuple[Checkpoint, TrustReport]:
     """Fit on ``device``, evaluate on the CPU and write model.pt, samples.npy, metrics.json and
     the figures (density, layers, loss; pairs for D > 2) as PNG. A fit that stops early (``stop``
     returned True, or ``fit`` found the loss non-finite or the target improper) writes the same
-    files for the steps it did, with ``metrics["stopped"]`` and ``["stop_message"]`` saying why;
+    files for the steps it did, with the report's ``stopped`` and ``stop_message`` saying why;
     model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``)."""
     config.validate()
     out = check_output(Path(output), force)
     result = fit(energy, config, progress, device=device, stop=stop, resume=resume)
     flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
-    ev = evaluate(flow, energy, samples, config.seed)
+    report = evaluate(flow, energy, samples, config.seed)
     if result.restarts:
-        spread, noise = restart_disagreement(result.restarts)
-        ev.update(
-            restarts=result.restarts,
-            restart_kept=result.kept,
-            restarts_log_z_spread=spread,
-            restarts_log_z_noise=noise,
+        report.restarts = result.restarts
+        report.restart_kept = result.kept
+        report.restarts_log_z_spread, report.restarts_log_z_noise = restart_disagreement(
+            result.restarts
         )
     beta_end = beta_schedule(result.steps - 1, config.anneal_steps)
     if beta_end < 1 and result.stopped is None:
-        ev["warnings"].append(
+        report.warnings.append(
             f"β reached only {beta_end:.2f} (--anneal {config.anneal_steps} is longer than "
             f"--iters {config.iters}): q was fitted to a flattened p. Lower --anneal."
         )
     elif beta_end < 1:
-        ev["warnings"].append(
+        report.warnings.append(
             f"the fit stopped while annealing (β = {beta_end:.2f}): q was fitted to a flattened p."
         )
     bad = {k: v for k, v in result.counts.items() if v}
     if bad:
-        ev["warnings"].append(
+        report.warnings.append(
             "during the fit, "
             + ", ".join(
                 f"{v:,} {k.replace('_', ' ').replace('nonfinite', 'non-finite')}"
@@ -221,35 +215,36 @@ def run_fit(
                 or "U was not finite everywhere q went; check the energy, or try --dtype float64."
             )
         )
-    metrics = {
-        "target": energy.label,
-        "dim": energy.dim,
-        "vars": list(energy.names),
-        "K": config.K,
-        "flow": config.flow,
-        "restarts_fitted": config.restarts,
-        "device": str(torch.device(device)),
-        "threads": torch.get_num_threads(),  # CPU threads (nfcli.threads: --threads)
-        "dtype": config.dtype,
-        "iters": config.iters,
-        "anneal": config.anneal_steps,
-        "steps_done": result.steps,
-        "stopped": result.stopped,
-        "stop_message": result.message,
-        **result.counts,
+    report = replace(
+        report,
+        target=energy.label,
+        dim=energy.dim,
+        vars=list(energy.names),
+        K=config.K,
+        flow=config.flow,
+        restarts_fitted=config.restarts,
+        device=str(torch.device(device)),
+        threads=torch.get_num_threads(),  # CPU threads (nfcli.threads: --threads)
+        dtype=config.dtype,
+        iters=config.iters,
+        anneal=config.anneal_steps,
+        steps_done=result.steps,
+        stopped=result.stopped,
+        stop_message=result.message,
+        counts=dict(result.counts),
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
-        **ev,
-    }
-    metrics["verdict"], metrics["verdict_reasons"] = verdict(metrics)
+    )
+    report.verdict, report.verdict_reasons = verdict(report)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
-    ckpt = Checkpoint(flow, config, energy.source, history, metrics, versions(), result.state)
+    ckpt = Checkpoint(flow, config, energy.source, history, report, versions(), result.state)
     save_checkpoint(out / "model.pt", ckpt)
     save_samples(samples, str(out / "samples.npy"), energy.names)
-    write_metrics(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", report)
     write_figures(ckpt, energy, out)
-    return ckpt, metrics
+    return ckpt, report
 
 
-def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
+def write_metrics(path: Path, report: TrustReport) -> None:
+    """metrics.json: ``report.to_dict()`` as indented JSON, with NaN and Infinity as bare words."""
+    text = json.dumps(report.to_dict(), indent=2, allow_nan=True) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

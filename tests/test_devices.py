@@ -33,7 +33,7 @@ def test_float64_fit_checkpoint_and_samples(tmp_path):
     result = run("fit", "x**2/2 + y**2/2", *TINY, "--dtype", "float64", "-o", tmp_path)
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(tmp_path / "model.pt")
-    assert ckpt.config.dtype == "float64" and ckpt.metrics["dtype"] == "float64"
+    assert ckpt.config.dtype == "float64" and ckpt.report.dtype == "float64"
     assert all(p.dtype == torch.float64 for p in ckpt.flow.parameters())
     assert np.load(tmp_path / "samples.npy").dtype == np.float64
     # either precision samples the same flow (randn draws differ between dtypes, so compare moments)

@@ -1,6 +1,7 @@
 """The trust report: importance-sampling ln Z, ESS and k̂, grid KL both ways, and the verdict."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from nfcli.diagnostics import (
 )
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
+from nfcli.report import Quadrature, TrustReport
 from nfcli.train import choose_restart, restart_disagreement
 
 SIGMA = (0.7, 1.3)
@@ -92,15 +94,15 @@ def test_grid_kl_both_ways_is_zero_for_the_exact_q_and_positive_otherwise():
 
 
 def test_verdict_levels_and_advice():
-    good = {"khat": 0.2, "kl_qp": 0.01, "ess_fraction": 0.9, "warnings": []}
+    good = TrustReport(khat=0.2, quadrature=Quadrature(kl_qp=0.01), ess_fraction=0.9)
     assert verdict(good)[0] == "good"
-    level, reasons = verdict({**good, "khat": 0.9})
+    level, reasons = verdict(replace(good, khat=0.9))
     assert level == "do not trust" and "--restarts 8" in reasons[0]
-    assert verdict({**good, "khat": 0.6})[0] == "usable"
-    assert verdict({**good, "kl_qp": 0.1})[0] == "usable"
-    assert verdict({**good, "kl_qp": 0.5})[0] == "do not trust"
-    assert verdict({**good, "warnings": ["mass at the edge"]})[0] == "usable"
-    lost = {**good, "restarts_log_z_spread": 0.69, "restarts_log_z_noise": 0.01}
+    assert verdict(replace(good, khat=0.6))[0] == "usable"
+    assert verdict(replace(good, quadrature=Quadrature(kl_qp=0.1)))[0] == "usable"
+    assert verdict(replace(good, quadrature=Quadrature(kl_qp=0.5)))[0] == "do not trust"
+    assert verdict(replace(good, warnings=["mass at the edge"]))[0] == "usable"
+    lost = replace(good, restarts_log_z_spread=0.69, restarts_log_z_noise=0.01)
     level, reasons = verdict(lost)
     assert level == "usable" and "lost a mode" in reasons[0]
 
@@ -127,7 +129,7 @@ def test_a_planted_lost_mode_is_caught_by_restarts():
     spread, noise = restart_disagreement(summaries)
     assert spread == pytest.approx(math.log(2), abs=0.06) and spread > noise
     level, reasons = verdict(
-        {"khat": 0.3, "restarts_log_z_spread": spread, "restarts_log_z_noise": noise}
+        TrustReport(khat=0.3, restarts_log_z_spread=spread, restarts_log_z_noise=noise)
     )
     assert level == "usable" and any("lost a mode" in r for r in reasons)
     # and when the restarts agree, nothing is flagged

@@ -112,7 +112,7 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(tmp_path):
     assert resumed.training.step == 1000
     for name, value in whole.flow.state_dict().items():
         torch.testing.assert_close(resumed.flow.state_dict()[name], value, rtol=1e-6, atol=1e-7)
-    assert resumed.metrics["elbo"] == pytest.approx(whole.metrics["elbo"], abs=1e-5)
+    assert resumed.report.elbo == pytest.approx(whole.report.elbo, abs=1e-5)
 
 
 def test_kill_9_at_random_moments_never_leaves_a_broken_model(tmp_path):

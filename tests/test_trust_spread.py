@@ -19,6 +19,7 @@ from nfcli.diagnostics import (
 )
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
+from nfcli.report import TrustReport
 from nfcli.run import N_SETS, evaluate
 
 GOOD = {"khat": 0.2, "kl_qp": 0.01, "ess_fraction": 0.9, "warnings": []}
@@ -33,9 +34,14 @@ def standard_flow(dim: int) -> Flow:
     return flow.eval()
 
 
-def rendered(m: dict) -> str:
+def report(m: dict) -> TrustReport:
+    """The trust report with these metrics.json keys (the others None)."""
+    return TrustReport.from_dict(m)
+
+
+def rendered(r: TrustReport) -> str:
     console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(summary_table(m))
+    console.print(summary_table(r))
     return console.export_text()
 
 
@@ -46,36 +52,37 @@ def test_khat_sets_that_straddle_0_7_are_borderline_and_not_good():
     """The user's banana: k̂ 0.60–0.73 over four sets. The verdict reads the median (usable),
     says that the sets disagree, and what the set above 0.7 means."""
     m = {**GOOD, "khat": 0.40, "khat_replicates": [0.40, 0.45, 0.48, 0.73], "khat_cause": "tails"}
-    level, reasons = verdict(m)
+    level, reasons = verdict(report(m))
     assert level == "usable"  # the median is good, but one set says do not trust: not good
     assert "0.40–0.73 across 4 sets" in reasons[0] and "borderline" in reasons[0]
     assert "sit in q's tails" in reasons[0]
     m = {**GOOD, "khat": 0.60, "khat_replicates": [0.60, 0.72, 0.75, 0.73]}
-    assert verdict(m)[0] == "do not trust"  # most sets above 0.7
+    assert verdict(report(m))[0] == "do not trust"  # most sets above 0.7
 
 
 def test_khat_sets_that_straddle_0_5_are_not_good():
-    level, reasons = verdict({**GOOD, "khat": 0.45, "khat_replicates": [0.45, 0.41, 0.52, 0.47]})
+    m = {**GOOD, "khat": 0.45, "khat_replicates": [0.45, 0.41, 0.52, 0.47]}
+    level, reasons = verdict(report(m))
     assert level == "usable" and "borderline" in reasons[0]
 
 
 def test_ess_sets_that_straddle_10_percent_are_borderline():
     m = {**GOOD, "khat_replicates": [0.2] * 4, "ess_fraction_replicates": [0.945, 0.6, 0.3, 0.087]}
-    level, reasons = verdict(m)
+    level, reasons = verdict(report(m))
     assert level == "usable" and "ESS 8.7%–94.5%" in reasons[0] and "borderline" in reasons[0]
 
 
 def test_evaluate_reports_every_set_and_keeps_the_first_as_the_headline():
     torch.manual_seed(0)
     energy = load_energy("x**2/2 + y**2/2 + z**2/2 + 0.3*x**2*y**2")
-    m = evaluate(standard_flow(3), energy, torch.zeros(10, 3), seed=5)
-    assert m["replicate_sets"] == N_SETS >= 4
+    r = evaluate(standard_flow(3), energy, torch.zeros(10, 3), seed=5)
+    assert r.replicate_sets == N_SETS >= 4
     for key in ("khat", "ess_fraction", "log_z_is"):
-        values = m[f"{key}_replicates"]
+        values = getattr(r, f"{key}_replicates")
         assert len(values) == N_SETS and len(set(values)) == N_SETS  # independent draws
-        assert m[key] == values[0]
-    shown = rendered({**m, **GOOD_TABLE, "verdict": "good", "verdict_reasons": []})
-    lo, hi = min(m["khat_replicates"]), max(m["khat_replicates"])
+        assert getattr(r, key) == values[0]
+    shown = rendered(dataclasses.replace(r, **GOOD_TABLE, verdict="good", verdict_reasons=[]))
+    lo, hi = min(r.khat_replicates), max(r.khat_replicates)
     assert f"{lo:.3f} to {hi:.3f} over 4 sets of 100,000 draws" in shown
 
 
@@ -133,7 +140,7 @@ GOOD_TABLE = {k: OLD_DEGENERATE[k] for k in list(OLD_DEGENERATE)[:9]}
 
 
 def test_summary_table_says_not_available_instead_of_fake_numbers():
-    shown = rendered(OLD_DEGENERATE)
+    shown = rendered(report(OLD_DEGENERATE))
     assert "ln Z (quadrature)" in shown and "not available" in shown
     assert "-inf" not in shown and "0.5000" not in shown and "0.0000 nats" not in shown
     assert "(good)" not in shown  # k̂ 0.000 'good' beside ESS 0.0%
@@ -147,14 +154,15 @@ def test_evaluate_when_p_has_no_mass_anywhere_near_q():
     )
     flow = standard_flow(2)
     torch.manual_seed(0)
-    m = evaluate(flow, energy, flow.sample(1000), sets=2)
-    assert m["log_z_quadrature"] is None and m["kl_pq"] is None and m["tv"] is None
-    assert "p has no mass where q is" in m["quadrature_note"]
-    assert not math.isfinite(m["khat"]) and "infinite or NaN at 100,000" in m["khat_note"]
-    m.update(GOOD_TABLE)
-    m["verdict"], m["verdict_reasons"] = verdict(m)
-    assert m["verdict"] == "do not trust"
-    shown = rendered(m)
+    r = evaluate(flow, energy, flow.sample(1000), sets=2)
+    q = r.quadrature
+    assert q.log_z is None and q.kl_pq is None and q.tv is None and q.edge_mass is None
+    assert "p has no mass where q is" in q.note
+    assert not math.isfinite(r.khat) and "infinite or NaN at 100,000" in r.khat_note
+    r = dataclasses.replace(r, **GOOD_TABLE)
+    r.verdict, r.verdict_reasons = verdict(r)
+    assert r.verdict == "do not trust"
+    shown = rendered(r)
     assert "not available" in shown and "0.5000" not in shown and "(good)" not in shown
 
 
@@ -186,18 +194,18 @@ def test_weights_of_a_q_that_underweights_a_mode_peak_inside_it():
 
 def test_advice_for_a_large_khat_follows_its_cause():
     heavy = {**GOOD, "khat": 4.3, "khat_cause": "tails", "tail_exponent": 0.1}
-    tails = verdict(heavy)[1][0]
+    tails = verdict(report(heavy))[1][0]
     assert "--restarts" not in tails and "--K" not in tails and "--iters" not in tails
     assert "tails are lighter than p's" in tails and "quantiles" in tails
     assert "reparametrise" in tails and "MCMC" in tails
-    mode = verdict({**GOOD, "khat": 4.3, "khat_cause": "mode"})[1][0]
+    mode = verdict(report({**GOOD, "khat": 4.3, "khat_cause": "mode"}))[1][0]
     assert "--restarts 8" in mode and "underweights" in mode
-    light = verdict({**heavy, "tail_exponent": 3.9})[1][0]  # e.g. a banana: U grows like x⁴
+    light = verdict(report({**heavy, "tail_exponent": 3.9}))[1][0]  # e.g. a banana: U grows like x⁴
     assert "tails are lighter than p's" in light and "a larger --K or more --iters" in light
     assert "reparametrise" not in light
-    ess_tails = verdict({**GOOD, "ess_fraction": 0.001, "khat_cause": "tails"})[1]
+    ess_tails = verdict(report({**GOOD, "ess_fraction": 0.001, "khat_cause": "tails"}))[1]
     assert not any("--restarts" in r for r in ess_tails)
-    kl_tails = verdict({**heavy, "khat": 1.2, "kl_qp": 0.1})[1]
+    kl_tails = verdict(report({**heavy, "khat": 1.2, "kl_qp": 0.1}))[1]
     assert not any("--K help" in r for r in kl_tails)
 
 

@@ -1,0 +1,190 @@
+"""The trust report of a fit: what metrics.json holds, and the checkpoint's ``"metrics"``.
+
+``TrustReport`` is built by ``nfcli.run.evaluate`` (the numbers from q's draws) and
+``nfcli.run.run_fit`` (the fit's settings and outcome, the restarts, the verdict), and read by
+``nfcli.diagnostics.verdict``, the CLI's summary table, ``nfcli.compare`` and ``nfcli.figures``.
+
+``to_dict`` gives metrics.json's dict: its keys in their order, each key written exactly when
+nfcli has always written it (``khat_note`` only with a note, the quadrature keys only in 2-D, the
+restart keys only with restarts, …). ``from_dict`` reads the dict of any nfcli version: a key that
+an older version did not write is None here (or empty) and stays unwritten by ``to_dict``
+(``absent``); a key this version does not know is kept in ``extra`` and written back at the end.
+So ``to_dict(from_dict(d)) == d`` for every such ``d``, with the same key order for today's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nfcli.train import COUNTS
+
+
+@dataclass
+class Quadrature:
+    """2-D only: ln Z by grid quadrature over ``window`` and what it gives, KL(q‖p) = ln Z − ELBO
+    (± the ELBO's standard error), KL(p‖q) and the total variation. Where quadrature failed (ln Z
+    not finite) the numbers are None and ``note`` says why; ``edge_mass`` (the target's mass on
+    the window's edge) is there only where it did not."""
+
+    log_z: float | None = None
+    kl_qp: float | None = None
+    kl_qp_se: float | None = None
+    kl_pq: float | None = None
+    tv: float | None = None
+    window: list[list[float]] | None = None  # [[x0, x1], [y0, y1]]
+    edge_mass: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class TrustReport:
+    """A fit's settings, outcome and diagnostics, field by field as in metrics.json (same names).
+
+    None means not known: not computed for this fit (``khat_note`` without a note, ``tail_exponent``
+    unless the large weights sit in q's tails, ``quadrature`` unless D = 2, ``restarts`` without
+    --restarts), not written by the nfcli version that made the report, or, for the fit's fields,
+    a report from ``evaluate`` alone. ``*_replicates`` hold one value per independent set of
+    draws; ``khat``, ``ess_fraction``, ``log_z_is`` and ``elbo`` are the first set's."""
+
+    # the fit: what was asked and how it went (run_fit)
+    target: str | None = None
+    dim: int | None = None
+    vars: list[str] | None = None
+    K: int | None = None
+    flow: str | None = None
+    restarts_fitted: int | None = None
+    device: str | None = None
+    threads: int | None = None  # CPU threads used
+    dtype: str | None = None
+    iters: int | None = None
+    anneal: int | None = None  # annealing steps (resolved)
+    steps_done: int | None = None
+    stopped: str | None = None  # None: every step ran; "interrupted", "nonfinite", "improper"
+    stop_message: str | None = None  # why it stopped ("" when it did not)
+    counts: dict[str, int] = field(default_factory=dict)  # nfcli.train.COUNTS: events in the fit
+    final_loss: float | None = None  # mean F_β over the last 1% of steps
+    final_loss_beta1: float | None = None  # the same at β = 1: the negative ELBO
+    wall_time_s: float | None = None
+    iters_per_s: float | None = None
+    # importance sampling with q's draws (evaluate)
+    elbo: float | None = None
+    elbo_se: float | None = None
+    log_z_is: float | None = None
+    log_z_is_se: float | None = None
+    ess_fraction: float | None = None  # Kish ESS / draws
+    khat: float | None = None  # PSIS Pareto k̂
+    khat_verdict: str | None = None  # "good", "usable", "do not trust"
+    monte_carlo_samples: int | None = None  # draws per set
+    nonfinite_samples: int | None = None
+    replicate_sets: int | None = None
+    khat_replicates: list[float] | None = None
+    ess_fraction_replicates: list[float] | None = None
+    log_z_is_replicates: list[float] | None = None
+    khat_note: str | None = None  # why k̂ is not available in some set
+    khat_cause: str | None = None  # "tails" or "mode": where the largest weights sit
+    large_weights_edge_share: float | None = None  # with khat_cause
+    tail_exponent: float | None = None  # U ~ r^a far out; with khat_cause "tails"
+    log_z_reference: float | None = None  # a built-in target's exact ln Z
+    quadrature: Quadrature | None = None  # D = 2 only
+    warnings: list[str] = field(default_factory=list)
+    # restarts (run_fit, with --restarts > 1): nfcli.train.choose_restart's summaries
+    restarts: list[dict[str, float]] | None = None
+    restart_kept: int | None = None
+    restarts_log_z_spread: float | None = None  # max − min of the reliable ln Z estimates
+    restarts_log_z_noise: float | None = None  # the spread that noise alone would explain
+    # nfcli.diagnostics.verdict of all the above
+    verdict: str | None = None  # "good", "usable", "do not trust"
+    verdict_reasons: list[str] = field(default_factory=list)
+    # round trips (from_dict): the keys this nfcli does not know, with their values; and the keys
+    # it writes whatever their value that the dict lacked (an older nfcli's), which to_dict skips
+    extra: dict[str, Any] = field(default_factory=dict)
+    absent: frozenset[str] = frozenset()
+
+    @property
+    def kl_qp(self) -> float | None:
+        """KL(q‖p) in nats where quadrature gave ln Z (D = 2), else None."""
+        return self.quadrature.kl_qp if self.quadrature is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """metrics.json's dict: every key in its place, the conditional ones only when set."""
+        d: dict[str, Any] = {}
+
+        def put(key: str, value: Any, always: bool = True) -> None:
+            if key not in self.absent and (always or value is not None):
+                d[key] = value
+
+        for key in _FIT_KEYS:
+            put(key, getattr(self, key))
+        d.update(self.counts)
+        for key in _LOSS_KEYS + _IS_KEYS:
+            put(key, getattr(self, key))
+        for key in _IS_OPTIONAL_KEYS:
+            put(key, getattr(self, key), always=False)
+        q = self.quadrature
+        if q is not None:
+            for key, value in zip(_QUADRATURE_KEYS, _quadrature_values(q), strict=True):
+                put(key, value)
+            put("quadrature_edge_mass", q.edge_mass, always=False)
+            put("quadrature_note", q.note, always=False)
+        put("warnings", self.warnings)
+        for key in _RESTART_KEYS:
+            put(key, getattr(self, key), always=False)
+        put("verdict", self.verdict)
+        put("verdict_reasons", self.verdict_reasons)
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrustReport:
+        """The report in a metrics dict of any nfcli version (see the module's docstring)."""
+        rest = dict(d)  # what is left once every known key is taken
+        missing: set[str] = set()
+
+        def take(key: str, default: Any = None, always: bool = True) -> Any:
+            if key not in rest:
+                if always:  # a key written whatever its value: this dict predates it
+                    missing.add(key)
+                return default
+            return rest.pop(key)
+
+        values = {key: take(key) for key in _FIT_KEYS}
+        values["counts"] = {k: rest.pop(k) for k in list(rest) if k in COUNTS}
+        for key in _LOSS_KEYS + _IS_KEYS:
+            values[key] = take(key)
+        for key in _IS_OPTIONAL_KEYS + _RESTART_KEYS:
+            values[key] = take(key, always=False)
+        if any(k in rest for k in (*_QUADRATURE_KEYS, "quadrature_edge_mass", "quadrature_note")):
+            log_z, kl_qp, kl_qp_se, kl_pq, tv, window = (take(k) for k in _QUADRATURE_KEYS)
+            edge_mass = take("quadrature_edge_mass", always=False)
+            note = take("quadrature_note", always=False)
+            values["quadrature"] = Quadrature(
+                log_z, kl_qp, kl_qp_se, kl_pq, tv, window, edge_mass, note
+            )
+        for key in ("warnings", "verdict_reasons"):
+            values[key] = take(key, [])
+        values["verdict"] = take("verdict")
+        return cls(**values, extra=rest, absent=frozenset(missing))
+
+
+# metrics.json's keys, in order, by the field they come from (``counts`` and ``quadrature`` apart)
+_FIT_KEYS = (
+    "target", "dim", "vars", "K", "flow", "restarts_fitted", "device", "threads", "dtype", "iters",
+    "anneal", "steps_done", "stopped", "stop_message",
+)  # fmt: skip
+_LOSS_KEYS = ("final_loss", "final_loss_beta1", "wall_time_s", "iters_per_s")
+_IS_KEYS = (
+    "elbo", "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction", "khat", "khat_verdict",
+    "monte_carlo_samples", "nonfinite_samples", "replicate_sets", "khat_replicates",
+    "ess_fraction_replicates", "log_z_is_replicates",
+)  # fmt: skip
+_IS_OPTIONAL_KEYS = (
+    "khat_note", "khat_cause", "large_weights_edge_share", "tail_exponent", "log_z_reference",
+)  # fmt: skip
+_QUADRATURE_KEYS = ("log_z_quadrature", "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window")
+_RESTART_KEYS = ("restarts", "restart_kept", "restarts_log_z_spread", "restarts_log_z_noise")
+
+
+def _quadrature_values(q: Quadrature) -> tuple[Any, ...]:
+    """``q``'s values for _QUADRATURE_KEYS, in that order."""
+    return (q.log_z, q.kl_qp, q.kl_qp_se, q.kl_pq, q.tv, q.window)
