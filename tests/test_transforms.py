@@ -184,9 +184,9 @@ def test_each_flow_type_fits_reports_draws_and_round_trips_its_checkpoint(
     extra = {"K": 2, "hidden": [16]} if flow in ("nice", "realnvp", "spline") else {}
     extra = {"K": 2} if flow in ("planar", "radial") else extra
     config = FitConfig(flow=flow, iters=150, batch=128, **extra)
-    ckpt, metrics = run_fit(energy, config, tmp_path)
-    assert metrics["flow"] == flow and metrics["verdict"] in ("good", "usable", "do not trust")
-    assert -0.5 < metrics["kl_qp"] < 1.0  # a real (if short) fit, measured by quadrature
+    ckpt, report = run_fit(energy, config, tmp_path)
+    assert report.flow == flow and report.verdict in ("good", "usable", "do not trust")
+    assert -0.5 < report.kl_qp < 1.0  # a real (if short) fit, measured by quadrature
     for name in ("density", "layers", "loss"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     loaded = load_checkpoint(tmp_path / "model.pt")
