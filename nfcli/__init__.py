@@ -1,4 +1,4 @@
-"""nfcli: fit planar and radial normalizing flows to a density known up to a constant.
+"""nfcli: fit normalizing flows (planar, radial, coupling) to a density known up to a constant.
 
 from nfcli import load_energy, fit, FitConfig
 energy = load_energy("0.5*((sqrt(x**2 + y**2) - 2)/0.4)**2")

@@ -57,7 +57,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Fit normalizing flows (planar/radial) to a density known up to a constant.",
+    help="Fit normalizing flows (planar, radial, NICE, RealNVP, splines) to a density known up "
+    "to a constant.",
 )
 err = Console(stderr=True)
 out = Console()
@@ -421,6 +422,7 @@ def fit(
         names = _split_vars(values.get("vars"))
         constants = parse_constants(values.get("const"), "const: in the config file")
         energy = load_energy(str(values["target"]), names, constants)
+        cfg.validate(energy.dim)
         force = bool(values.get("force"))
         out_dir = check_output(Path(values.get("output") or "."), force)
         if threads is None and values.get("threads") is not None:  # threads: in the YAML

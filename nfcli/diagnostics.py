@@ -261,8 +261,9 @@ def tail_exponent(energy: Energy, centre: Tensor, far: Tensor) -> float:
     """How fast U grows along the rays from q's centre μ through the far draws z: U ~ rᵃ, with
     a = log₂[(U(μ + 4d) − U(μ + 2d)) / (U(μ + 2d) − U(μ + d))], d = z − μ, the median over the
     draws (NaN where U does not grow). a ≈ 2 for Gaussian tails; a < 2 for heavier ones
-    (a → 0 for power laws such as Student-t, 1 for exponential tails), which planar and radial
-    layers on a Gaussian base cannot reach: far from their centres they are affine maps."""
+    (a → 0 for power laws such as Student-t, 1 for exponential tails), which nfcli's layers on a
+    Gaussian base cannot reach: far out every one of them is affine (planar, radial, couplings
+    with bounded scales, splines with identity tails)."""
     if len(far) == 0:
         return math.nan
     d = far - centre
@@ -303,7 +304,8 @@ TAILS = (
 )
 HEAVY_ADVICE = (
     "p's tails are heavier than a Gaussian's (U grows like r^{a:.1f} far out), and more layers, "
-    "restarts or steps cannot give planar or radial layers on a Gaussian base a heavy tail; what "
+    "restarts or steps cannot give a flow on a Gaussian base a heavy tail (far out, every layer "
+    "type of nfcli is affine); what "
     "helps: reparametrise the heavy-tailed variable (fit its log or asinh), report quantiles "
     "rather than moments, or use exact MCMC where available."
 )
@@ -314,8 +316,8 @@ LIGHT_ADVICE = (
 )
 UNSURE_ADVICE = (
     "If p's tails are heavier than a Gaussian's (a power law such as Student-t), more layers, "
-    "restarts or steps cannot fix that (planar and radial layers on a Gaussian base keep "
-    "Gaussian tails): reparametrise the heavy-tailed variable, report quantiles rather than "
+    "restarts or steps cannot fix that (every layer type of nfcli keeps a Gaussian base's "
+    "tails): reparametrise the heavy-tailed variable, report quantiles rather than "
     "moments, or use exact MCMC where available; if they are not, a larger --K or more --iters "
     "may reach further out."
 )

@@ -179,7 +179,7 @@ def run_fit(
     returned True, or ``fit`` found the loss non-finite or the target improper) writes the same
     files for the steps it did, with the report's ``stopped`` and ``stop_message`` saying why;
     model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``)."""
-    config.validate()
+    config.validate(energy.dim)
     out = check_output(Path(output), force)
     result = fit(energy, config, progress, device=device, stop=stop, resume=resume)
     flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU

@@ -59,7 +59,8 @@ class FitConfig:
         if self.hidden is not None:
             self.hidden = [int(h) for h in self.hidden]
 
-    def validate(self) -> None:
+    def validate(self, dim: int | None = None) -> None:
+        """Refuse what cannot be fitted, before any work; ``dim``: the target's, when known."""
         if self.flow not in FLOW_TYPES:
             raise NfcliError(
                 f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
@@ -95,6 +96,12 @@ class FitConfig:
                     f"{name} = {getattr(self, name)} is out of range: it is {meaning}."
                 )
         resolve_dtype(self.dtype)
+        if dim is not None and dim < 2 and self.flow in ("nice", "realnvp", "spline"):
+            raise NfcliError(
+                f"--flow {self.flow} is a coupling flow: each layer splits the variables in two, "
+                f"so it needs at least 2 of them; this target has {dim}. Use --flow planar, "
+                "radial or affine for a 1-D target."
+            )
 
     def _check_applies(self) -> None:
         """Options that the flow type does not have are refused, not silently ignored."""
@@ -272,7 +279,7 @@ def fit(
     step), when the loss has had no finite value for ``CHECK_EVERY`` steps, or when q keeps
     spreading while the loss falls without bound (``spreading``). ``resume``: a ``state`` of an
     earlier result, to go on to ``config.iters`` steps exactly as one run would have."""
-    config.validate()
+    config.validate(energy.dim)
     reuse_freed_memory()
     device = torch.device(device)
     if resume is not None and resume.step > config.iters:

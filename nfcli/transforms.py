@@ -356,7 +356,7 @@ class BatchedMLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
             if i < n - 1:
-                x = nn.functional.silu(x)
+                x = nn.functional.relu(x)
         return x
 
 

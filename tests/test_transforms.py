@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import run as run_cli
 from torch.autograd.functional import jacobian
 
 from nfcli import run
@@ -206,6 +207,9 @@ def test_format_1_checkpoints_load_sample_and_resume(kind, tmp_path):
     energy = load_energy(ckpt.energy_source["text"])
     more = fit(energy, FitConfig(**{**ckpt.config.to_dict(), "iters": 80}), resume=ckpt.training)
     assert more.steps == 80 and torch.equal(more.loss[:60], ckpt.history["loss"])
+    result = run_cli("plot", DATA / f"format1_{kind}.pt", "-o", tmp_path, "--dpi", "40")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "density.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
@@ -225,5 +229,5 @@ def test_options_that_do_not_apply_are_refused(change, fragment):
 
 
 def test_couplings_refuse_one_dimensional_targets():
-    with pytest.raises(NfcliError, match="needs at least 2"):
+    with pytest.raises(NfcliError, match="needs at least 2 of them; this target has 1"):
         fit(load_energy("x**2/2"), FitConfig(flow="realnvp", iters=2))
