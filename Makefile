@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean figures bench-setup bench fuzz
+.PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,15 @@ figures: setup
 	cp runs/u1-layers/layers.png examples/figures/u1-layers.png
 	cp runs/figure3/u1/planar-K32/loss.png examples/figures/u1-loss.png
 	cp runs/banana4d/pairs.png examples/figures/banana4d-pairs.png
+
+# The README's comparison over flow types (examples/figures/flows.png, flows-summary.csv): U1-U4
+# with planar, radial and NICE layers at K = 2, 8, 32, 3,000 steps each (~35 min on one core).
+figures-flows: setup
+	$(BIN)/nfcli compare u1,u2,u3,u4 --flow planar,radial,nice --K 2,8,32 --iters 3000 \
+		-o runs/flows $(FIGURES_FLAGS)
+	mkdir -p examples/figures
+	cp runs/flows/compare.png examples/figures/flows.png
+	cp runs/flows/summary.csv examples/figures/flows-summary.csv
 
 # The speed tables in the README: nfcli against normflows (a benchmark-only dependency), ~45 min.
 bench-setup: setup

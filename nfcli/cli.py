@@ -225,9 +225,8 @@ IterOpt = Annotated[
     int | None, typer.Option("--iters", help=f"Optimisation steps. (default: {FitConfig.iters})")
 ]
 K_HELP = (
-    "Number of flow layers. (default: "
-    + ", ".join(f"{DEFAULT_K[f]} for {f}" for f in FLOW_TYPES if f != "affine")
-    + ")"
+    f"Number of flow layers. (default: {DEFAULT_K['planar']} for planar and radial, "
+    f"{DEFAULT_K['nice']} for nice, realnvp and spline; affine has one layer)"
 )
 FLOW_HELP = f"Flow type: {', '.join(FLOW_TYPES)} (README, Flows). (default: {FitConfig.flow})"
 HiddenOpt = Annotated[

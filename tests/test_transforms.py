@@ -207,9 +207,10 @@ def test_format_1_checkpoints_load_sample_and_resume(kind, tmp_path):
     energy = load_energy(ckpt.energy_source["text"])
     more = fit(energy, FitConfig(**{**ckpt.config.to_dict(), "iters": 80}), resume=ckpt.training)
     assert more.steps == 80 and torch.equal(more.loss[:60], ckpt.history["loss"])
-    result = run_cli("plot", DATA / f"format1_{kind}.pt", "-o", tmp_path, "--dpi", "40")
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "density.png").stat().st_size > 1000
+    if kind == "planar":  # plot through the CLI (a subprocess's worth of time: once)
+        result = run_cli("plot", DATA / f"format1_{kind}.pt", "-o", tmp_path, "--dpi", "40")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "density.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
