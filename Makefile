@@ -58,8 +58,10 @@ lint: setup
 	$(BIN)/ruff check nfcli tests benchmarks examples
 	$(BIN)/ruff format --check nfcli tests benchmarks examples
 
+# Test files run in two processes (pytest-xdist; one file stays in one process, so its fixtures
+# are made once): 3.6 minutes on 2 cores, against 7.5 in one. pytest alone still runs serially.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The expression parser's property tests at 10,000 random examples per source (make test runs
 # 120 each, derandomised); it ends by printing the slowest example of each source.
