@@ -12,9 +12,12 @@ with U as below, ln Z = ln(6π) ≈ 2.9365 exactly. The funnel's neck is a class
 simple flows: expect a visible KL.
 """
 
+import math
+
 import torch
 
 NAMES = ["v", "x"]  # implies DIM = 2
+LOG_Z = math.log(6 * math.pi)
 
 
 def energy(z: torch.Tensor) -> torch.Tensor:

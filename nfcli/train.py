@@ -22,7 +22,15 @@ from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
-from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES, Flow, architecture
+from nfcli.flows import (
+    COUPLING_TYPES,
+    DEFAULT_BINS,
+    DEFAULT_HIDDEN,
+    DEFAULT_K,
+    FLOW_TYPES,
+    Flow,
+    architecture,
+)
 
 ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 
@@ -52,7 +60,7 @@ class FitConfig:
         if self.flow in FLOW_TYPES:
             if self.K is None:
                 self.K = DEFAULT_K[self.flow]
-            if self.hidden is None and self.flow in ("nice", "realnvp", "spline"):
+            if self.hidden is None and self.flow in COUPLING_TYPES:
                 self.hidden = list(DEFAULT_HIDDEN)
             if self.bins is None and self.flow == "spline":
                 self.bins = DEFAULT_BINS
@@ -96,7 +104,7 @@ class FitConfig:
                     f"{name} = {getattr(self, name)} is out of range: it is {meaning}."
                 )
         resolve_dtype(self.dtype)
-        if dim is not None and dim < 2 and self.flow in ("nice", "realnvp", "spline"):
+        if dim is not None and dim < 2 and self.flow in COUPLING_TYPES:
             raise NfcliError(
                 f"--flow {self.flow} is a coupling flow: each layer splits the variables in two, "
                 f"so it needs at least 2 of them; this target has {dim}. Use --flow planar, "
@@ -105,8 +113,7 @@ class FitConfig:
 
     def _check_applies(self) -> None:
         """Options that the flow type does not have are refused, not silently ignored."""
-        couplings = ("nice", "realnvp", "spline")
-        if self.hidden is not None and self.flow not in couplings:
+        if self.hidden is not None and self.flow not in COUPLING_TYPES:
             raise NfcliError(
                 f"--hidden {','.join(map(str, self.hidden))} does not apply to --flow {self.flow}: "
                 "only coupling flows (nice, realnvp, spline) have hidden layers. Drop --hidden, "

@@ -13,7 +13,7 @@ from nfcli import run
 from nfcli.checkpoint import load_checkpoint
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
-from nfcli.flows import FLOW_TYPES, Flow
+from nfcli.flows import COUPLING_TYPES, FLOW_TYPES, Flow
 from nfcli.run import run_fit
 from nfcli.train import FitConfig, fit
 from nfcli.transforms import REGISTRY, build
@@ -92,7 +92,7 @@ EDGES = {
     "radial": lambda t: t.beta_raw.fill_(-30.0),
     # RealNVP: raw log-scales far beyond the tanh bound
     "affine_coupling": lambda t: t.net.biases[-1].mul_(0).add_(40.0),
-    # splines: raw widths, heights and slopes ~5 apart, bins 150× narrower than others
+    # splines: raw widths, heights and slopes ~5 apart, bins e⁵ ≈ 150× narrower than others
     "spline_coupling": lambda t: t.net.biases[-1].copy_(
         torch.randn(t.net.biases[-1].shape, generator=torch.Generator().manual_seed(2)) * 2.5
     ),
@@ -134,12 +134,8 @@ def test_restarts_are_independent(name):
 def test_each_flow_type_has_an_exact_density_and_a_trajectory(flow):
     torch.manual_seed(0)
     K = 1 if flow == "affine" else 3
-    f = (
-        Flow.of(3, K, flow, restarts=2, hidden=[8])
-        if flow in ("nice", "realnvp", "spline")
-        else (Flow.of(3, K, flow, restarts=2))
-    )
-    f = f.double()
+    options = {"hidden": [8]} if flow in COUPLING_TYPES else {}
+    f = Flow.of(3, K, flow, restarts=2, **options).double()
     with torch.no_grad():
         for p in f.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -162,7 +158,7 @@ def test_each_flow_type_resumes_bit_exactly_in_float64(flow):
         anneal=20,
         restarts=2,
         dtype="float64",
-        **({"K": 2, "hidden": [8]} if flow in ("nice", "realnvp", "spline") else {}),
+        **({"K": 2, "hidden": [8]} if flow in COUPLING_TYPES else {}),
         **({"K": 2} if flow in ("planar", "radial") else {}),
     )
     whole = fit(energy, config)
@@ -182,7 +178,7 @@ def test_each_flow_type_fits_reports_draws_and_round_trips_its_checkpoint(
 ):
     monkeypatch.setattr(run, "N_MONTE_CARLO", 4000)
     energy = load_energy("0.5*(x**2 + (y - x**2/4)**2)")
-    extra = {"K": 2, "hidden": [16]} if flow in ("nice", "realnvp", "spline") else {}
+    extra = {"K": 2, "hidden": [16]} if flow in COUPLING_TYPES else {}
     extra = {"K": 2} if flow in ("planar", "radial") else extra
     config = FitConfig(flow=flow, iters=150, batch=128, **extra)
     ckpt, report = run_fit(energy, config, tmp_path)
