@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nfcli.compare import run_compare
+from nfcli.config import FitConfig, extend
 from nfcli.diagnostics import (
     importance_sampling,
     log_prob,
@@ -26,7 +27,7 @@ from nfcli.report import TrustReport
 from nfcli.run import run_fit
 from nfcli.signals import stop_on_signals
 from nfcli.summary import Summary, VariableSummary, summarise, summarise_flow
-from nfcli.train import FitConfig, FitResult, TrainingState, extend, fit
+from nfcli.train import FitResult, TrainingState, fit
 
 __all__ = [
     "Checkpoint",

@@ -36,13 +36,14 @@ import torch
 from torch import Tensor
 
 from nfcli import __version__
+from nfcli.config import FitConfig
 from nfcli.devices import resolve_dtype
 from nfcli.energy import check_source
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write
 from nfcli.report import TrustReport
-from nfcli.train import FitConfig, TrainingState
+from nfcli.train import TrainingState
 
 FORMAT = "nfcli-checkpoint"
 FORMAT_VERSION = 2

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, versions
 from nfcli.compare import run_compare, split_targets
+from nfcli.config import FitConfig, extend
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
@@ -51,7 +52,7 @@ from nfcli.summary import (
 )
 from nfcli.targets import TARGETS
 from nfcli.threads import Work, use_threads
-from nfcli.train import FitConfig, TrainingState, extend
+from nfcli.train import TrainingState
 
 app = typer.Typer(
     add_completion=False,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint
+from nfcli.config import FitConfig
 from nfcli.diagnostics import choose_window, log_prob
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
@@ -38,7 +39,7 @@ from nfcli.plots import (
 )
 from nfcli.report import TrustReport
 from nfcli.run import run_fit
-from nfcli.train import FitConfig, Progress
+from nfcli.train import Progress
 
 GRID = 200
 SUMMARY_FIELDS = [
