@@ -135,8 +135,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     try:
         check_source(data.get("energy"))
-        known = set(FitConfig.field_names())
-        config = FitConfig(**{k: v for k, v in data["config"].items() if k in known})
+        config = stored_config(data["config"])
         if version == 1:
             data = upgrade_format_1(data)
         flow = Flow(data["dim"], data["architecture"]).to(resolve_dtype(config.dtype))
@@ -157,11 +156,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
 
 
+# what a checkpoint's config meant when it lacked a field: the only behaviour nfcli then had
+_BEFORE_FIELDS = {"flow": "planar", "start": "origin", "converge": False}
+
+
+def stored_config(values: dict[str, Any]) -> FitConfig:
+    """The FitConfig a checkpoint's config dict describes, from any nfcli version: a field that
+    version did not have takes the value that reproduces what it did (``_BEFORE_FIELDS``), not
+    today's default (an older 10-D fit started at the origin, whatever ``auto`` means now)."""
+    known = set(FitConfig.field_names())
+    given = {k: v for k, v in values.items() if k in known}
+    return FitConfig(**{**_BEFORE_FIELDS, **given})
+
+
 def upgrade_format_1(data: dict[str, Any]) -> dict[str, Any]:
     """A format-1 checkpoint as format 2: the architecture its config implies (a planar or radial
     stack), and its parameter names ("layers.u") moved to the stack's ("transforms.0.u"), in the
     flow and in the training state that --resume reads."""
-    config = FitConfig(**{k: v for k, v in data["config"].items() if k in FitConfig.field_names()})
+    config = stored_config(data["config"])
 
     def rename(state: dict[str, Tensor]) -> dict[str, Tensor]:
         return {

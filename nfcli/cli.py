@@ -30,7 +30,7 @@ from rich.text import Text
 
 from nfcli.checkpoint import Checkpoint, load_checkpoint, versions
 from nfcli.compare import run_compare, split_targets
-from nfcli.config import FitConfig, extend
+from nfcli.config import AUTO_FLOW, FitConfig, extend
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
@@ -173,6 +173,13 @@ def make_config(values: dict[str, Any]) -> FitConfig:
             continue
         v = values[name]
         kind = int if name in ("anneal", "K", "bins") else type(getattr(defaults, name))
+        if name == "converge":
+            if not isinstance(v, bool):
+                raise NfcliError(
+                    f"converge: {v!r} is not true or false (for example converge: true)."
+                )
+            kwargs[name] = v
+            continue
         try:
             if name == "hidden":
                 kwargs[name] = parse_hidden(v)
@@ -229,7 +236,27 @@ K_HELP = (
     f"Number of flow layers. (default: {DEFAULT_K['planar']} for planar and radial, "
     f"{DEFAULT_K['nice']} for nice, realnvp and spline; affine has one layer)"
 )
-FLOW_HELP = f"Flow type: {', '.join(FLOW_TYPES)} (README, Flows). (default: {FitConfig.flow})"
+FLOW_HELP = (
+    f"Flow type: auto, {', '.join(FLOW_TYPES)} (README, Flows). auto: planar in 1-2 dimensions, "
+    f"{AUTO_FLOW} from 3 on (README, Real posteriors). (default: {FitConfig.flow})"
+)
+StartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--start",
+        help="Where q starts: origin (N(0, 2²), the paper's) or mode (the Gaussian at the mode of "
+        "p, found by L-BFGS first; no annealing). (default: auto: origin in 1-2 dimensions, mode "
+        "from 3 on)",
+    ),
+]
+ConvergeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--converge/--no-converge",
+        help="Stop once the loss has levelled off (--iters is then the most steps), or run every "
+        "step. (default: auto: every step in 1-2 dimensions, --converge from 3 on)",
+    ),
+]
 HiddenOpt = Annotated[
     str | None,
     typer.Option(
@@ -360,6 +387,8 @@ def fit(
     ] = None,
     vars: VarsOpt = None,
     restarts: RestartsOpt = None,
+    start: StartOpt = None,
+    converge: ConvergeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
@@ -400,6 +429,8 @@ def fit(
         seed=seed,
         anneal=anneal,
         restarts=restarts,
+        start=start,
+        converge=converge,
         dtype=dtype,
         device=device,
         output=output,
@@ -429,11 +460,17 @@ def fit(
             threads = str(values["threads"])
     use_threads(threads, Work(cfg.batch * cfg.restarts, energy.dim))
     done = state.step if state is not None else 0
+    cfg = cfg.resolve(energy.dim)
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
             f"fitting {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "
-            f"{cfg.flow} K={cfg.K}, "
-            + (f"steps {done}→{cfg.iters}" if done else f"{cfg.iters} steps")
+            f"{cfg.flow} K={cfg.K}, start at the {cfg.start}, "
+            + (f"steps {done}→" if done else "")
+            + (
+                f"at most {cfg.iters} steps (stops once converged)"
+                if cfg.converge
+                else f"{cfg.iters} steps"
+            )
             + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
             soft_wrap=True,
         )
@@ -461,6 +498,8 @@ def fit(
 RESUME_KEEPS = (
     "K",
     "flow",
+    "start",
+    "converge",
     "hidden",
     "bins",
     "batch",
@@ -544,6 +583,12 @@ def _resume_plan(
             "resumed. Start a new fit; a checkpoint written by this version can be."
         )
     iters = flags["iters"] if flags["iters"] is not None else ckpt.config.iters
+    if flags["iters"] is None and state.end is not None and state.step >= state.end:
+        raise NfcliError(
+            f"{model} converged at step {state.converged} and finished at step {state.step} of "
+            f"at most {ckpt.config.iters}. Pass --iters N to train it longer from there, e.g. "
+            f"--iters {state.step + max(1, state.step // 2)}."
+        )
     if iters <= state.step:
         raise NfcliError(
             f"{model} has done {state.step} steps"
@@ -615,9 +660,11 @@ def fit_progress() -> Iterator[Callable[..., Callable[[int, float, float], None]
             )
             t0 = time.perf_counter()
 
-            def step(done: int, loss: float, beta: float) -> None:
+            def step(done: int, loss: float, beta: float, end: int | None = None) -> None:
+                """``end``: where the fit now plans to stop (earlier than the total once its
+                loss has levelled off): the bar's total, so the time left is estimated to it."""
                 rate = (done - done0) / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, completed=done, loss=loss, beta=beta, rate=rate)
+                bar.update(task, completed=done, loss=loss, beta=beta, rate=rate, total=end)
 
             return step
 

@@ -130,7 +130,7 @@ def plan(
                     flow=kind,
                     hidden=hidden if kind in COUPLING_TYPES else None,
                     bins=bins if kind == "spline" else None,
-                )
+                ).resolve(energy.dim)
                 cfg.validate(energy.dim)
                 folder = output / name / f"{kind}-K{K}"
                 model = folder / "model.pt"

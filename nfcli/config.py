@@ -19,15 +19,22 @@ from nfcli.flows import (
 )
 
 ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
+FLOW_CHOICES = ("auto", *FLOW_TYPES)
+STARTS = ("auto", "origin", "mode")
+AUTO_FLOW = "realnvp"  # --flow auto from 3 dimensions on (README, "Real posteriors")
 
 
 @dataclass
 class FitConfig:
-    """Every knob of a fit. The defaults were chosen with ``benchmarks/sweep.py`` and are checked
-    by ``benchmarks/quality.py`` (README, "Quality at defaults")."""
+    """Every knob of a fit. The 2-D defaults were chosen with ``benchmarks/sweep.py`` and are
+    checked by ``benchmarks/quality.py`` (README, "Quality at defaults"); those from 3 dimensions
+    on by ``benchmarks/posteriors.py`` (README, "Real posteriors").
+
+    ``flow``, ``start`` and ``converge`` may be "auto" (None for converge): ``resolve(dim)``
+    turns them into what is fitted, by the target's dimension (``resolve``'s docstring)."""
 
     K: int | None = None  # layers; None: the flow type's default (DEFAULT_K: 32 planar/radial)
-    flow: str = "planar"
+    flow: str = "auto"  # one of FLOW_TYPES, or auto: chosen by ``resolve``
     iters: int = 8000
     batch: int = 1024  # per-step cost is mostly fixed overhead in 2-D: 1024 costs ≈ 256's
     lr: float = 5e-3
@@ -40,6 +47,8 @@ class FitConfig:
     dtype: str = "float32"  # or "float64"
     hidden: list[int] | None = None  # coupling flows' MLP sizes; None: DEFAULT_HIDDEN (64, 64)
     bins: int | None = None  # spline flows' bins; None: DEFAULT_BINS (8)
+    start: str = "auto"  # origin: q0 = N(0, base_scale²); mode: the Gaussian at the mode
+    converge: bool | None = None  # stop when the loss has levelled off; None: auto
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -53,16 +62,51 @@ class FitConfig:
         if self.hidden is not None:
             self.hidden = [int(h) for h in self.hidden]
 
+    @property
+    def resolved(self) -> bool:
+        """Whether nothing is left to ``resolve``."""
+        return self.flow != "auto" and self.start != "auto" and self.converge is not None
+
+    def resolve(self, dim: int) -> FitConfig:
+        """The config that is fitted to a target of ``dim`` dimensions: what is "auto" chosen by
+        measurement (README, "Real posteriors"), what was set kept.
+
+        D ≤ 2: the paper's setup, as measured on its targets (README, "Quality at defaults"):
+        planar flow, q0 = N(0, base_scale²), β annealed, every step run.
+        D ≥ 3: ``AUTO_FLOW`` started at the Gaussian at the mode (``nfcli.mode.gaussian_start``:
+        a posterior's scales and correlations are known before the first step, so nothing is
+        annealed), and the fit stops once its loss has levelled off (``nfcli.train``)."""
+        low = dim <= 2
+        flow = ("planar" if low else AUTO_FLOW) if self.flow == "auto" else self.flow
+        start = ("origin" if low else "mode") if self.start == "auto" else self.start
+        converge = (not low) if self.converge is None else self.converge
+        return replace(self, flow=flow, start=start, converge=converge)
+
     def validate(self, dim: int | None = None) -> None:
         """Refuse what cannot be fitted, before any work; ``dim``: the target's, when known."""
-        if self.flow not in FLOW_TYPES:
+        if self.flow not in FLOW_CHOICES:
             raise NfcliError(
-                f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_TYPES)} "
+                f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_CHOICES)} "
                 "(e.g. --flow radial)."
             )
-        self._check_applies()
+        if self.start not in STARTS:
+            raise NfcliError(
+                f"Unknown start {self.start!r}. Choose one of: {', '.join(STARTS)} (origin: the "
+                "paper's N(0, base_scale²); mode: the Gaussian at the mode of p)."
+            )
+        if dim is not None and not self.resolved:
+            self.resolve(dim).validate(dim)
+            return
+        if self.flow == "auto":
+            self._check_applies_auto()
+        else:
+            self._check_applies()
         checks = [
-            ("K", self.K >= 1, "the number of layers, at least 1; use e.g. --K 16"),
+            (
+                "K",
+                self.K is None or self.K >= 1,
+                "the number of layers, at least 1; use e.g. --K 16",
+            ),
             (
                 "restarts",
                 self.restarts >= 1,
@@ -97,6 +141,14 @@ class FitConfig:
                 "radial or affine for a 1-D target."
             )
 
+    def _check_applies_auto(self) -> None:
+        """Before the dimension is known, --flow auto takes only what applies to every flow."""
+        if self.bins is not None:
+            raise NfcliError(
+                f"--bins {self.bins} needs --flow spline: with --flow auto the flow type is "
+                "chosen by the target's dimension, and only spline flows have bins."
+            )
+
     def _check_applies(self) -> None:
         """Options that the flow type does not have are refused, not silently ignored."""
         if self.hidden is not None and self.flow not in COUPLING_TYPES:
@@ -126,14 +178,26 @@ class FitConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The flow's spec (``nfcli.flows.architecture``): what ``Flow`` is built from."""
+        if not self.resolved:
+            raise ValueError("resolve(dim) the config first: flow, start or converge is auto")
         return architecture(
-            self.flow, self.K, self.init_scale, self.base_scale, self.hidden, self.bins
+            self.flow,
+            self.K,
+            self.init_scale,
+            self.base_scale,
+            self.hidden,
+            self.bins,
+            start=self.start,
         )
 
     @property
     def anneal_steps(self) -> int:
-        """The β schedule's length: ``anneal``, or 3/8 of the steps when it is not given."""
-        return round(ANNEAL_FRACTION * self.iters) if self.anneal is None else self.anneal
+        """The β schedule's length: ``anneal``; when it is not given, 3/8 of the steps from the
+        origin and none from the mode (q starts where the mass is: flattening p would only send
+        it away)."""
+        if self.anneal is not None:
+            return self.anneal
+        return 0 if self.start == "mode" else round(ANNEAL_FRACTION * self.iters)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from nfcli.errors import NfcliError
-from nfcli.transforms import build, planar, radial  # noqa: F401  (the math, re-exported)
+from nfcli.mode import cholesky
+from nfcli.transforms import Affine, build, planar, radial  # noqa: F401  (re-exported)
 
 FLOW_TYPES = ("planar", "radial", "nice", "realnvp", "spline", "affine")
 COUPLING_TYPES = {
@@ -41,6 +42,7 @@ def architecture(
     hidden: list[int] | None = None,
     bins: int | None = None,
     mixing: str = MIXING,
+    start: str = "origin",
 ) -> dict[str, Any]:
     """The spec of a flow type (one of FLOW_TYPES) with K layers.
 
@@ -50,7 +52,23 @@ def architecture(
     base_scale (NICE's final scaling), so the couplings work at unit scale, where the spline's
     interval [−5, 5] is.
     affine: N(0, I) → one full lower-triangular affine layer (q = N(m, LLᵀ)), started at
-    N(0, base_scale²)."""
+    N(0, base_scale²).
+
+    ``start`` "mode": every flow type is N(0, I) → its layers, at unit scale → one full affine
+    layer y = Lz + m, which ``Flow.start_at`` sets to a Gaussian start N(m, LLᵀ) (the Laplace
+    approximation, ``nfcli.mode.gaussian_start``): the layers then learn what is not Gaussian in
+    coordinates where the posterior is roughly standard, whatever its scales and correlations."""
+    if start not in ("origin", "mode"):
+        raise NfcliError(f"unknown start {start!r}: choose origin or mode")
+    if start == "mode":
+        spec = architecture(flow, K, init_scale, 1.0, hidden, bins, mixing)
+        layers = [
+            t for t in spec["transforms"] if t["type"] not in ("elementwise_affine", "affine")
+        ]
+        return {
+            "base": {"type": "diagonal_gaussian", "scale": 1.0},
+            "transforms": [*layers, {"type": "affine"}],
+        }
     if flow in ("planar", "radial"):
         return {
             "base": {"type": "diagonal_gaussian", "scale": base_scale},
@@ -218,6 +236,19 @@ class Flow(nn.Module):
             else:
                 zs[-1] = t(zs[-1])[0]
         return [z[0] for z in zs], radius
+
+    @torch.no_grad()
+    def start_at(self, mean: Tensor, covariance: Tensor) -> None:
+        """Set the last transform, a full affine layer y = Lz + m (architecture with start
+        "mode"), to L = chol(``covariance``) (D, D) and m = ``mean`` (D,), in every restart; the
+        layers before it start as the identity on N(0, I), so q starts as N(mean, covariance)."""
+        last = self.transforms[-1] if len(self.transforms) else None
+        if not isinstance(last, Affine):
+            raise ValueError("start_at needs a flow whose last transform is affine (start='mode')")
+        L = cholesky(covariance.to(torch.float64)).to(last.lower)
+        last.shift.copy_(mean.to(last.shift).expand_as(last.shift))
+        last.log_diag.copy_(L.diagonal().log().expand_as(last.log_diag))
+        last.lower.copy_(torch.tril(L, -1).expand_as(last.lower))
 
     def select(self, r: int) -> Flow:
         """Restart r as a single flow (a copy)."""

@@ -8,12 +8,20 @@ Laplace estimate of ln Z:
 
     ln Z ≈ −U(m) + (D/2) ln 2π − ½ ln det H.
 
-Nothing here fits a flow; a fit can start from the result (issue 13's "start where the posterior
-is").
+Where p has no mode (the centred eight-schools posterior and other funnels: U falls without
+bound down the neck), or the Laplace Gaussian is a poor fit, ``gaussian_start`` looks along the
+L-BFGS paths instead, in the manner of Pathfinder (Zhang, Carpenter, Gelman & Vehtari 2022, JMLR
+23(306)): at points of each path it forms the Gaussian N(x, |H(x)|⁻¹) (H's eigenvalues taken in
+absolute value and floored) and keeps the candidate, the Laplace one included, with the highest
+ELBO on common draws. Pathfinder uses L-BFGS's own low-rank inverse-Hessian estimate; the exact
+Hessian here costs D gradient evaluations per point, which is cheap for the 5–100 dimensions of
+a posterior and gives the full covariance of a badly scaled one. A fit starts from the result
+(``nfcli fit --start mode``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -55,16 +63,27 @@ def find_mode(
     scale: float = 2.0,
     seed: int = 0,
     max_iter: int = 2000,
+    paths: list[list[Tensor]] | None = None,
+    points: list[Tensor] | None = None,
 ) -> tuple[Tensor, int]:
     """The lowest minimum of U that L-BFGS (float64, strong Wolfe) finds from the origin and
     ``starts`` − 1 draws of N(0, scale²); and how many starts reached a finite U. Raises an
-    NfcliError when none did."""
+    NfcliError when none did. ``paths``, when given, receives each start's list of the points
+    where U was evaluated with a finite value, in order (the iterates and line-search trials).
+    ``points``: start from these instead."""
     D = energy.dim
-    g = torch.Generator().manual_seed(seed)
-    points = [torch.zeros(D, dtype=torch.float64)]
-    points += [torch.randn(D, generator=g, dtype=torch.float64) * scale for _ in range(starts - 1)]
+    if points is None:
+        g = torch.Generator().manual_seed(seed)
+        points = [torch.zeros(D, dtype=torch.float64)]
+        points += [
+            torch.randn(D, generator=g, dtype=torch.float64) * scale for _ in range(starts - 1)
+        ]
+    points = [p.detach().to(torch.float64) for p in points]
     best, best_u, finite = None, math.inf, 0
     for start in points:
+        path: list[Tensor] = []
+        if paths is not None:
+            paths.append(path)
         z = start.clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
             [z],
@@ -76,19 +95,23 @@ def find_mode(
             line_search_fn="strong_wolfe",
         )
 
-        def closure(z: Tensor = z, opt: torch.optim.LBFGS = opt) -> Tensor:
+        def closure(
+            z: Tensor = z, opt: torch.optim.LBFGS = opt, path: list[Tensor] = path
+        ) -> Tensor:
             opt.zero_grad()
             u = _u(energy, z)
             if torch.isfinite(u):
                 u.backward()
+                path.append(z.detach().clone())
             return u
 
-        try:
+        with contextlib.suppress(RuntimeError):  # a line search that met NaN: see below
             opt.step(closure)
-        except RuntimeError:  # a line search that met NaN: this start is lost
-            continue
         with torch.no_grad():
             u = float(_u(energy, z))
+            if not math.isfinite(u) and path:  # the search ran off: where U was last finite
+                z = path[-1]
+                u = float(_u(energy, z))
         if math.isfinite(u):
             finite += 1
             if u < best_u:
@@ -102,17 +125,60 @@ def find_mode(
     return best, finite
 
 
+def hessian(energy: Energy, x: Tensor) -> Tensor:
+    """∇²U at one point x (D,), float64, symmetrised (D, D); vectorised over the D directions
+    where U's operations allow it."""
+    x = x.detach().to(torch.float64)
+    try:
+        h = torch.autograd.functional.hessian(lambda z: _u(energy, z), x, vectorize=True)
+    except RuntimeError:  # an operation without a batching rule: one direction at a time
+        h = torch.autograd.functional.hessian(lambda z: _u(energy, z), x)
+    return 0.5 * (h + h.T)
+
+
+def cholesky(covariance: Tensor) -> Tensor:
+    """The lower Cholesky factor of a covariance whose scales may differ by orders of magnitude
+    (a regression's coefficients: 1e-5 next to 1e2): factorised as the correlation matrix's,
+    L = diag(σ)·chol(Σ / σσᵀ), which is well conditioned where Σ itself is not."""
+    sd = covariance.diagonal().sqrt()
+    corr = covariance / torch.outer(sd, sd)
+    return sd.unsqueeze(-1) * torch.linalg.cholesky(0.5 * (corr + corr.T))
+
+
+def hessians(energy: Energy, points: Tensor) -> Tensor:
+    """∇²U at each of N points (N, D) at once → (N, D, D), float64, symmetrised: U of a batch is
+    a sum of independent rows, so one double backward pass per direction serves every point
+    (vectorised over the D directions where U's operations allow it)."""
+    x = points.detach().to(torch.float64).requires_grad_(True)
+    (g,) = torch.autograd.grad(energy(x).sum(), x, create_graph=True)
+    D = x.shape[-1]
+    eye = torch.eye(D, dtype=torch.float64).unsqueeze(1).expand(D, *x.shape)
+    try:
+        (h,) = torch.autograd.grad(g, x, eye, is_grads_batched=True, retain_graph=True)
+    except RuntimeError:  # an operation without a batching rule: one direction at a time
+        h = torch.stack([torch.autograd.grad(g, x, e, retain_graph=True)[0] for e in eye])
+    h = h.permute(1, 0, 2)  # (N, D, D): row j holds ∂(∂U/∂x_j)/∂x
+    return 0.5 * (h + h.transpose(1, 2))
+
+
+def _covariance(h: Tensor, floor: float) -> tuple[Tensor, Tensor]:
+    """H⁻¹ with H's eigenvalues taken in absolute value and raised to ``floor`` × the largest
+    (positive definite whatever H is), and those eigenvalues."""
+    evals, evecs = torch.linalg.eigh(h)
+    top = float(evals.abs().max().clamp_min(1e-300))
+    raised = evals.abs().clamp_min(floor * top)
+    return (evecs / raised) @ evecs.T, raised
+
+
 def laplace(energy: Energy, mode: Tensor, starts: int = 1, floor: float = 1e-8) -> Laplace:
     """The Laplace approximation at ``mode`` (see the module docstring), with H from autograd
     (O(D²) evaluations' worth of work: meant for the tens to hundreds of dimensions of a
     posterior). Eigenvalues of H below ``floor`` × its largest are raised to that, so that the
     covariance is always positive definite; ``min_curvature`` keeps the raw smallest one."""
     m = mode.detach().to(torch.float64)
-    hessian = torch.autograd.functional.hessian(lambda z: _u(energy, z), m)
-    hessian = 0.5 * (hessian + hessian.T)
-    evals, evecs = torch.linalg.eigh(hessian)
-    raised = evals.clamp_min(floor * float(evals.abs().max().clamp_min(1e-300)))
-    covariance = (evecs / raised) @ evecs.T
+    h = hessian(energy, m)
+    evals = torch.linalg.eigvalsh(h)
+    covariance, raised = _covariance_clamped(h, floor)
     z = m.clone().requires_grad_(True)
     u = _u(energy, z)
     (grad,) = torch.autograd.grad(u, z)
@@ -128,6 +194,163 @@ def laplace(energy: Energy, mode: Tensor, starts: int = 1, floor: float = 1e-8) 
         float(grad.norm()),
         starts,
     )
+
+
+def _covariance_clamped(h: Tensor, floor: float) -> tuple[Tensor, Tensor]:
+    """As ``_covariance``, but eigenvalues below ``floor`` × the largest (negative ones too) are
+    raised to that: the Laplace rule, where a direction of negative curvature is not a mode."""
+    evals, evecs = torch.linalg.eigh(h)
+    raised = evals.clamp_min(floor * float(evals.abs().max().clamp_min(1e-300)))
+    return (evecs / raised) @ evecs.T, raised
+
+
+@dataclass
+class GaussianStart:
+    """Where a fit starts (``gaussian_start``): q0 = N(``mean``, ``covariance``) (float64), its
+    ``elbo`` on ``draws`` common draws, and where it came from: ``source`` "origin" (N(0, scale²I),
+    the paper's start), "laplace" (the Hessian at the lowest mode found) or "path" (a point along
+    an L-BFGS path, Pathfinder's choice when p has no proper mode or the mode's Gaussian is
+    worse); ``laplace`` is the mode's approximation
+    whichever won (None when no start reached a finite U), ``candidates`` how many were scored."""
+
+    mean: Tensor
+    covariance: Tensor
+    elbo: float
+    source: str
+    laplace: Laplace | None
+    candidates: int
+    draws: int
+
+    @property
+    def std(self) -> Tensor:
+        return self.covariance.diagonal().sqrt()
+
+
+def gaussian_elbo(energy: Energy, mean: Tensor, covariance: Tensor, eps: Tensor) -> float:
+    """ELBO of N(mean, covariance) with the standard-normal draws ``eps`` (n, D):
+    E[−U(m + Lε)] + ½ ln det(2πe Σ), Σ = LLᵀ; −inf when U is not finite at some draw (a Gaussian
+    that puts mass where U is undefined is no start)."""
+    return float(_elbo_terms(energy, mean, covariance, eps).mean())
+
+
+def _elbo_terms(energy: Energy, mean: Tensor, covariance: Tensor, eps: Tensor) -> Tensor:
+    """−U(m + Lε_i) + entropy for each draw (n,): their mean is ``gaussian_elbo``; −inf in every
+    term where U is not finite at some draw."""
+    L = cholesky(covariance)
+    with torch.no_grad():
+        u = energy(mean + eps @ L.T).to(torch.float64)
+    D = mean.numel()
+    entropy = 0.5 * D * (1 + math.log(2 * math.pi)) + float(L.diagonal().log().sum())
+    if not bool(u.isfinite().all()):
+        return torch.full_like(u, -math.inf)
+    return entropy - u
+
+
+def _better(new: Tensor, old: Tensor) -> bool:
+    """Whether the ELBO terms ``new`` beat ``old`` (same draws) by more than noise: the paired
+    difference's mean above twice its standard error (the draws are common, so a start is not
+    chosen for one lucky set of them)."""
+    if not bool(new.isfinite().all()):
+        return False
+    if not bool(old.isfinite().all()):
+        return True
+    d = new - old
+    return float(d.mean()) > 2 * float(d.std()) / math.sqrt(len(d)) + 1e-9
+
+
+def gaussian_start(
+    energy: Energy,
+    starts: int = 4,
+    scale: float = 2.0,
+    seed: int = 0,
+    points_per_path: int = 12,
+    draws: int = 256,
+    floor: float = 1e-8,
+) -> GaussianStart:
+    """The best Gaussian to start a fit from, by ELBO on ``draws`` common standard-normal draws:
+    N(0, scale²·I) (the paper's start, "origin"), the Laplace approximation at the lowest mode
+    ``find_mode`` reaches, or N(x, |H(x)|⁻¹) at one of up to ``points_per_path`` points spread
+    along each start's L-BFGS path (log-spaced, so the end of the path, where the mass is, is
+    sampled densely). The Laplace Gaussian is kept unless another candidate beats it by more
+    than noise on the common draws (``_better``), so a start is not chosen for one lucky set of
+    draws; without it, the candidate with the best mean ELBO, likewise. Where U is not finite at
+    some draw of every candidate, the start is the origin's (the paper's), with ELBO −inf."""
+    paths: list[list[Tensor]] = []
+    try:
+        mode, finite = find_mode(energy, starts, scale, seed, paths=paths)
+    except NfcliError:  # no start reached a finite U: the paths' finite points may still serve
+        mode, finite = None, 0
+    D = energy.dim
+    g = torch.Generator().manual_seed(seed + 1)
+    eps = torch.randn(draws, D, generator=g, dtype=torch.float64)
+    scored: list[tuple[Tensor, Tensor, Tensor, str]] = []  # (ELBO terms, mean, cov, source)
+    lap = None
+    if mode is not None:
+        with contextlib.suppress(RuntimeError, ValueError):  # U not twice differentiable there
+            lap = laplace(energy, mode, finite, floor)
+            scored.append(
+                (
+                    _elbo_terms(energy, lap.mode, lap.covariance, eps),
+                    lap.mode,
+                    lap.covariance,
+                    "laplace",
+                )
+            )
+    points = [x for path in paths for x in _spread(path, points_per_path)]
+    curvatures: list[Tensor] = []
+    if points:
+        with contextlib.suppress(RuntimeError, ValueError):  # U not twice differentiable
+            curvatures = list(hessians(energy, torch.stack(points)))
+    for x, h in zip(points, curvatures, strict=False):
+        with contextlib.suppress(RuntimeError, ValueError):
+            cov, _ = _covariance(h, floor)
+            scored.append((_elbo_terms(energy, x, cov, eps), x, cov, "path"))
+    origin = torch.zeros(D, dtype=torch.float64)
+    wide = torch.eye(D, dtype=torch.float64) * scale**2
+    scored.append((_elbo_terms(energy, origin, wide, eps), origin, wide, "origin"))
+    # the incumbent: the Laplace Gaussian if its ELBO is finite, else the best by mean; another
+    # candidate replaces it only if better by more than noise
+    finite_scored = [c for c in scored if bool(c[0].isfinite().all())] or scored
+    laplaces = [c for c in finite_scored if c[3] == "laplace"]
+    best = laplaces[0] if laplaces else max(finite_scored, key=lambda c: float(c[0].mean()))
+    for c in finite_scored:
+        if _better(c[0], best[0]):
+            best = c
+    candidates = len(scored)
+    terms, mean, cov, source = best
+    elbo = float(terms.mean())
+    return GaussianStart(mean, cov, elbo, source, lap, candidates, draws)
+
+
+def _spread(path: list[Tensor], n: int) -> list[Tensor]:
+    """Up to n points of ``path``, at indices log-spaced back from its end (the last included)."""
+    if len(path) <= n:
+        return list(path)
+    last = len(path) - 1
+    steps = torch.logspace(0, math.log10(last + 1), n, dtype=torch.float64) - 1
+    idx = sorted({last - round(float(s)) for s in steps})
+    return [path[i] for i in idx]
+
+
+def proper_mode(energy: Energy, centre: Tensor, max_iter: int = 500) -> Tensor | None:
+    """The proper mode of p that L-BFGS reaches from ``centre`` (D,), or None: what tells a
+    proper target whose q is still travelling to its mass from an improper one
+    (``nfcli.train.travelling``). Proper: the gradient there is small (‖∇U‖ ≤ 1e-5·(1 + |U|))
+    and every curvature positive (the smallest eigenvalue of ∇²U above 1e-9 of the largest). An
+    improper U has no such point: L-BFGS runs off (U without a lower bound), or stops where U is
+    flat in some direction (a free variable, a valley of constant depth)."""
+    try:
+        mode, _ = find_mode(energy, points=[centre], max_iter=max_iter)
+        lap = laplace(energy, mode)
+        top = float(torch.linalg.eigvalsh(hessian(energy, mode)).abs().max())
+    except (NfcliError, RuntimeError, ValueError):
+        return None
+    proper = (
+        math.isfinite(lap.energy)
+        and lap.gradient_norm <= 1e-5 * (1 + abs(lap.energy))
+        and lap.min_curvature > 1e-9 * top
+    )
+    return mode if proper else None
 
 
 def mode_and_laplace(energy: Energy, starts: int = 4, seed: int = 0) -> Laplace:

@@ -63,6 +63,10 @@ class TrustReport:
     stopped: str | None = None  # None: every step ran; "interrupted", "nonfinite", "improper"
     stop_message: str | None = None  # why it stopped ("" when it did not)
     counts: dict[str, int] = field(default_factory=dict)  # nfcli.train.COUNTS: events in the fit
+    start: str | None = None  # "origin" or "mode" (FitConfig.start, resolved)
+    start_source: str | None = None  # with "mode": the Gaussian chosen (nfcli.mode.GaussianStart)
+    start_elbo: float | None = None  # that Gaussian's ELBO
+    converged_step: int | None = None  # where the loss levelled off (FitConfig.converge)
     final_loss: float | None = None  # mean F_β over the last 1% of steps
     final_loss_beta1: float | None = None  # the same at β = 1: the negative ELBO
     wall_time_s: float | None = None
@@ -116,6 +120,8 @@ class TrustReport:
 
         for key in _FIT_KEYS:
             put(key, getattr(self, key))
+        for key in _START_KEYS:
+            put(key, getattr(self, key), always=False)
         d.update(self.counts)
         for key in _LOSS_KEYS + _IS_KEYS:
             put(key, getattr(self, key))
@@ -149,6 +155,7 @@ class TrustReport:
             return rest.pop(key)
 
         values = {key: take(key) for key in _FIT_KEYS}
+        values.update({key: take(key, always=False) for key in _START_KEYS})
         values["counts"] = {k: rest.pop(k) for k in list(rest) if k in COUNTS}
         for key in _LOSS_KEYS + _IS_KEYS:
             values[key] = take(key)
@@ -172,6 +179,7 @@ _FIT_KEYS = (
     "target", "dim", "vars", "K", "flow", "restarts_fitted", "device", "threads", "dtype", "iters",
     "anneal", "steps_done", "stopped", "stop_message",
 )  # fmt: skip
+_START_KEYS = ("start", "start_source", "start_elbo", "converged_step")
 _LOSS_KEYS = ("final_loss", "final_loss_beta1", "wall_time_s", "iters_per_s")
 _IS_KEYS = (
     "elbo", "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction", "khat", "khat_verdict",

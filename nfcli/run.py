@@ -178,7 +178,9 @@ def run_fit(
     the figures (density, layers, loss; pairs for D > 2) as PNG. A fit that stops early (``stop``
     returned True, or ``fit`` found the loss non-finite or the target improper) writes the same
     files for the steps it did, with the report's ``stopped`` and ``stop_message`` saying why;
-    model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``)."""
+    model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``). ``config`` is
+    resolved for the target (``FitConfig.resolve``); the checkpoint holds the resolved one."""
+    config = config.resolve(energy.dim)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
     result = fit(energy, config, progress, device=device, stop=stop, resume=resume)
@@ -232,6 +234,10 @@ def run_fit(
         stopped=result.stopped,
         stop_message=result.message,
         counts=dict(result.counts),
+        start=config.start,
+        start_source=result.start.source if result.start is not None else None,
+        start_elbo=result.start.elbo if result.start is not None else None,
+        converged_step=result.converged,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
     )
     report.verdict, report.verdict_reasons = verdict(report)

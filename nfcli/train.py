@@ -24,6 +24,7 @@ from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
+from nfcli.mode import GaussianStart, gaussian_start, proper_mode
 
 
 def beta_schedule(t: int | Tensor, anneal: int, beta0: float = 0.01):
@@ -43,11 +44,13 @@ def lr_factor(t: int, iters: int, decay: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (t - start) / (iters - start)))
 
 
-Progress = Callable[[int, float, float], None]  # (steps done, recent β=1 loss, β)
+Progress = Callable[[int, float, float, int], None]  # (done, recent β=1 loss, β, planned end)
 Monitor = Callable[[int, Flow], None]  # (steps done, the flow being fitted)
 Stop = Callable[[], bool]  # polled after every step: True ends the fit there (e.g. on Ctrl-C)
 N_SELECT = 20_000  # importance samples per restart to choose the kept one
 CHECK_EVERY = 100  # steps between the checks for a loss that stays non-finite or keeps falling
+# ``converged``: the loss has levelled off (measured: README, "Real posteriors")
+CONVERGE_WINDOW, CONVERGE_TOL, CONVERGE_CALM, CONVERGE_MIN = 500, 0.01, 3, 1000
 
 # ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
 SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.1, 0.1, 0.5, 0.7
@@ -74,6 +77,9 @@ class TrainingState:
     checks: list[dict[str, Any]]  # where q was at each check after annealing (``_check``)
     rng: dict[str, Tensor]
     seconds: float
+    end: int | None = None  # where the steps end once converged (None: at the config's iters)
+    converged: int | None = None  # the step at which the loss had levelled off
+    calm: int = 0  # checks in a row at which it had (``converged``)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
@@ -84,7 +90,9 @@ class TrainingState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainingState:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """From ``to_dict``'s dict, of this version or an older one (fields with defaults may be
+        absent)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def _to_cpu(x: Any) -> Any:
@@ -110,6 +118,8 @@ class FitResult:
     stopped: str | None = None  # None: ran every step; else "interrupted", "nonfinite", "improper"
     message: str = ""  # why it stopped, for the user
     counts: dict[str, int] = field(default_factory=dict)
+    start: GaussianStart | None = None  # where q started (config.start "mode")
+    converged: int | None = None  # the step at which the loss levelled off (config.converge)
 
     @property
     def steps(self) -> int:
@@ -147,7 +157,16 @@ def fit(
     ``stopped`` and ``message`` saying why, when ``stop()`` returns True (it is polled after every
     step), when the loss has had no finite value for ``CHECK_EVERY`` steps, or when q keeps
     spreading while the loss falls without bound (``spreading``). ``resume``: a ``state`` of an
-    earlier result, to go on to ``config.iters`` steps exactly as one run would have."""
+    earlier result, to go on to ``config.iters`` steps exactly as one run would have.
+
+    ``config`` is resolved for the target first (``FitConfig.resolve``; the result's config is
+    that). With ``start`` "mode" the flow starts as ``nfcli.mode.gaussian_start``'s Gaussian
+    (its time counts in ``seconds``). With ``converge``, ``config.iters`` is the most steps: once
+    the loss at β = 1 has fallen by less than CONVERGE_TOL nats between successive windows of
+    CONVERGE_WINDOW steps at CONVERGE_CALM checks in a row (``converged``), the learning rate's
+    cosine decay starts there, as if ``iters`` had been that step / (1 − ``decay``), and the fit
+    ends at that new end."""
+    config = config.resolve(energy.dim)
     config.validate(energy.dim)
     reuse_freed_memory()
     device = torch.device(device)
@@ -183,6 +202,11 @@ def _fit(
     dtype = resolve_dtype(config.dtype)
     restarts_now = resume.flow_restarts if resume is not None else R
     flow = Flow(D, config.architecture(), restarts_now)
+    began = time.perf_counter()
+    start_at = None
+    if resume is None and config.start == "mode":
+        start_at = gaussian_start(energy, seed=config.seed)
+        flow.start_at(start_at.mean, start_at.covariance)
     flow = flow.to(device=device, dtype=dtype)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
@@ -192,6 +216,7 @@ def _fit(
     finite_seen, bad_rows, skipped = (torch.zeros((), device=device) for _ in range(3))
     prior, drawn = dict.fromkeys(COUNTS, 0), 0
     kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
+    end, converged, calm = config.iters, None, 0
     if resume is not None:
         flow.load_state_dict(resume.flow)
         opt.load_state_dict(resume.optimizer)
@@ -201,6 +226,8 @@ def _fit(
         loss1_hist[:start_step] = resume.loss_beta1.to(device)
         prior = dict(resume.counts)
         _set_rng(resume.rng, device)
+        if resume.end is not None and resume.step < resume.end:  # stopped while decaying
+            end, converged, calm = resume.end, resume.converged, resume.calm
     cols = slice(kept, kept + 1) if flow.restarts < R else slice(None)
     anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
     stopped, message, z, t = None, "", None, start_step - 1
@@ -211,14 +238,17 @@ def _fit(
         return g.where(ok, 0.0)
 
     start = time.perf_counter()
+    before += start - began  # the Gaussian start's search
     for t in range(start_step, config.iters):
+        if t >= end:
+            break
         if t == choose_at and flow.restarts > 1:  # the restarts have explored; the best goes on
             kept, summaries = choose_restart(flow, energy)
             flow, opt = _keep(flow, opt, kept)
             cols = slice(kept, kept + 1)
         beta = beta_schedule(t, anneal)
         for group in opt.param_groups:
-            group["lr"] = config.lr * lr_factor(t, config.iters, config.decay)
+            group["lr"] = config.lr * lr_factor(t, end, config.decay)
         z, log_q = flow.rsample_all(B)
         z.register_hook(finite_rows)
         u = energy(z.reshape(-1, D)).reshape(-1, B)
@@ -246,9 +276,15 @@ def _fit(
         if (t + 1) % every == 0 or t + 1 == config.iters:
             if progress is not None:
                 recent = loss1_hist[max(0, t + 1 - every) : t + 1, cols].nanmean(0)
-                progress(t + 1, recent.nan_to_num(math.inf).min().item(), beta)
+                progress(t + 1, recent.nan_to_num(math.inf).min().item(), beta, end)
             if monitor is not None:
                 monitor(t + 1, flow)
+        if (t + 1) % CHECK_EVERY == 0 and config.converge and converged is None:
+            calm = calm + 1 if levelled(loss1_hist[: t + 1, cols], t + 1 - anneal) else 0
+            if calm >= CONVERGE_CALM:  # decay from here, over decay/(1 − decay) of the steps
+                converged = t + 1
+                stretched = round(converged / (1 - config.decay)) if config.decay < 1 else 0
+                end = min(config.iters, max(converged + CHECK_EVERY, stretched))
         if (t + 1) % CHECK_EVERY == 0:
             stopped, message = _check(
                 t + 1,
@@ -285,14 +321,41 @@ def _fit(
         checks,
         _get_rng(device),
         seconds,
+        end if converged is not None else None,
+        converged,
+        calm,
     )
     if flow.restarts > 1:  # the restarts explored to the end (no annealing), or were stopped
         kept, summaries = choose_restart(flow, energy)
         flow = flow.select(kept)
     loss, loss1 = loss_hist[:done, kept].float().cpu(), loss1_hist[:done, kept].float().cpu()
     return FitResult(
-        flow, config, loss, loss1, seconds, summaries, kept, state, stopped, message, state.counts
+        flow,
+        config,
+        loss,
+        loss1,
+        seconds,
+        summaries,
+        kept,
+        state,
+        stopped,
+        message,
+        state.counts,
+        start_at,
+        converged,
     )
+
+
+def levelled(loss: Tensor, after_anneal: int) -> bool:
+    """Whether the loss (steps, R) at β = 1 fell by less than CONVERGE_TOL nats from the mean of
+    one window of CONVERGE_WINDOW steps to the next (the last two), in every column, at least
+    CONVERGE_MIN steps after annealing ended (``after_anneal``: steps since)."""
+    W = CONVERGE_WINDOW
+    if after_anneal < max(CONVERGE_MIN, 2 * W):
+        return False
+    prev, last = loss[-2 * W : -W].nanmean(0), loss[-W:].nanmean(0)
+    fell = (prev - last).nan_to_num(math.inf)
+    return bool((fell < CONVERGE_TOL).all())
 
 
 COUNTS = ("nonfinite_energies", "nonfinite_gradients", "skipped_steps")
@@ -321,7 +384,28 @@ def _check(
         return None, ""
     checks.append({"step": step, "loss": window.nanmean(0).tolist(), **where_q_is(z)})
     message = spreading(checks, config)
+    if message:
+        modes = [
+            proper_mode(energy, torch.tensor(mid, dtype=torch.float64))
+            for mid in checks[-1]["median"]
+        ]
+        if all(m is not None for m in modes):  # a proper target: q travelled, or still does
+            checks[-1]["modes"] = [m.tolist() for m in modes]
+            message = "" if travelling(checks[-1]) else spreading(checks, config, drift=False)
     return ("improper" if message else None), message
+
+
+def travelling(check: dict[str, Any]) -> bool:
+    """Whether some restart's q is still on its way to the proper mode of p found from its median
+    (``check["modes"]``): farther than its interquartile range in some coordinate. Then a
+    falling loss and a moving q are a journey; once q has arrived, only spreading counts
+    (``spreading(drift=False)``), which an improper target with a mode (U growing too slowly
+    for p to have finite mass) still shows."""
+    return any(
+        abs(m - c) > w
+        for mode, mid, iqr in zip(check["modes"], check["median"], check["iqr"], strict=True)
+        for m, c, w in zip(mode, mid, iqr, strict=True)
+    )
 
 
 def where_q_is(z: Tensor) -> dict[str, list]:
@@ -333,10 +417,10 @@ def where_q_is(z: Tensor) -> dict[str, list]:
     return {"median": mid.tolist(), "iqr": (hi - lo).tolist(), "extent": reach.tolist()}
 
 
-def spreading(checks: list[dict[str, Any]], config: FitConfig) -> str:
-    """A message if q keeps spreading or drifting while the loss keeps falling
-    (``spread_score`` ≥ 1), else ''."""
-    if spread_score(checks) < 1:
+def spreading(checks: list[dict[str, Any]], config: FitConfig, drift: bool = True) -> str:
+    """A message if q keeps spreading or drifting (``drift``: or only spreading) while the loss
+    keeps falling (``spread_score`` ≥ 1), else ''."""
+    if spread_score(checks, drift) < 1:
         return ""
     a, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1]
     fell = min(x - y for x, y in zip(a["loss"], b["loss"], strict=True))
@@ -353,7 +437,7 @@ def spreading(checks: list[dict[str, Any]], config: FitConfig) -> str:
     )
 
 
-def spread_score(checks: list[dict[str, Any]]) -> float:
+def spread_score(checks: list[dict[str, Any]], drift: bool = True) -> float:
     """How close the last checks come to calling the target improper; ≥ 1 stops the fit. For
     every restart, over each of the last two spans of SPREAD_SPAN checks (500 steps), the loss
     must have fallen by over SPREAD_LOSS nats while q reached farther (ln extent up by over
@@ -361,7 +445,8 @@ def spread_score(checks: list[dict[str, Any]]) -> float:
     coordinate); and the loss must have fallen from check to check at least SPREAD_TREND of the
     time, so that one jump (a mode found late) is no trend. The score is the smallest of these
     measures over its threshold. F ≥ −ln Z when the target is proper, so F cannot fall for
-    ever; heavy tails make q reach farther without F falling (README, "Robustness")."""
+    ever; heavy tails make q reach farther without F falling (README, "Robustness"). Without
+    ``drift``, a move of the median does not count (q arriving at a mode it has found)."""
     if len(checks) < 2 * SPREAD_SPAN + 1:
         return 0.0
     a, m, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1 - SPREAD_SPAN], checks[-1]
@@ -376,6 +461,7 @@ def spread_score(checks: list[dict[str, Any]]) -> float:
                 for m0, m1, w in zip(x["median"][r], y["median"][r], x["iqr"][r], strict=True)
             )
             fell, grew = x["loss"][r] - y["loss"][r], y["extent"][r] - x["extent"][r]
+            moved = moved if drift else 0.0
             score = min(score, fell / SPREAD_LOSS, max(grew / SPREAD_EXTENT, moved / SPREAD_MOVE))
         scores.append(score)
     return min(scores)

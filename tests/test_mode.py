@@ -5,9 +5,18 @@ import math
 import pytest
 import torch
 
+from nfcli.config import FitConfig
 from nfcli.energy import Energy, load_energy
 from nfcli.errors import NfcliError
-from nfcli.mode import find_mode, laplace, mode_and_laplace
+from nfcli.flows import Flow
+from nfcli.mode import (
+    find_mode,
+    gaussian_elbo,
+    gaussian_start,
+    laplace,
+    mode_and_laplace,
+    proper_mode,
+)
 
 
 def gaussian_energy(mean: torch.Tensor, cov: torch.Tensor) -> Energy:
@@ -65,3 +74,61 @@ def test_an_energy_finite_nowhere_is_a_clear_error():
     )
     with pytest.raises(NfcliError, match="Could not find a mode of U"):
         find_mode(energy, starts=2)
+
+
+def test_the_gaussian_start_on_a_badly_scaled_gaussian_is_its_laplace_approximation():
+    """Condition number 1e6, mean far from the origin: the start is the Laplace Gaussian, or a
+    point at the end of the L-BFGS path as good by ELBO (≈ ln Z: q = p here), and a flow started
+    there (start "mode") is N(mean, cov)."""
+    D = 6
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+    cov = (q * torch.logspace(-3, 3, D, dtype=torch.float64)) @ q.T
+    mean = torch.randn(D, generator=g, dtype=torch.float64) * 50
+    energy = gaussian_energy(mean, cov)
+    start = gaussian_start(energy)
+    assert start.source in ("laplace", "path")
+    exact_log_z = 0.5 * D * math.log(2 * math.pi) + 0.5 * float(torch.logdet(cov))
+    assert start.elbo == pytest.approx(exact_log_z, abs=0.3)  # 256 draws: ±0.1 (1 se)
+    flow = Flow(D, FitConfig(flow="realnvp", start="mode", converge=True).architecture())
+    flow = flow.double()
+    flow.start_at(start.mean, start.covariance)
+    z = flow.sample(200_000, torch.Generator().manual_seed(0))
+    sd = cov.diagonal().sqrt()
+    assert ((z.mean(0) - mean).abs() / sd).max() < 0.02
+    torch.testing.assert_close(
+        torch.cov(z.T) / torch.outer(sd, sd), cov / torch.outer(sd, sd), atol=0.02, rtol=0
+    )
+
+
+def centred_hierarchy(z: torch.Tensor) -> torch.Tensor:
+    """Three groups, θ_j ~ N(μ, τ²), y_j ~ N(θ_j, 1), μ ~ N(0, 5²), τ ~ HalfCauchy(5), in
+    (μ, s = ln τ, θ_1..3): U falls as 2s down the neck (θ = μ, τ → 0), so p has no mode."""
+    y = torch.tensor([2.0, -1.0, 0.5], dtype=z.dtype)
+    mu, s, theta = z[:, 0], z[:, 1], z[:, 2:]
+    prior = mu**2 / 50 + torch.log1p(torch.exp(2 * s) / 25) - s
+    group = ((theta - mu[:, None]) ** 2).sum(-1) * torch.exp(-2 * s) / 2 + 3 * s
+    return prior + group + ((y - theta) ** 2).sum(-1) / 2
+
+
+def test_without_a_mode_the_start_is_a_gaussian_from_the_path_not_the_neck():
+    """Where L-BFGS runs down the neck, the start is a Gaussian from a path point: finite, better
+    by ELBO than the paper's N(0, 2²), and not down the neck."""
+    energy = Energy(centred_hierarchy, ("mu", "s", "t1", "t2", "t3"), {"kind": "test"})
+    start = gaussian_start(energy)
+    assert start.source == "path"
+    draws = torch.randn(256, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    origin = gaussian_elbo(energy, torch.zeros(5).double(), 4 * torch.eye(5).double(), draws)
+    assert math.isfinite(start.elbo) and start.elbo > origin
+    assert torch.linalg.eigvalsh(start.covariance).min() > 0
+    assert start.mean[1] > -5  # τ > e⁻⁵
+
+
+def test_proper_mode_tells_a_mode_from_a_flat_or_unbounded_energy():
+    at = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    found = proper_mode(load_energy("0.5*((x-60)**2 + (y+60)**2)"), at)
+    torch.testing.assert_close(found, torch.tensor([60.0, -60.0], dtype=torch.float64))
+    assert proper_mode(load_energy("x**2/2", ["x", "y"], check_proper=False), at) is None
+    assert proper_mode(load_energy("x**2/2 - y", check_proper=False), at) is None
+    valley = load_energy("0.5*((y - sin(2*pi*x/4))/0.4)**2", check_proper=False)
+    assert proper_mode(valley, at) is None
