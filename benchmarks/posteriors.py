@@ -206,6 +206,10 @@ def main() -> None:
     if missing:
         ap.error(f"no posterior (with a reference) named {missing}; have {', '.join(available())}")
     settings = parse_settings(args.set)
+    try:  # a bad --set stops here, not in every fit
+        FitConfig(**settings).validate()
+    except (NfcliError, TypeError, ValueError) as e:
+        raise SystemExit(f"--set {' '.join(args.set)}: {e}") from None
     torch.set_num_threads(args.threads)
 
     print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
