@@ -1,0 +1,200 @@
+"""JAX re-implementations of the posteriors' energies, for NumPyro's NUTS (reference draws only).
+
+Not an nfcli energy file (hence the leading underscore: benchmarks/posteriors.py and the tests
+skip it). Each builder takes the namespace of the posterior's own file (its data: X, Y, …, read
+with runpy) and returns the potential −ln p(z) of ONE point z (D,), written independently of the
+torch U: from jax.scipy.stats log-densities with all their constants, so that it equals the torch
+U only up to a constant. benchmarks/posterior_reference.py checks that it does, in float64.
+
+Imports jax: needs the ``bench`` extra (pip install -e ".[bench]"); nfcli never imports this.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+from jax.scipy.stats import cauchy, expon, multivariate_normal, norm, poisson
+
+Potential = Callable[[jax.Array], jax.Array]
+LOG2 = math.log(2.0)
+
+
+def _bernoulli_logit(y: jax.Array, logit: jax.Array) -> jax.Array:
+    """ln Bernoulli(y | p = logistic(logit)), stably."""
+    return y * jax.nn.log_sigmoid(logit) + (1 - y) * jax.nn.log_sigmoid(-logit)
+
+
+def _log_jacobian_logit(logit: jax.Array) -> jax.Array:
+    """ln |dp/dℓ| for p = logistic(ℓ): ln p + ln(1 − p)."""
+    return jax.nn.log_sigmoid(logit) + jax.nn.log_sigmoid(-logit)
+
+
+def _eight_schools_prior(mu: jax.Array, log_tau: jax.Array) -> jax.Array:
+    """ln N(μ; 0, 5²) + ln HalfCauchy(τ; 5) + ln τ (the Jacobian of τ = e^{ln τ})."""
+    tau = jnp.exp(log_tau)
+    return norm.logpdf(mu, 0.0, 5.0) + LOG2 + cauchy.logpdf(tau, 0.0, 5.0) + log_tau
+
+
+def eight_schools_centered(ns: dict[str, Any]) -> Potential:
+    y, sigma = jnp.asarray(ns["Y"]), jnp.asarray(ns["SIGMA"])
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu, log_tau, theta = z[0], z[1], z[2:]
+        log_p = _eight_schools_prior(mu, log_tau)
+        log_p += norm.logpdf(theta, mu, jnp.exp(log_tau)).sum()
+        log_p += norm.logpdf(y, theta, sigma).sum()
+        return -log_p
+
+    return potential
+
+
+def eight_schools_noncentered(ns: dict[str, Any]) -> Potential:
+    y, sigma = jnp.asarray(ns["Y"]), jnp.asarray(ns["SIGMA"])
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu, log_tau, eta = z[0], z[1], z[2:]
+        theta = mu + jnp.exp(log_tau) * eta
+        log_p = _eight_schools_prior(mu, log_tau) + norm.logpdf(eta).sum()
+        log_p += norm.logpdf(y, theta, sigma).sum()
+        return -log_p
+
+    return potential
+
+
+def _logistic_regression(x: jax.Array, y: jax.Array, prior_sd: float) -> Potential:
+    def potential(beta: jax.Array) -> jax.Array:
+        log_p = norm.logpdf(beta, 0.0, prior_sd).sum() + _bernoulli_logit(y, x @ beta).sum()
+        return -log_p
+
+    return potential
+
+
+def logistic_scaled(ns: dict[str, Any]) -> Potential:
+    return _logistic_regression(jnp.asarray(ns["X"]), jnp.asarray(ns["Y"]), ns["PRIOR_SD"])
+
+
+def logistic100(ns: dict[str, Any]) -> Potential:
+    return _logistic_regression(jnp.asarray(ns["X"]), jnp.asarray(ns["Y"]), 1.0)
+
+
+def linear_scaled(ns: dict[str, Any]) -> Potential:
+    """σ² ~ InvGamma(a0, b0) written out; β | σ² ~ MVN(0, σ² V0); z = (β, s = ln σ)."""
+    x, y = jnp.asarray(ns["X"]), jnp.asarray(ns["Y"])
+    a0, b0, scale = ns["A0"], ns["B0"], ns["PRIOR_SCALE"]
+    p = x.shape[1]
+
+    def potential(z: jax.Array) -> jax.Array:
+        beta, s = z[:-1], z[-1]
+        var = jnp.exp(2 * s)
+        log_inv_gamma = a0 * jnp.log(b0) - jax.scipy.special.gammaln(a0)
+        log_inv_gamma += -(a0 + 1) * jnp.log(var) - b0 / var
+        log_jacobian = LOG2 + 2 * s  # dσ²/ds = 2e^{2s}
+        log_beta = multivariate_normal.logpdf(beta, jnp.zeros(p), var * scale**2 * jnp.eye(p))
+        log_lik = norm.logpdf(y, x @ beta, jnp.sqrt(var)).sum()
+        return -(log_inv_gamma + log_jacobian + log_beta + log_lik)
+
+    return potential
+
+
+def poisson_glm(ns: dict[str, Any]) -> Potential:
+    x, offset, y = jnp.asarray(ns["X"]), jnp.asarray(ns["LOG_EXPOSURE"]), jnp.asarray(ns["Y"])
+    prior_sd = ns["PRIOR_SD"]
+
+    def potential(beta: jax.Array) -> jax.Array:
+        rate = jnp.exp(x @ beta + offset)
+        log_p = norm.logpdf(beta, 0.0, prior_sd).sum() + poisson.logpmf(y, rate).sum()
+        return -log_p
+
+    return potential
+
+
+def garch(ns: dict[str, Any]) -> Potential:
+    """The same recursion as the torch file's loop, as a lax.scan."""
+    r, v0 = jnp.asarray(ns["RETURNS"]), ns["V0"]
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu, log_omega, logit_p, logit_a = z
+        omega = jnp.exp(log_omega)
+        persistence, share = jax.nn.sigmoid(logit_p), jax.nn.sigmoid(logit_a)
+        alpha, beta = persistence * share, persistence * (1 - share)
+        eps = r - mu
+
+        def step(sigma2: jax.Array, eps_prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+            new = omega + alpha * eps_prev**2 + beta * sigma2
+            return new, new
+
+        _, later = jax.lax.scan(step, jnp.asarray(v0, dtype=z.dtype), eps[:-1])
+        sigma2 = jnp.concatenate([jnp.asarray([v0], dtype=z.dtype), later])
+        log_lik = norm.logpdf(eps, 0.0, jnp.sqrt(sigma2)).sum()
+        log_prior = norm.logpdf(mu) + expon.logpdf(omega) + log_omega
+        log_prior += _log_jacobian_logit(logit_p) + _log_jacobian_logit(logit_a)  # Uniform(0, 1)
+        return -(log_prior + log_lik)
+
+    return potential
+
+
+def mixture(ns: dict[str, Any]) -> Potential:
+    x = jnp.asarray(ns["X"])
+
+    def half_normal(v: jax.Array, scale: float) -> jax.Array:
+        return LOG2 + norm.logpdf(v, 0.0, scale)
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu1, log_d, log_s1, log_s2, logit_w = z
+        d, s1, s2, w = jnp.exp(log_d), jnp.exp(log_s1), jnp.exp(log_s2), jax.nn.sigmoid(logit_w)
+        log_prior = norm.logpdf(mu1, 0.0, 5.0) + half_normal(d, 5.0) + log_d
+        log_prior += half_normal(s1, 2.0) + log_s1 + half_normal(s2, 2.0) + log_s2
+        log_prior += _log_jacobian_logit(logit_w)
+        parts = jnp.stack(
+            [jnp.log(w) + norm.logpdf(x, mu1, s1), jnp.log1p(-w) + norm.logpdf(x, mu1 + d, s2)]
+        )
+        return -(log_prior + logsumexp(parts, axis=0).sum())
+
+    return potential
+
+
+def gp_poisson(ns: dict[str, Any]) -> Potential:
+    kernel, y, offset = jnp.asarray(ns["KERNEL"]), jnp.asarray(ns["Y"]), ns["OFFSET"]
+    zero = jnp.zeros(kernel.shape[0])
+
+    def potential(f: jax.Array) -> jax.Array:
+        log_p = multivariate_normal.logpdf(f, zero, kernel)
+        log_p += poisson.logpmf(y, jnp.exp(offset + f)).sum()
+        return -log_p
+
+    return potential
+
+
+def hier_logistic(ns: dict[str, Any]) -> Potential:
+    group, y = jnp.asarray(ns["GROUP"]), jnp.asarray(ns["OUTCOME"])
+    severity, treated = jnp.asarray(ns["SEVERITY"]), jnp.asarray(ns["TREATED"])
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu, log_tau, b1, b2, eta = z[0], z[1], z[2], z[3], z[4:]
+        tau = jnp.exp(log_tau)
+        alpha = mu + tau * eta
+        logit = alpha[group] + b1 * severity + b2 * treated
+        log_prior = norm.logpdf(mu, 0.0, 2.0) + LOG2 + norm.logpdf(tau) + log_tau
+        log_prior += norm.logpdf(b1) + norm.logpdf(b2) + norm.logpdf(eta).sum()
+        return -(log_prior + _bernoulli_logit(y, logit).sum())
+
+    return potential
+
+
+POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
+    "eight_schools_centered": eight_schools_centered,
+    "eight_schools_noncentered": eight_schools_noncentered,
+    "logistic_scaled": logistic_scaled,
+    "linear_scaled": linear_scaled,
+    "poisson_glm": poisson_glm,
+    "garch": garch,
+    "mixture": mixture,
+    "gp_poisson": gp_poisson,
+    "hier_logistic": hier_logistic,
+    "logistic100": logistic100,
+}

@@ -1,0 +1,34 @@
+"""The eight schools (Rubin 1981; Gelman et al., BDA3 section 5.5), non-centred parametrisation.
+
+Data (real, BDA3 Table 5.2): estimated coaching effects y_j on SAT-V scores in eight schools and
+their standard errors σ_j, j = 1..8:
+
+    y = [28, 8, −3, 7, −1, 1, 18, 12],  σ = [15, 10, 16, 11, 9, 11, 10, 18].
+
+Model:
+    μ ~ N(0, 5²),  τ ~ HalfCauchy(5),  η_j ~ N(0, 1),  θ_j = μ + τ·η_j,  y_j | θ_j ~ N(θ_j, σ_j²).
+
+Coordinates (10-D, unconstrained): z = (μ, ln τ, η_1..η_8), with the log-Jacobian of
+τ = exp(ln τ) in U (p(ln τ) = p(τ)·τ). Up to a constant,
+
+    U = μ²/50 + ln(1 + τ²/25) − ln τ + Σ_j η_j²/2 + Σ_j (y_j − μ − τ η_j)²/(2σ_j²).
+
+The same posterior as eight_schools_centered.py (θ = μ + τ·η), without the funnel.
+"""
+
+import torch
+
+Y = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
+SIGMA = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
+NAMES = ["mu", "log_tau"] + [f"eta_{j}" for j in range(1, 9)]
+
+
+def energy(z: torch.Tensor) -> torch.Tensor:
+    y = torch.as_tensor(Y, dtype=z.dtype)
+    sigma = torch.as_tensor(SIGMA, dtype=z.dtype)
+    mu, log_tau, eta = z[:, 0], z[:, 1], z[:, 2:]
+    tau = torch.exp(log_tau)
+    theta = mu[:, None] + tau[:, None] * eta
+    prior = mu**2 / 50 + torch.log1p(tau**2 / 25) - log_tau + (eta**2).sum(-1) / 2
+    likelihood = ((y - theta) ** 2 / (2 * sigma**2)).sum(-1)
+    return prior + likelihood
