@@ -1,6 +1,7 @@
-"""A flow: a diagonal-Gaussian base pushed through a list of transforms (``nfcli.transforms``).
+"""A flow: a base distribution (``nfcli.bases``) pushed through a list of transforms
+(``nfcli.transforms``).
 
-z_0 ~ q0 = N(loc, diag(scale²)), z_K = f_K ∘ … ∘ f_1(z_0), and
+z_0 ~ q0 (by default N(loc, diag(scale²))), z_K = f_K ∘ … ∘ f_1(z_0), and
 
     ln q_K(z_K) = ln q0(z_0) − Σ_k ln |det ∂f_k/∂z_{k−1}|.
 
@@ -12,12 +13,12 @@ which the checkpoint stores; ``architecture`` writes the spec of each flow type 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nfcli.bases import DiagonalGaussian, build_base  # noqa: F401  (DiagonalGaussian re-exported)
 from nfcli.errors import NfcliError
 from nfcli.transforms import build, planar, radial  # noqa: F401  (the math, re-exported)
 
@@ -78,40 +79,8 @@ def architecture(
     return {"base": {"type": "diagonal_gaussian", "scale": 1.0}, "transforms": transforms}
 
 
-class DiagonalGaussian(nn.Module):
-    """q0(z0) = N(z0; loc, diag(exp(log_scale)²)) for R flows: loc, log_scale of shape (R, D)."""
-
-    def __init__(self, dim: int, scale: float = 1.0, restarts: int = 1) -> None:
-        super().__init__()
-        self.loc = nn.Parameter(torch.zeros(restarts, dim))
-        self.log_scale = nn.Parameter(torch.full((restarts, dim), math.log(scale)))
-
-    def rsample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """z0 (R, n, D) = loc + σ·ε and ln q0(z0) (R, n) = −½‖ε‖² − Σ ln σ − (D/2) ln 2π."""
-        R, D = self.loc.shape
-        eps = torch.randn(
-            R, n, D, generator=generator, dtype=self.loc.dtype, device=self.loc.device
-        )
-        z = self.loc.unsqueeze(1) + self.log_scale.exp().unsqueeze(1) * eps
-        return z, self._log_prob_of_eps(eps)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """ln q0(z) for z of shape (R, N, D) → (R, N)."""
-        return self._log_prob_of_eps(
-            (z - self.loc.unsqueeze(1)) * torch.exp(-self.log_scale).unsqueeze(1)
-        )
-
-    def _log_prob_of_eps(self, eps: Tensor) -> Tensor:
-        """ln q0 = −½‖ε‖² − Σ ln σ − (D/2) ln 2π at the standardised point ε = (z − loc)/σ."""
-        log_sigma = self.log_scale.sum(-1, keepdim=True)
-        return -0.5 * (eps * eps).sum(-1) - log_sigma - 0.5 * eps.shape[-1] * _LOG_2PI
-
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
 class Flow(nn.Module):
-    """q_K: a diagonal-Gaussian base pushed through ``transforms``, built from ``architecture``.
+    """q_K: a base (``nfcli.bases``) pushed through ``transforms``, built from ``architecture``.
 
     With ``restarts`` = R > 1 it holds R independent flows whose parameters (and buffers) carry a
     leading dimension R, so that they are fitted as one batched computation (``rsample_all``);
@@ -121,12 +90,9 @@ class Flow(nn.Module):
 
     def __init__(self, dim: int, architecture: dict[str, Any], restarts: int = 1) -> None:
         super().__init__()
-        base = dict(architecture["base"])
-        if base.pop("type") != "diagonal_gaussian":
-            raise NfcliError(f"unknown base distribution in the flow's architecture: {base}")
         self.dim, self.restarts = dim, restarts
         self.architecture = copy.deepcopy(architecture)
-        self.base = DiagonalGaussian(dim, restarts=restarts, **base)
+        self.base = build_base(architecture["base"], dim, restarts)
         self.transforms = nn.ModuleList(
             build(spec, dim, restarts) for spec in architecture["transforms"]
         )
@@ -205,11 +171,11 @@ class Flow(nn.Module):
     ) -> tuple[list[Tensor], Tensor]:
         """n draws followed through the flow: [z_0, z_1, …, z_K] after each of the K layers, each
         (n, D) (a transform of 0 layers, such as a mixing or a final scaling, is folded into the
-        state before it), and each draw's distance from the base mean in base standard
-        deviations, ‖(z_0 − μ)/σ‖ (n,)."""
+        state before it), and each draw's distance from the base's centre in the base's scales,
+        ‖(z_0 − loc)/σ‖ (n,) (``standardise``; for a Gaussian base, in standard deviations)."""
         self._single()
         z0, _ = self.base.rsample(n, generator)
-        radius = ((z0[0] - self.base.loc[0]) / self.base.log_scale[0].exp()).norm(dim=-1)
+        radius = self.base.standardise(z0)[0].norm(dim=-1)
         zs = [z0]
         for t in self.transforms:
             steps = t.steps(zs[-1])
