@@ -12,8 +12,14 @@ dict [r:r+1]):
     standardise(z)        -> ε = (z − loc)/σ (R, N, D)
     spec()                -> the plain dict that ``build_base`` rebuilds the base from
 
-A flow's architecture stores the base's spec (``{"type": "diagonal_gaussian", "scale": 1.0}``),
-whose ``scale`` is the initial σ.
+A flow's architecture stores the base's spec (``{"type": "diagonal_gaussian", "scale": 1.0}``,
+``{"type": "student_t", "scale": 1.0, "dof": 30.0}``), whose ``scale`` is the initial σ.
+
+A heavy-tailed base (``StudentT``) is one way for a flow to get heavy tails: a Lipschitz map of a
+light-tailed base has light tails, whatever its depth, and flows such as RealNVP cannot turn a
+Gaussian into polynomial tails (Jaini, Kobyzev, Yu & Brubaker 2020, "Tails of Lipschitz
+triangular flows", ICML, arXiv 1907.04481); their tail-adaptive flows learn the degrees of freedom
+of a Student-t base with the map, per coordinate as here.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import softplus
 
 from nfcli.errors import NfcliError
 
@@ -109,3 +116,85 @@ class DiagonalGaussian(Base):
 
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+@register_base
+class StudentT(Base):
+    """q0(z) = Π_d t_ν_d((z_d − loc_d)/σ_d)/σ_d: independent Student-t coordinates with learnt
+    location, scale and degrees of freedom ν_d, all of shape (R, D).
+
+        ln q0(z) = Σ_d [lnΓ((ν_d + 1)/2) − lnΓ(ν_d/2) − ½ ln(ν_d π) − ln σ_d
+                        − (ν_d + 1)/2 · ln(1 + ε_d²/ν_d)],   ε = (z − loc)/σ.
+
+    ν = DOF_MIN + softplus(dof_raw), so ν > 1: the base always has a mean, while its variance
+    may be infinite (ν ≤ 2) if the target's tails ask for it. ``dof`` is the initial ν; the
+    default 30 starts close to a Gaussian, and the fit makes the tails heavier where the target
+    has them.
+
+    Sampling is reparametrised in loc, σ and ν: ε = η·√(ν/(2γ)), η ~ N(0, 1), γ ~ Gamma(ν/2, 1)
+    (so 2γ ~ χ²_ν), where γ's derivative in ν comes from ``torch._standard_gamma``'s implicit
+    gradient (as ``torch.distributions.Gamma.rsample``'s does). ``torch._standard_gamma`` takes no
+    generator, so with a ``generator`` the γ are drawn from the device's global RNG seeded by one
+    draw of the generator, inside ``torch.random.fork_rng`` (see ``_gamma``): the generator gives
+    the same draws each time, and the caller's global random state is left as it was."""
+
+    name = "student_t"
+    DOF_MIN = 1.0
+
+    def __init__(self, dim: int, scale: float = 1.0, dof: float = 30.0, restarts: int = 1) -> None:
+        super().__init__(dim, scale, restarts)
+        if not self.DOF_MIN < dof < math.inf:
+            raise NfcliError(
+                f"A Student-t base's initial degrees of freedom must be finite and above "
+                f"{self.DOF_MIN:g}; got dof = {dof}."
+            )
+        self.initial_dof = float(dof)
+        x = self.initial_dof - self.DOF_MIN  # softplus⁻¹(x) = x + ln(1 − e⁻ˣ)
+        self.dof_raw = nn.Parameter(torch.full((restarts, dim), x + math.log(-math.expm1(-x))))
+
+    @property
+    def dof(self) -> Tensor:
+        """ν (R, D)."""
+        return self.DOF_MIN + softplus(self.dof_raw)
+
+    def options(self) -> dict[str, Any]:
+        return {"scale": self.scale, "dof": self.initial_dof}
+
+    def standard_rsample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        R, D = self.loc.shape
+        eta = torch.randn(
+            R, n, D, generator=generator, dtype=self.loc.dtype, device=self.loc.device
+        )
+        nu = self.dof.unsqueeze(1).expand(R, n, D)
+        gamma = _gamma(nu / 2, generator).clamp_min(torch.finfo(nu.dtype).tiny)
+        return eta * torch.sqrt(nu / (2 * gamma))
+
+    def log_prob_standard(self, eps: Tensor) -> Tensor:
+        nu = self.dof
+        const = (
+            torch.lgamma((nu + 1) / 2)
+            - torch.lgamma(nu / 2)
+            - 0.5 * torch.log(nu * math.pi)
+            - self.log_scale
+        ).sum(-1, keepdim=True)
+        nu = nu.unsqueeze(1)
+        return const - ((nu + 1) / 2 * torch.log1p(eps * eps / nu)).sum(-1)
+
+
+def _gamma(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Gamma(α, 1) draws of α's shape, differentiable in α (``torch._standard_gamma``). Without a
+    generator they come from the global RNG of α's device, as ``torch.randn`` without one does;
+    with one, from that RNG seeded by a draw of the generator, inside ``fork_rng``, so that the
+    draws depend on the generator's state alone and the global state is restored."""
+    if generator is None:
+        return torch._standard_gamma(concentration)
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    device = concentration.device
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda"):
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        else:
+            torch.default_generator.manual_seed(seed)
+        return torch._standard_gamma(concentration)
