@@ -32,6 +32,8 @@ DEFAULT_K = {"planar": 32, "radial": 32, "nice": 8, "realnvp": 8, "spline": 8, "
 DEFAULT_HIDDEN = [64, 64]
 DEFAULT_BINS = 8
 MIXING = "orthogonal"
+BASE_TYPES = ("gaussian", "student_t")
+STUDENT_DOF = 30.0
 
 
 def architecture(
@@ -42,8 +44,10 @@ def architecture(
     hidden: list[int] | None = None,
     bins: int | None = None,
     mixing: str = MIXING,
+    base: str = "gaussian",
 ) -> dict[str, Any]:
-    """The spec of a flow type (one of FLOW_TYPES) with K layers.
+    """The spec of a flow type (one of FLOW_TYPES) with K layers, on a ``base`` of BASE_TYPES
+    (``base_spec``; the base's initial scale is as below whichever it is).
 
     planar, radial: N(0, base_scale²) (learnt loc and scale) → K planar or radial layers.
     nice, realnvp, spline: N(0, I) (learnt) → K couplings (additive, affine or rational-quadratic
@@ -52,14 +56,15 @@ def architecture(
     interval [−5, 5] is.
     affine: N(0, I) → one full lower-triangular affine layer (q = N(m, LLᵀ)), started at
     N(0, base_scale²)."""
+    base_spec(base, 1.0)  # an unknown base is refused before anything else
     if flow in ("planar", "radial"):
         return {
-            "base": {"type": "diagonal_gaussian", "scale": base_scale},
+            "base": base_spec(base, base_scale),
             "transforms": [{"type": flow, "K": K, "init_scale": init_scale}],
         }
     if flow == "affine":
         return {
-            "base": {"type": "diagonal_gaussian", "scale": 1.0},
+            "base": base_spec(base, 1.0),
             "transforms": [{"type": "affine"}, {"type": "elementwise_affine", "scale": base_scale}],
         }
     if flow not in COUPLING_TYPES:
@@ -76,7 +81,18 @@ def architecture(
             transforms.append({"type": mixing})
         transforms.append(dict(coupling))
     transforms.append({"type": "elementwise_affine", "scale": base_scale})
-    return {"base": {"type": "diagonal_gaussian", "scale": 1.0}, "transforms": transforms}
+    return {"base": base_spec(base, 1.0), "transforms": transforms}
+
+
+def base_spec(base: str, scale: float) -> dict[str, Any]:
+    """The spec (``nfcli.bases``) of a base of BASE_TYPES with initial scale ``scale``:
+    "gaussian", N(0, scale²) with learnt loc and scale; "student_t", the same with Student-t
+    coordinates and learnt degrees of freedom, starting at STUDENT_DOF (close to Gaussian)."""
+    if base == "gaussian":
+        return {"type": "diagonal_gaussian", "scale": scale}
+    if base == "student_t":
+        return {"type": "student_t", "scale": scale, "dof": STUDENT_DOF}
+    raise NfcliError(f"unknown base {base!r}; choose one of {', '.join(BASE_TYPES)}")
 
 
 class Flow(nn.Module):

@@ -8,7 +8,7 @@ import torch
 
 from nfcli import NfcliError
 from nfcli.bases import BASES, DiagonalGaussian, StudentT, build_base
-from nfcli.flows import Flow, architecture
+from nfcli.flows import FLOW_TYPES, Flow, architecture
 
 
 @pytest.fixture(autouse=True)
@@ -253,3 +253,24 @@ def test_a_student_t_flow_survives_its_state_dict_and_select():
     torch.testing.assert_close(one.base.dof, flow.base.dof[1:2])
     z, log_q = one.rsample(100, torch.Generator().manual_seed(0))
     torch.testing.assert_close(one.log_prob(z), log_q.detach(), rtol=1e-9, atol=1e-9)
+
+
+# --- architecture(..., base=) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", FLOW_TYPES)
+def test_every_flow_type_takes_a_student_t_base_at_the_gaussian_scale(kind):
+    gaussian, student = architecture(kind, 2), architecture(kind, 2, base="student_t")
+    assert gaussian["base"]["type"] == "diagonal_gaussian"  # the default is unchanged
+    assert student["base"] == {"type": "student_t", "scale": gaussian["base"]["scale"], "dof": 30.0}
+    assert student["transforms"] == gaussian["transforms"]
+    flow = Flow.of(3, 2, kind, base="student_t")
+    y, log_q = flow.rsample(20, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(flow.log_prob(y), log_q.detach(), rtol=1e-8, atol=1e-8)
+
+
+def test_an_unknown_base_name_is_refused():
+    with pytest.raises(
+        NfcliError, match="unknown base 'cauchy'; choose one of gaussian, student_t"
+    ):
+        architecture("realnvp", 2, base="cauchy")
