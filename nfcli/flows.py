@@ -1,6 +1,7 @@
-"""A flow: a diagonal-Gaussian base pushed through a list of transforms (``nfcli.transforms``).
+"""A flow: a base distribution (``nfcli.bases``) pushed through a list of transforms
+(``nfcli.transforms``).
 
-z_0 ~ q0 = N(loc, diag(scale²)), z_K = f_K ∘ … ∘ f_1(z_0), and
+z_0 ~ q0 (by default N(loc, diag(scale²))), z_K = f_K ∘ … ∘ f_1(z_0), and
 
     ln q_K(z_K) = ln q0(z_0) − Σ_k ln |det ∂f_k/∂z_{k−1}|.
 
@@ -12,12 +13,12 @@ which the checkpoint stores; ``architecture`` writes the spec of each flow type 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nfcli.bases import DiagonalGaussian, build_base  # noqa: F401  (DiagonalGaussian re-exported)
 from nfcli.errors import NfcliError
 from nfcli.mode import cholesky
 from nfcli.transforms import Affine, build, planar, radial  # noqa: F401  (re-exported)
@@ -32,6 +33,8 @@ DEFAULT_K = {"planar": 32, "radial": 32, "nice": 8, "realnvp": 8, "spline": 8, "
 DEFAULT_HIDDEN = [64, 64]
 DEFAULT_BINS = 8
 MIXING = "orthogonal"
+BASE_TYPES = ("gaussian", "student_t")
+STUDENT_DOF = 30.0
 
 
 def architecture(
@@ -43,8 +46,10 @@ def architecture(
     bins: int | None = None,
     mixing: str = MIXING,
     start: str = "origin",
+    base: str = "gaussian",
 ) -> dict[str, Any]:
-    """The spec of a flow type (one of FLOW_TYPES) with K layers.
+    """The spec of a flow type (one of FLOW_TYPES) with K layers, on a ``base`` of BASE_TYPES
+    (``base_spec``; the base's initial scale is as below whichever it is).
 
     planar, radial: N(0, base_scale²) (learnt loc and scale) → K planar or radial layers.
     nice, realnvp, spline: N(0, I) (learnt) → K couplings (additive, affine or rational-quadratic
@@ -58,25 +63,23 @@ def architecture(
     layer y = Lz + m, which ``Flow.start_at`` sets to a Gaussian start N(m, LLᵀ) (the Laplace
     approximation, ``nfcli.mode.gaussian_start``): the layers then learn what is not Gaussian in
     coordinates where the posterior is roughly standard, whatever its scales and correlations."""
+    base_spec(base, 1.0)  # an unknown base is refused before anything else
     if start not in ("origin", "mode"):
         raise NfcliError(f"unknown start {start!r}: choose origin or mode")
     if start == "mode":
-        spec = architecture(flow, K, init_scale, 1.0, hidden, bins, mixing)
+        spec = architecture(flow, K, init_scale, 1.0, hidden, bins, mixing, base=base)
         layers = [
             t for t in spec["transforms"] if t["type"] not in ("elementwise_affine", "affine")
         ]
-        return {
-            "base": {"type": "diagonal_gaussian", "scale": 1.0},
-            "transforms": [*layers, {"type": "affine"}],
-        }
+        return {"base": base_spec(base, 1.0), "transforms": [*layers, {"type": "affine"}]}
     if flow in ("planar", "radial"):
         return {
-            "base": {"type": "diagonal_gaussian", "scale": base_scale},
+            "base": base_spec(base, base_scale),
             "transforms": [{"type": flow, "K": K, "init_scale": init_scale}],
         }
     if flow == "affine":
         return {
-            "base": {"type": "diagonal_gaussian", "scale": 1.0},
+            "base": base_spec(base, 1.0),
             "transforms": [{"type": "affine"}, {"type": "elementwise_affine", "scale": base_scale}],
         }
     if flow not in COUPLING_TYPES:
@@ -93,43 +96,22 @@ def architecture(
             transforms.append({"type": mixing})
         transforms.append(dict(coupling))
     transforms.append({"type": "elementwise_affine", "scale": base_scale})
-    return {"base": {"type": "diagonal_gaussian", "scale": 1.0}, "transforms": transforms}
+    return {"base": base_spec(base, 1.0), "transforms": transforms}
 
 
-class DiagonalGaussian(nn.Module):
-    """q0(z0) = N(z0; loc, diag(exp(log_scale)²)) for R flows: loc, log_scale of shape (R, D)."""
-
-    def __init__(self, dim: int, scale: float = 1.0, restarts: int = 1) -> None:
-        super().__init__()
-        self.loc = nn.Parameter(torch.zeros(restarts, dim))
-        self.log_scale = nn.Parameter(torch.full((restarts, dim), math.log(scale)))
-
-    def rsample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """z0 (R, n, D) = loc + σ·ε and ln q0(z0) (R, n) = −½‖ε‖² − Σ ln σ − (D/2) ln 2π."""
-        R, D = self.loc.shape
-        eps = torch.randn(
-            R, n, D, generator=generator, dtype=self.loc.dtype, device=self.loc.device
-        )
-        z = self.loc.unsqueeze(1) + self.log_scale.exp().unsqueeze(1) * eps
-        return z, self._log_prob_of_eps(eps)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """ln q0(z) for z of shape (R, N, D) → (R, N)."""
-        return self._log_prob_of_eps(
-            (z - self.loc.unsqueeze(1)) * torch.exp(-self.log_scale).unsqueeze(1)
-        )
-
-    def _log_prob_of_eps(self, eps: Tensor) -> Tensor:
-        """ln q0 = −½‖ε‖² − Σ ln σ − (D/2) ln 2π at the standardised point ε = (z − loc)/σ."""
-        log_sigma = self.log_scale.sum(-1, keepdim=True)
-        return -0.5 * (eps * eps).sum(-1) - log_sigma - 0.5 * eps.shape[-1] * _LOG_2PI
-
-
-_LOG_2PI = math.log(2 * math.pi)
+def base_spec(base: str, scale: float) -> dict[str, Any]:
+    """The spec (``nfcli.bases``) of a base of BASE_TYPES with initial scale ``scale``:
+    "gaussian", N(0, scale²) with learnt loc and scale; "student_t", the same with Student-t
+    coordinates and learnt degrees of freedom, starting at STUDENT_DOF (close to Gaussian)."""
+    if base == "gaussian":
+        return {"type": "diagonal_gaussian", "scale": scale}
+    if base == "student_t":
+        return {"type": "student_t", "scale": scale, "dof": STUDENT_DOF}
+    raise NfcliError(f"unknown base {base!r}; choose one of {', '.join(BASE_TYPES)}")
 
 
 class Flow(nn.Module):
-    """q_K: a diagonal-Gaussian base pushed through ``transforms``, built from ``architecture``.
+    """q_K: a base (``nfcli.bases``) pushed through ``transforms``, built from ``architecture``.
 
     With ``restarts`` = R > 1 it holds R independent flows whose parameters (and buffers) carry a
     leading dimension R, so that they are fitted as one batched computation (``rsample_all``);
@@ -139,12 +121,9 @@ class Flow(nn.Module):
 
     def __init__(self, dim: int, architecture: dict[str, Any], restarts: int = 1) -> None:
         super().__init__()
-        base = dict(architecture["base"])
-        if base.pop("type") != "diagonal_gaussian":
-            raise NfcliError(f"unknown base distribution in the flow's architecture: {base}")
         self.dim, self.restarts = dim, restarts
         self.architecture = copy.deepcopy(architecture)
-        self.base = DiagonalGaussian(dim, restarts=restarts, **base)
+        self.base = build_base(architecture["base"], dim, restarts)
         self.transforms = nn.ModuleList(
             build(spec, dim, restarts) for spec in architecture["transforms"]
         )
@@ -223,11 +202,11 @@ class Flow(nn.Module):
     ) -> tuple[list[Tensor], Tensor]:
         """n draws followed through the flow: [z_0, z_1, …, z_K] after each of the K layers, each
         (n, D) (a transform of 0 layers, such as a mixing or a final scaling, is folded into the
-        state before it), and each draw's distance from the base mean in base standard
-        deviations, ‖(z_0 − μ)/σ‖ (n,)."""
+        state before it), and each draw's distance from the base's centre in the base's scales,
+        ‖(z_0 − loc)/σ‖ (n,) (``standardise``; for a Gaussian base, in standard deviations)."""
         self._single()
         z0, _ = self.base.rsample(n, generator)
-        radius = ((z0[0] - self.base.loc[0]) / self.base.log_scale[0].exp()).norm(dim=-1)
+        radius = self.base.standardise(z0)[0].norm(dim=-1)
         zs = [z0]
         for t in self.transforms:
             steps = t.steps(zs[-1])
