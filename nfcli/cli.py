@@ -249,6 +249,14 @@ StartOpt = Annotated[
         "from 3 on)",
     ),
 ]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        help="The flow's base: gaussian, or student_t (heavier tails, degrees of freedom learnt "
+        "per coordinate; for targets whose tails k̂ says q misses). (default: gaussian)",
+    ),
+]
 ConvergeOpt = Annotated[
     bool | None,
     typer.Option(
@@ -389,6 +397,7 @@ def fit(
     restarts: RestartsOpt = None,
     start: StartOpt = None,
     converge: ConvergeOpt = None,
+    base: BaseOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
@@ -431,6 +440,7 @@ def fit(
         restarts=restarts,
         start=start,
         converge=converge,
+        base=base,
         dtype=dtype,
         device=device,
         output=output,
@@ -500,6 +510,7 @@ RESUME_KEEPS = (
     "flow",
     "start",
     "converge",
+    "base",
     "hidden",
     "bins",
     "batch",

@@ -10,11 +10,13 @@ from typing import Any
 from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
 from nfcli.flows import (
+    BASE_TYPES,
     COUPLING_TYPES,
     DEFAULT_BINS,
     DEFAULT_HIDDEN,
     DEFAULT_K,
     FLOW_TYPES,
+    MIXING,
     architecture,
 )
 
@@ -49,6 +51,7 @@ class FitConfig:
     bins: int | None = None  # spline flows' bins; None: DEFAULT_BINS (8)
     start: str = "auto"  # origin: q0 = N(0, base_scale²); mode: the Gaussian at the mode
     converge: bool | None = None  # stop when the loss has levelled off; None: auto
+    base: str = "gaussian"  # or "student_t": heavier tails, learnt degrees of freedom
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -88,6 +91,11 @@ class FitConfig:
             raise NfcliError(
                 f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_CHOICES)} "
                 "(e.g. --flow radial)."
+            )
+        if self.base not in BASE_TYPES:
+            raise NfcliError(
+                f"Unknown base {self.base!r}. Choose one of: {', '.join(BASE_TYPES)} (student_t: "
+                "heavier tails than a Gaussian, with degrees of freedom learnt per coordinate)."
             )
         if self.start not in STARTS:
             raise NfcliError(
@@ -187,7 +195,11 @@ class FitConfig:
             self.base_scale,
             self.hidden,
             self.bins,
+            # a product of Student-t coordinates is not rotation-invariant: rotations between
+            # couplings scramble the tails the base learns (benchmarks/tail_base.py)
+            mixing="permutation" if self.base == "student_t" else MIXING,
             start=self.start,
+            base=self.base,
         )
 
     @property

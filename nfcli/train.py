@@ -240,7 +240,8 @@ def _fit(
     start = time.perf_counter()
     before += start - began  # the Gaussian start's search
     for t in range(start_step, config.iters):
-        if t >= end:
+        if t >= end:  # converged: the decay has run its course
+            t -= 1  # the last step done
             break
         if t == choose_at and flow.restarts > 1:  # the restarts have explored; the best goes on
             kept, summaries = choose_restart(flow, energy)

@@ -405,6 +405,14 @@ ROWS: list[tuple[str, Argv, str]] = [
     ("bins-for-realnvp", fit(GAUSS, "--flow", "realnvp", "--bins", "4"), "--bins 4 does not"),
     ("bins-one", fit(GAUSS, "--flow", "spline", "--bins", "1"), "--bins 1 is out of range"),
     ("K-for-affine", fit(GAUSS, "--flow", "affine", "--K", "3"), "--K 3 does not apply"),
+    ("start-unknown", fit(GAUSS, "--start", "sideways"), "Unknown start 'sideways'"),
+    ("base-unknown", fit(GAUSS, "--base", "cauchy"), "Unknown base 'cauchy'"),
+    ("bins-with-auto", fit(GAUSS, "--bins", "4"), "--bins 4 needs --flow spline"),
+    (
+        "yaml-converge-not-bool",
+        fit(GAUSS, "--config", yaml("converge: maybe\n")),
+        "converge: 'maybe' is not true or false",
+    ),
     (
         "coupling-in-1d",
         fit("x**2/2", "--flow", "spline"),
