@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from nfcli.bases import DiagonalGaussian, build_base  # noqa: F401  (DiagonalGaussian re-exported)
 from nfcli.errors import NfcliError
 from nfcli.mode import cholesky
-from nfcli.transforms import Affine, build, planar, radial  # noqa: F401  (re-exported)
+from nfcli.transforms import FixedAffine, build, planar, radial  # noqa: F401  (re-exported)
 
 FLOW_TYPES = ("planar", "radial", "nice", "realnvp", "spline", "affine")
 COUPLING_TYPES = {
@@ -59,10 +59,11 @@ def architecture(
     affine: N(0, I) → one full lower-triangular affine layer (q = N(m, LLᵀ)), started at
     N(0, base_scale²).
 
-    ``start`` "mode": every flow type is N(0, I) → its layers, at unit scale → one full affine
-    layer y = Lz + m, which ``Flow.start_at`` sets to a Gaussian start N(m, LLᵀ) (the Laplace
-    approximation, ``nfcli.mode.gaussian_start``): the layers then learn what is not Gaussian in
-    coordinates where the posterior is roughly standard, whatever its scales and correlations."""
+    ``start`` "mode": every flow type is N(0, I) → its layers, at unit scale → a learnt full
+    affine layer (the identity at first) → a fixed one, y = Lz + m, which ``Flow.start_at`` sets
+    to a Gaussian start N(m, LLᵀ) (the Laplace approximation, ``nfcli.mode.gaussian_start``):
+    every learnt layer then works in coordinates where the posterior is roughly standard,
+    whatever its scales and correlations."""
     base_spec(base, 1.0)  # an unknown base is refused before anything else
     if start not in ("origin", "mode"):
         raise NfcliError(f"unknown start {start!r}: choose origin or mode")
@@ -71,7 +72,10 @@ def architecture(
         layers = [
             t for t in spec["transforms"] if t["type"] not in ("elementwise_affine", "affine")
         ]
-        return {"base": base_spec(base, 1.0), "transforms": [*layers, {"type": "affine"}]}
+        return {
+            "base": base_spec(base, 1.0),
+            "transforms": [*layers, {"type": "affine"}, {"type": "fixed_affine"}],
+        }
     if flow in ("planar", "radial"):
         return {
             "base": base_spec(base, base_scale),
@@ -218,16 +222,15 @@ class Flow(nn.Module):
 
     @torch.no_grad()
     def start_at(self, mean: Tensor, covariance: Tensor) -> None:
-        """Set the last transform, a full affine layer y = Lz + m (architecture with start
+        """Set the last transform, a fixed affine layer y = Lz + m (architecture with start
         "mode"), to L = chol(``covariance``) (D, D) and m = ``mean`` (D,), in every restart; the
         layers before it start as the identity on N(0, I), so q starts as N(mean, covariance)."""
         last = self.transforms[-1] if len(self.transforms) else None
-        if not isinstance(last, Affine):
-            raise ValueError("start_at needs a flow whose last transform is affine (start='mode')")
-        L = cholesky(covariance.to(torch.float64)).to(last.lower)
+        if not isinstance(last, FixedAffine):
+            raise ValueError("start_at needs a flow that ends in a fixed affine (start='mode')")
+        L = cholesky(covariance.to(torch.float64)).to(last.scale_tril)
         last.shift.copy_(mean.to(last.shift).expand_as(last.shift))
-        last.log_diag.copy_(L.diagonal().log().expand_as(last.log_diag))
-        last.lower.copy_(torch.tril(L, -1).expand_as(last.lower))
+        last.scale_tril.copy_(L.expand_as(last.scale_tril))
 
     def select(self, r: int) -> Flow:
         """Restart r as a single flow (a copy)."""

@@ -32,6 +32,7 @@ SPECS = {
     "orthogonal": {},
     "elementwise_affine": {"scale": 1.5},
     "affine": {},
+    "fixed_affine": {},
 }
 
 
@@ -46,6 +47,10 @@ def make(name: str, dim: int, restarts: int = 1, spread: float = 0.3, seed: int 
     with torch.no_grad():
         for p in t.parameters():
             p.add_(torch.randn_like(p) * spread)
+        if name == "fixed_affine":  # no parameters: a Gaussian start's buffers
+            t.shift.add_(torch.randn_like(t.shift))
+            a = torch.randn_like(t.scale_tril) * spread
+            t.scale_tril.copy_(torch.tril(a, -1) + torch.diag_embed(a.diagonal(0, -2, -1).exp()))
     return t
 
 
