@@ -6,7 +6,8 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz
+.PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
+	bench-posteriors posterior-reference
 
 setup: $(VENV)/.installed
 
@@ -53,6 +54,14 @@ bench-setup: setup
 
 bench: bench-setup
 	$(BIN)/python benchmarks/speed.py --iters 2000 --rounds 2
+
+# README, "Real posteriors": every posterior of benchmarks/posteriors/ at the defaults (~25 min;
+# the reference moments are committed; `posterior-reference` remakes them with NumPyro, ~15 min)
+bench-posteriors: setup
+	$(BIN)/python benchmarks/posteriors.py --threads 2
+
+posterior-reference: bench-setup
+	$(BIN)/python benchmarks/posterior_reference.py
 
 lint: setup
 	$(BIN)/ruff check nfcli tests benchmarks examples

@@ -306,8 +306,9 @@ HEAVY_ADVICE = (
     "p's tails are heavier than a Gaussian's (U grows like r^{a:.1f} far out), and more layers, "
     "restarts or steps cannot give a flow on a Gaussian base a heavy tail (far out, every layer "
     "type of nfcli is affine); what "
-    "helps: reparametrise the heavy-tailed variable (fit its log or asinh), report quantiles "
-    "rather than moments, or use exact MCMC where available."
+    "helps: --base student_t (a base whose degrees of freedom are learnt per coordinate), "
+    "reparametrise the heavy-tailed variable (fit its log or asinh), report quantiles rather "
+    "than moments, or use exact MCMC where available."
 )
 LIGHT_ADVICE = (
     "p's tails are not heavier than a Gaussian's (U grows like r^{a:.1f} far out), so a larger "
@@ -317,7 +318,8 @@ LIGHT_ADVICE = (
 UNSURE_ADVICE = (
     "If p's tails are heavier than a Gaussian's (a power law such as Student-t), more layers, "
     "restarts or steps cannot fix that (every layer type of nfcli keeps a Gaussian base's "
-    "tails): reparametrise the heavy-tailed variable, report quantiles rather than "
+    "tails): try --base student_t, reparametrise the heavy-tailed variable, report quantiles "
+    "rather than "
     "moments, or use exact MCMC where available; if they are not, a larger --K or more --iters "
     "may reach further out."
 )
