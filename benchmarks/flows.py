@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from nfcli import FitConfig, fit, load_energy
+from nfcli.config import PAPER_SETUP
 from nfcli.diagnostics import importance_sampling
 from nfcli.flows import FLOW_TYPES
 
@@ -66,7 +67,7 @@ def main() -> None:
         energy = load_energy(str(FILES[name]) if name in FILES else name)
         log_z = reference_log_z(name, energy)
         for flow in args.flows.split(","):
-            config = FitConfig(flow=flow, iters=args.iters, seed=args.seed)
+            config = FitConfig(**PAPER_SETUP, flow=flow, iters=args.iters, seed=args.seed)
             start = time.perf_counter()
             result = fit(energy, config)
             ms = (time.perf_counter() - start) / args.iters * 1000

@@ -40,8 +40,13 @@ import torch
 
 import nfcli.train
 from nfcli import FitConfig, fit, load_energy
+from nfcli.config import PAPER_SETUP
 from nfcli.diagnostics import importance_sampling
 from nfcli.energy import Energy
+
+# the planar flow with the paper's setup in any D (these tables were measured so; batch is set
+# where each is used)
+PLANAR = {"flow": "planar", "start": PAPER_SETUP["start"], "converge": PAPER_SETUP["converge"]}
 
 TARGETS = ["u1", "u2", "u3", "u4"]
 THRESHOLD = {"u1": 0.03, "u2": 0.06, "u3": 0.06, "u4": 0.06}
@@ -51,8 +56,8 @@ THRESHOLD = {"u1": 0.03, "u2": 0.06, "u3": 0.06, "u4": 0.06}
 
 
 def identical_config(iters: int, dtype: str = "float32") -> FitConfig:
-    return FitConfig(K=32, batch=256, iters=iters, lr=5e-3, anneal=round(0.375 * iters), decay=0.0,
-                     dtype=dtype)  # fmt: skip
+    return FitConfig(**PLANAR, K=32, batch=256, iters=iters, lr=5e-3, anneal=round(0.375 * iters),
+                     decay=0.0, dtype=dtype)  # fmt: skip
 
 
 def run_nfcli(energy: Energy, cfg: FitConfig, device: str, monitor=None):
@@ -143,7 +148,7 @@ def probe(args: argparse.Namespace) -> None:
 
     def run(iters: int) -> None:
         if args.lib == "nfcli":
-            cfg = FitConfig(K=args.K, batch=args.batch, iters=iters, restarts=args.R)
+            cfg = FitConfig(**PLANAR, K=args.K, batch=args.batch, iters=iters, restarts=args.R)
             run_nfcli(energy, cfg, args.device)
         else:
             run_normflows(energy, args.K, args.batch, iters, 5e-3, 0, 0.0, args.device)
@@ -263,7 +268,7 @@ def table_seeds(args) -> None:
 def table_threads(args) -> None:
     """nfcli at its defaults on U1 with one and two threads, alternating."""
     energy = load_energy("u1")
-    cfg = FitConfig(iters=600, anneal=200)
+    cfg = FitConfig(**PLANAR, batch=1024, iters=600, anneal=200)
     print("\n### Threads (U1, defaults, 600 steps): ms/step\n")
     print("| round | 1 thread | 2 threads |")
     print("|---|---|---|")
@@ -307,7 +312,7 @@ def table_quality(args) -> None:
                 return "step" in hit
 
             if lib == "nfcli":
-                cfg = FitConfig()
+                cfg = FitConfig(**PLANAR, batch=1024)
                 _, total = run_nfcli(energy, cfg, args.device, monitor=lambda s, f: check(s, f))
                 res[lib] = (hit, cfg.iters, total - clock["paused"])
             else:
@@ -351,7 +356,7 @@ def table_scaling(args) -> None:
         dim, K, R = kw.get("dim", 2), kw.get("K", 32), kw.get("R", 1)
         energy = make_energy("normal", dim)
         iters = args.scaling_iters
-        cfg = FitConfig(K=K, batch=256, iters=iters, restarts=R, anneal=0)
+        cfg = FitConfig(**PLANAR, K=K, batch=256, iters=iters, restarts=R, anneal=0)
         ms = time_steps(energy, cfg, args.device)
         mem = peak_memory("nfcli", "normal", dim, K, R, 256, args)
         slope = ""

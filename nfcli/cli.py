@@ -172,7 +172,7 @@ def make_config(values: dict[str, Any]) -> FitConfig:
         if name not in values or values[name] is None:
             continue
         v = values[name]
-        kind = int if name in ("anneal", "K", "bins") else type(getattr(defaults, name))
+        kind = int if name in ("anneal", "K", "bins", "batch") else type(getattr(defaults, name))
         if name == "converge":
             if not isinstance(v, bool):
                 raise NfcliError(
@@ -278,7 +278,10 @@ BinsOpt = Annotated[
     typer.Option("--bins", help=f"Bins of each spline (--flow spline). (default: {DEFAULT_BINS})"),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option("--batch", help=f"Samples per step. (default: {FitConfig.batch})")
+    int | None,
+    typer.Option(
+        "--batch", help="Samples per step. (default: 1024 in 1-2 dimensions, 256 from 3 on)"
+    ),
 ]
 LrOpt = Annotated[
     float | None, typer.Option("--lr", help=f"Adam learning rate. (default: {FitConfig.lr})")
@@ -468,9 +471,9 @@ def fit(
         out_dir = check_output(Path(values.get("output") or "."), force)
         if threads is None and values.get("threads") is not None:  # threads: in the YAML
             threads = str(values["threads"])
+    cfg = cfg.resolve(energy.dim)
     use_threads(threads, Work(cfg.batch * cfg.restarts, energy.dim))
     done = state.step if state is not None else 0
-    cfg = cfg.resolve(energy.dim)
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
             f"fitting {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "
@@ -757,7 +760,8 @@ def compare(
     energies = [load_energy(t, names) for t in split_targets(targets)]
     Ks = parse_ints(K, "--K")
     flows = [f.strip() for f in flow.split(",")]
-    use_threads(threads, Work(cfg.batch * cfg.restarts, max(e.dim for e in energies)))
+    widest = max(e.dim for e in energies)
+    use_threads(threads, Work(cfg.resolve(widest).batch * cfg.restarts, widest))
 
     def done(job: Any, r: TrustReport) -> None:
         kl = f", KL(q‖p) {r.kl_qp:.4f}" if r.kl_qp is not None else ""

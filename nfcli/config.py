@@ -24,6 +24,9 @@ ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 FLOW_CHOICES = ("auto", *FLOW_TYPES)
 STARTS = ("auto", "origin", "mode")
 AUTO_FLOW = "realnvp"  # --flow auto from 3 dimensions on (README, "Real posteriors")
+# what auto resolves to in 1-2 D, for any D: the settings every measurement before issue 13 used
+# (benchmarks that reproduce those tables pin it; the flow type they set themselves)
+PAPER_SETUP = {"start": "origin", "converge": False, "batch": 1024}
 
 
 @dataclass
@@ -38,7 +41,9 @@ class FitConfig:
     K: int | None = None  # layers; None: the flow type's default (DEFAULT_K: 32 planar/radial)
     flow: str = "auto"  # one of FLOW_TYPES, or auto: chosen by ``resolve``
     iters: int = 8000
-    batch: int = 1024  # per-step cost is mostly fixed overhead in 2-D: 1024 costs ≈ 256's
+    # samples per step; None: 1024 in 1-2 D (where a step's cost is mostly fixed overhead: 1024
+    # costs about what 256 does), 256 from 3 D on (README, "Real posteriors")
+    batch: int | None = None
     lr: float = 5e-3
     seed: int = 0
     anneal: int | None = None  # steps of β from 0.01 to 1; 0: off; None: 3/8 of iters
@@ -68,22 +73,30 @@ class FitConfig:
     @property
     def resolved(self) -> bool:
         """Whether nothing is left to ``resolve``."""
-        return self.flow != "auto" and self.start != "auto" and self.converge is not None
+        return (
+            self.flow != "auto"
+            and self.start != "auto"
+            and self.converge is not None
+            and self.batch is not None
+        )
 
     def resolve(self, dim: int) -> FitConfig:
         """The config that is fitted to a target of ``dim`` dimensions: what is "auto" chosen by
         measurement (README, "Real posteriors"), what was set kept.
 
         D ≤ 2: the paper's setup, as measured on its targets (README, "Quality at defaults"):
-        planar flow, q0 = N(0, base_scale²), β annealed, every step run.
+        planar flow, q0 = N(0, base_scale²), β annealed, every step run, 1024 samples per step.
         D ≥ 3: ``AUTO_FLOW`` started at the Gaussian at the mode (``nfcli.mode.gaussian_start``:
         a posterior's scales and correlations are known before the first step, so nothing is
-        annealed), and the fit stops once its loss has levelled off (``nfcli.train``)."""
+        annealed), 256 samples per step (a quarter of the cost for a loss that converges to
+        the same fit: README, "Real posteriors"), and the fit stops once its loss has levelled
+        off (``nfcli.train``)."""
         low = dim <= 2
         flow = ("planar" if low else AUTO_FLOW) if self.flow == "auto" else self.flow
         start = ("origin" if low else "mode") if self.start == "auto" else self.start
         converge = (not low) if self.converge is None else self.converge
-        return replace(self, flow=flow, start=start, converge=converge)
+        batch = (1024 if low else 256) if self.batch is None else self.batch
+        return replace(self, flow=flow, start=start, converge=converge, batch=batch)
 
     def validate(self, dim: int | None = None) -> None:
         """Refuse what cannot be fitted, before any work; ``dim``: the target's, when known."""
@@ -121,7 +134,11 @@ class FitConfig:
                 "the number of flows fitted at once, at least 1; e.g. 8",
             ),
             ("iters", self.iters >= 1, "the number of steps, at least 1; use e.g. --iters 5000"),
-            ("batch", self.batch >= 1, "samples per step, at least 1; use e.g. --batch 256"),
+            (
+                "batch",
+                self.batch is None or self.batch >= 1,
+                "samples per step, at least 1; use e.g. --batch 256",
+            ),
             (
                 "lr",
                 self.lr > 0 and math.isfinite(self.lr),
@@ -186,8 +203,8 @@ class FitConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The flow's spec (``nfcli.flows.architecture``): what ``Flow`` is built from."""
-        if not self.resolved:
-            raise ValueError("resolve(dim) the config first: flow, start or converge is auto")
+        if self.flow == "auto" or self.start == "auto":
+            raise ValueError("resolve(dim) the config first: flow or start is auto")
         return architecture(
             self.flow,
             self.K,

@@ -27,7 +27,7 @@ DATA = Path(__file__).parent / "data"
 def test_auto_in_two_dimensions_is_the_papers_setup():
     cfg = FitConfig().resolve(2)
     assert (cfg.flow, cfg.K, cfg.start, cfg.converge) == ("planar", 32, "origin", False)
-    assert cfg.anneal_steps == 3000 and cfg.base_scale == 2.0
+    assert cfg.anneal_steps == 3000 and cfg.base_scale == 2.0 and cfg.batch == 1024
     assert FitConfig().resolve(1).flow == "planar"
 
 
@@ -35,6 +35,7 @@ def test_auto_from_three_dimensions_starts_at_the_mode_and_stops_when_converged(
     cfg = FitConfig().resolve(3)
     assert (cfg.flow, cfg.K, cfg.start, cfg.converge) == (AUTO_FLOW, 8, "mode", True)
     assert cfg.anneal_steps == 0  # q starts at the mass: no flattened p to chase
+    assert cfg.batch == 256
     assert cfg.hidden == [64, 64]
 
 

@@ -15,9 +15,10 @@ from nfcli.run import run_fit
 from nfcli.train import FitConfig
 
 # metrics.json of a 2-D fit whose k̂ is good, key by key, as nfcli has written it since replicates
+# ("start" since issue 13; start_source, start_elbo and converged_step only from the mode)
 KEYS = [
     "target", "dim", "vars", "K", "flow", "restarts_fitted", "device", "threads", "dtype", "iters",
-    "anneal", "steps_done", "stopped", "stop_message", "nonfinite_energies",
+    "anneal", "steps_done", "stopped", "stop_message", "start", "nonfinite_energies",
     "nonfinite_gradients", "skipped_steps", "final_loss", "final_loss_beta1", "wall_time_s",
     "iters_per_s", "elbo", "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction", "khat",
     "khat_verdict", "monte_carlo_samples", "nonfinite_samples", "replicate_sets",
@@ -28,7 +29,7 @@ RESTART_KEYS = ["restarts", "restart_kept", "restarts_log_z_spread", "restarts_l
 VERDICT_KEYS = ["verdict", "verdict_reasons"]
 # what nfcli wrote before replicates, restarts, annealing, stopping and event counts were recorded
 NEWER = [
-    "restarts_fitted", "device", "threads", "dtype", "anneal", "steps_done", "stopped",
+    "start", "restarts_fitted", "device", "threads", "dtype", "anneal", "steps_done", "stopped",
     "stop_message", "nonfinite_energies", "nonfinite_gradients", "skipped_steps",
     "nonfinite_samples", "replicate_sets", "khat_replicates", "ess_fraction_replicates",
     "log_z_is_replicates",
