@@ -795,7 +795,14 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
     t.add_column()
     t.add_row("flow", f"{r.flow}, K = {r.K}, D = {r.dim} ({', '.join(r.vars or [])})")
     done = r.steps_done if r.steps_done is not None else r.iters
-    steps = f"{done}" if done == r.iters else f"{done} of {r.iters} ({r.stopped})"
+    if done == r.iters:
+        steps = f"{done}"
+    elif r.stopped is None and r.converged_step is not None:
+        steps = f"{done} of at most {r.iters} (converged at step {r.converged_step})"
+    else:
+        steps = f"{done} of {r.iters} ({r.stopped})"
+    if r.start == "mode":
+        steps += f", from the mode ({r.start_source} Gaussian)"
     t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s)")
     t.add_row("final loss (β = 1)", f"{r.final_loss_beta1:.4f}")
     if r.restarts:

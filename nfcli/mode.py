@@ -46,6 +46,7 @@ class Laplace:
     min_curvature: float
     gradient_norm: float
     starts: int
+    max_curvature: float = math.nan  # the largest eigenvalue of H
 
     @property
     def std(self) -> Tensor:
@@ -65,12 +66,14 @@ def find_mode(
     max_iter: int = 2000,
     paths: list[list[Tensor]] | None = None,
     points: list[Tensor] | None = None,
+    ends: list[Tensor] | None = None,
 ) -> tuple[Tensor, int]:
     """The lowest minimum of U that L-BFGS (float64, strong Wolfe) finds from the origin and
     ``starts`` − 1 draws of N(0, scale²); and how many starts reached a finite U. Raises an
     NfcliError when none did. ``paths``, when given, receives each start's list of the points
     where U was evaluated with a finite value, in order (the iterates and line-search trials).
-    ``points``: start from these instead."""
+    ``points``: start from these instead. ``ends``, when given, receives every start's end point
+    where U is finite (the local minima found, with repeats)."""
     D = energy.dim
     if points is None:
         g = torch.Generator().manual_seed(seed)
@@ -114,6 +117,8 @@ def find_mode(
                 u = float(_u(energy, z))
         if math.isfinite(u):
             finite += 1
+            if ends is not None:
+                ends.append(z.detach().clone())
             if u < best_u:
                 best, best_u = z.detach().clone(), u
     if best is None:
@@ -193,6 +198,7 @@ def laplace(energy: Energy, mode: Tensor, starts: int = 1, floor: float = 1e-8) 
         float(evals.min()),
         float(grad.norm()),
         starts,
+        float(evals.max()),
     )
 
 
@@ -210,8 +216,10 @@ class GaussianStart:
     ``elbo`` on ``draws`` common draws, and where it came from: ``source`` "origin" (N(0, scale²I),
     the paper's start), "laplace" (the Hessian at the lowest mode found) or "path" (a point along
     an L-BFGS path, Pathfinder's choice when p has no proper mode or the mode's Gaussian is
-    worse); ``laplace`` is the mode's approximation
-    whichever won (None when no start reached a finite U), ``candidates`` how many were scored."""
+    worse) or "modes" (L-BFGS found ``modes`` > 1 distinct proper modes: the moment-matched
+    mixture of their Laplace Gaussians, which covers them all, for a fit that anneals);
+    ``laplace`` is the lowest mode's approximation whichever won (None when no start reached a
+    finite U), ``candidates`` how many were scored."""
 
     mean: Tensor
     covariance: Tensor
@@ -220,6 +228,7 @@ class GaussianStart:
     laplace: Laplace | None
     candidates: int
     draws: int
+    modes: int = 1  # distinct proper modes found; > 1: source "modes", and the fit anneals
 
     @property
     def std(self) -> Tensor:
@@ -260,10 +269,10 @@ def _better(new: Tensor, old: Tensor) -> bool:
 
 def gaussian_start(
     energy: Energy,
-    starts: int = 4,
+    starts: int = 8,
     scale: float = 2.0,
     seed: int = 0,
-    points_per_path: int = 12,
+    points_per_path: int = 6,
     draws: int = 256,
     floor: float = 1e-8,
 ) -> GaussianStart:
@@ -276,8 +285,9 @@ def gaussian_start(
     draws; without it, the candidate with the best mean ELBO, likewise. Where U is not finite at
     some draw of every candidate, the start is the origin's (the paper's), with ELBO −inf."""
     paths: list[list[Tensor]] = []
+    ends: list[Tensor] = []
     try:
-        mode, finite = find_mode(energy, starts, scale, seed, paths=paths)
+        mode, finite = find_mode(energy, starts, scale, seed, paths=paths, ends=ends)
     except NfcliError:  # no start reached a finite U: the paths' finite points may still serve
         mode, finite = None, 0
     D = energy.dim
@@ -317,9 +327,58 @@ def gaussian_start(
         if _better(c[0], best[0]):
             best = c
     candidates = len(scored)
+    modes = distinct_modes(energy, ends, floor) if lap is not None else []
+    if len(modes) > 1:  # p has several modes: one Gaussian that covers them, annealed from
+        mean, cov = _moment_match(modes)
+        terms = _elbo_terms(energy, mean, cov, eps)
+        return GaussianStart(
+            mean, cov, float(terms.mean()), "modes", lap, candidates + 1, draws, len(modes)
+        )
     terms, mean, cov, source = best
     elbo = float(terms.mean())
-    return GaussianStart(mean, cov, elbo, source, lap, candidates, draws)
+    return GaussianStart(mean, cov, elbo, source, lap, candidates, draws, max(1, len(modes)))
+
+
+def distinct_modes(energy: Energy, ends: list[Tensor], floor: float = 1e-8) -> list[Laplace]:
+    """The proper modes (``_is_proper``) among L-BFGS's end points, one Laplace approximation each,
+    lowest U first; two ends are the same mode when each lies within 3 sds (of the other's
+    Laplace Gaussian, in every coordinate) of the other."""
+    found: list[Laplace] = []
+    for x in sorted(ends, key=lambda x: float(_u(energy, x).detach())):
+        try:
+            lap = laplace(energy, x, 1, floor)
+        except (RuntimeError, ValueError):
+            continue
+        if not _is_proper(lap):
+            continue
+        if all(
+            ((lap.mode - f.mode).abs() > 3 * torch.minimum(f.std, lap.std)).any() for f in found
+        ):
+            found.append(lap)
+    return found
+
+
+def _is_proper(lap: Laplace) -> bool:
+    """A proper mode: U finite, ∇U ≈ 0 (≤ 1e-5·(1 + |U|)), every curvature positive (the
+    smallest eigenvalue of ∇²U above 1e-9 of the largest, ``Laplace.max_curvature``)."""
+    return (
+        math.isfinite(lap.energy)
+        and lap.gradient_norm <= 1e-5 * (1 + abs(lap.energy))
+        and lap.min_curvature > 1e-9 * lap.max_curvature
+    )
+
+
+def _moment_match(modes: list[Laplace]) -> tuple[Tensor, Tensor]:
+    """Mean and covariance of the mixture of the modes' Laplace Gaussians, each weighted by its
+    Laplace ln Z (its share of the mass)."""
+    w = torch.softmax(torch.tensor([m.log_z for m in modes], dtype=torch.float64), 0)
+    means = torch.stack([m.mode for m in modes])
+    mean = (w[:, None] * means).sum(0)
+    d = means - mean
+    cov = sum(
+        wi * (m.covariance + torch.outer(di, di)) for wi, m, di in zip(w, modes, d, strict=True)
+    )
+    return mean, 0.5 * (cov + cov.T)
 
 
 def _spread(path: list[Tensor], n: int) -> list[Tensor]:
@@ -333,24 +392,17 @@ def _spread(path: list[Tensor], n: int) -> list[Tensor]:
 
 
 def proper_mode(energy: Energy, centre: Tensor, max_iter: int = 500) -> Tensor | None:
-    """The proper mode of p that L-BFGS reaches from ``centre`` (D,), or None: what tells a
-    proper target whose q is still travelling to its mass from an improper one
-    (``nfcli.train.travelling``). Proper: the gradient there is small (‖∇U‖ ≤ 1e-5·(1 + |U|))
-    and every curvature positive (the smallest eigenvalue of ∇²U above 1e-9 of the largest). An
-    improper U has no such point: L-BFGS runs off (U without a lower bound), or stops where U is
-    flat in some direction (a free variable, a valley of constant depth)."""
+    """The proper mode of p (``_is_proper``) that L-BFGS reaches from ``centre`` (D,), or None:
+    what tells a proper target whose q is still travelling to its mass from an improper one
+    (``nfcli.train.travelling``). An improper U has no such point: L-BFGS runs off (U without a
+    lower bound), or stops where U is flat in some direction (a free variable, a valley of
+    constant depth)."""
     try:
         mode, _ = find_mode(energy, points=[centre], max_iter=max_iter)
         lap = laplace(energy, mode)
-        top = float(torch.linalg.eigvalsh(hessian(energy, mode)).abs().max())
     except (NfcliError, RuntimeError, ValueError):
         return None
-    proper = (
-        math.isfinite(lap.energy)
-        and lap.gradient_norm <= 1e-5 * (1 + abs(lap.energy))
-        and lap.min_curvature > 1e-9 * top
-    )
-    return mode if proper else None
+    return mode if _is_proper(lap) else None
 
 
 def mode_and_laplace(energy: Energy, starts: int = 4, seed: int = 0) -> Laplace:

@@ -184,6 +184,7 @@ def run_fit(
     config.validate(energy.dim)
     out = check_output(Path(output), force)
     result = fit(energy, config, progress, device=device, stop=stop, resume=resume)
+    config = result.config  # as fitted: a start from several modes sets the annealing
     flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
     report = evaluate(flow, energy, samples, config.seed)

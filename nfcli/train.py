@@ -12,13 +12,13 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from nfcli.config import FitConfig, extend  # noqa: F401  (re-exported: nfcli.train.FitConfig)
+from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy, undefined_region
@@ -207,6 +207,8 @@ def _fit(
     if resume is None and config.start == "mode":
         start_at = gaussian_start(energy, seed=config.seed)
         flow.start_at(start_at.mean, start_at.covariance)
+        if start_at.modes > 1 and config.anneal is None:  # several modes: anneal, as the paper
+            config = replace(config, anneal=round(ANNEAL_FRACTION * config.iters))
     flow = flow.to(device=device, dtype=dtype)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
