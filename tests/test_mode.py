@@ -132,3 +132,21 @@ def test_proper_mode_tells_a_mode_from_a_flat_or_unbounded_energy():
     assert proper_mode(load_energy("x**2/2 - y", check_proper=False), at) is None
     valley = load_energy("0.5*((y - sin(2*pi*x/4))/0.4)**2", check_proper=False)
     assert proper_mode(valley, at) is None
+
+
+def test_several_modes_give_one_gaussian_over_all_of_them_and_an_annealed_fit():
+    """½ N(−2·1, I) + ½ N(2·1, I) in 6-D: L-BFGS ends in both modes; one mode's Gaussian would
+    lose the other, so the start is their moment-matched mixture, N(0, I + 4·11ᵀ), and the fit
+    anneals as the paper's does."""
+    from nfcli.train import fit
+
+    energy = load_energy("benchmarks/targets/mixture6.py")
+    start = gaussian_start(energy)
+    assert (start.source, start.modes) == ("modes", 2)
+    torch.testing.assert_close(start.mean, torch.zeros(6, dtype=torch.float64), atol=1e-4, rtol=0)
+    expected = torch.eye(6, dtype=torch.float64) + 4 * torch.ones(6, 6, dtype=torch.float64)
+    torch.testing.assert_close(start.covariance, expected, atol=1e-4, rtol=1e-4)
+    quick = FitConfig(flow="realnvp", K=1, hidden=[4], iters=8, batch=16)
+    assert fit(energy, quick).config.anneal == 3  # 3/8 of the steps, as from the origin
+    one = gaussian_start(load_energy("benchmarks/targets/student5.py"))
+    assert one.modes == 1 and one.source == "laplace"
