@@ -98,8 +98,14 @@ def gauss3():
     return load_energy("0.5*(x**2 + (y - 3)**2/4 + z**2/9)")
 
 
-def test_a_converged_fit_ends_early_with_the_decay_moved_to_its_end():
-    result = fit(gauss3(), FitConfig(**QUICK3))
+@pytest.fixture(scope="module")
+def converged():
+    """One uninterrupted fit that converges (shared: each takes a few seconds)."""
+    return fit(gauss3(), FitConfig(**QUICK3))
+
+
+def test_a_converged_fit_ends_early_with_the_decay_moved_to_its_end(converged):
+    result = converged
     assert result.config.converge and result.start is not None
     c = result.converged
     assert c is not None and c % CHECK_EVERY == 0 and c >= CONVERGE_MIN
@@ -108,8 +114,8 @@ def test_a_converged_fit_ends_early_with_the_decay_moved_to_its_end():
     assert result.state.end == result.steps and result.state.converged == c
 
 
-def test_a_fit_stopped_while_decaying_resumes_exactly():
-    whole = fit(gauss3(), FitConfig(**QUICK3))
+def test_a_fit_stopped_while_decaying_resumes_exactly(converged):
+    whole = converged
     at = whole.converged + 2 * CHECK_EVERY + 7  # after convergence, before the end
     steps = iter(range(10**9))
     first = fit(gauss3(), FitConfig(**QUICK3), stop=lambda: next(steps) + 1 >= at)
