@@ -131,14 +131,8 @@ def find_mode(
 
 
 def hessian(energy: Energy, x: Tensor) -> Tensor:
-    """∇²U at one point x (D,), float64, symmetrised (D, D); vectorised over the D directions
-    where U's operations allow it."""
-    x = x.detach().to(torch.float64)
-    try:
-        h = torch.autograd.functional.hessian(lambda z: _u(energy, z), x, vectorize=True)
-    except RuntimeError:  # an operation without a batching rule: one direction at a time
-        h = torch.autograd.functional.hessian(lambda z: _u(energy, z), x)
-    return 0.5 * (h + h.T)
+    """∇²U at one point x (D,) → (D, D): ``hessians`` of that one point."""
+    return hessians(energy, x.reshape(1, -1))[0]
 
 
 def cholesky(covariance: Tensor) -> Tensor:
@@ -166,12 +160,14 @@ def hessians(energy: Energy, points: Tensor) -> Tensor:
     return 0.5 * (h + h.transpose(1, 2))
 
 
-def _covariance(h: Tensor, floor: float) -> tuple[Tensor, Tensor]:
-    """H⁻¹ with H's eigenvalues taken in absolute value and raised to ``floor`` × the largest
-    (positive definite whatever H is), and those eigenvalues."""
+def _covariance(h: Tensor, floor: float, absolute: bool = True) -> tuple[Tensor, Tensor]:
+    """H⁻¹ with H's eigenvalues raised to at least ``floor`` × the largest |eigenvalue|, so that
+    it is positive definite whatever H is, and those raised eigenvalues. ``absolute``: a negative
+    eigenvalue counts by its size (a point on a path, curving either way); otherwise it is raised
+    to the floor (the Laplace rule: a direction of negative curvature is not a mode's)."""
     evals, evecs = torch.linalg.eigh(h)
     top = float(evals.abs().max().clamp_min(1e-300))
-    raised = evals.abs().clamp_min(floor * top)
+    raised = (evals.abs() if absolute else evals).clamp_min(floor * top)
     return (evecs / raised) @ evecs.T, raised
 
 
@@ -183,7 +179,7 @@ def laplace(energy: Energy, mode: Tensor, starts: int = 1, floor: float = 1e-8) 
     m = mode.detach().to(torch.float64)
     h = hessian(energy, m)
     evals = torch.linalg.eigvalsh(h)
-    covariance, raised = _covariance_clamped(h, floor)
+    covariance, raised = _covariance(h, floor, absolute=False)
     z = m.clone().requires_grad_(True)
     u = _u(energy, z)
     (grad,) = torch.autograd.grad(u, z)
@@ -200,14 +196,6 @@ def laplace(energy: Energy, mode: Tensor, starts: int = 1, floor: float = 1e-8) 
         starts,
         float(evals.max()),
     )
-
-
-def _covariance_clamped(h: Tensor, floor: float) -> tuple[Tensor, Tensor]:
-    """As ``_covariance``, but eigenvalues below ``floor`` × the largest (negative ones too) are
-    raised to that: the Laplace rule, where a direction of negative curvature is not a mode."""
-    evals, evecs = torch.linalg.eigh(h)
-    raised = evals.clamp_min(floor * float(evals.abs().max().clamp_min(1e-300)))
-    return (evecs / raised) @ evecs.T, raised
 
 
 @dataclass
