@@ -255,8 +255,10 @@ def _figure_row(
     elif dim == 1:
         row.window = opts.window or (range_1d(samples),) * 2
         row.xs = torch.linspace(*row.window[0], 500, dtype=torch.float64)
-        if row.log_z is None:
-            row.log_z = _log_z_1d(energy, row.window[0])
+        if row.log_z is None:  # as the trust report's: None where mass is left at the edges
+            grid = choose_window(samples, energy)
+            ok = math.isfinite(grid.log_z) and grid.edge_mass <= 1e-6
+            row.log_z = grid.log_z if ok else None
         with torch.no_grad():
             row.p = normalised_curve(-energy(row.xs[:, None].float()), row.xs, row.log_z)
     for job, ckpt in fits:
@@ -272,20 +274,3 @@ def _figure_row(
             q = None
         row.panels.append(ComparePanel(job.config.flow, job.config.K, q, -r.elbo, r.elbo_se, kl))
     return row
-
-
-@torch.no_grad()
-def _log_z_1d(energy: Energy, window: tuple[float, float], n: int = 20_001) -> float | None:
-    """ln ∫ exp(−U) by the trapezoid rule on the plotted range widened 5×; None when mass is
-    left at the ends (the target may be improper) or U is not finite."""
-    lo, hi = window
-    mid, half = (lo + hi) / 2, 2.5 * (hi - lo)
-    xs = torch.linspace(mid - half, mid + half, n, dtype=torch.float64)
-    neg_u = -energy(xs[:, None].float()).double()
-    if not torch.isfinite(neg_u).any():
-        return None
-    neg_u = torch.nan_to_num(neg_u, nan=-math.inf)
-    p = torch.softmax(neg_u, 0)
-    if float(p[: n // 50].sum() + p[-(n // 50) :].sum()) > 1e-6:
-        return None
-    return float(torch.logsumexp(neg_u, 0) + math.log(float(xs[1] - xs[0])))

@@ -1,10 +1,10 @@
 """How far to trust a fit: importance sampling with q as the proposal (ELBO, ln Z, ESS, PSIS k̂),
-grid quadrature in 2-D (ln Z, hence the true KL(q‖p), and KL(p‖q) and TV with q's exact density),
-and the verdict that weighs them.
+grid quadrature in 1-D and 2-D (ln Z, hence the true KL(q‖p), and KL(p‖q) and TV with q's exact
+density), and the verdict that weighs them.
 
-KL(q‖p) = E_q[ln q(z) + U(z)] + ln Z = ln Z − ELBO. In 2-D, ln Z is computed almost exactly by the
-midpoint rule on a grid, ln Z ≈ logsumexp(−U(grid)) + ln(Δx·Δy), so KL is known up to the
-Monte-Carlo error of the ELBO, which is reported with it.
+KL(q‖p) = E_q[ln q(z) + U(z)] + ln Z = ln Z − ELBO. In 1-D and 2-D, ln Z is computed almost
+exactly by the midpoint rule on a grid, ln Z ≈ logsumexp(−U(grid)) + ln(cell volume), so KL is
+known up to the Monte-Carlo error of the ELBO, which is reported with it.
 """
 
 from __future__ import annotations
@@ -25,58 +25,92 @@ from nfcli.flows import Flow
 if TYPE_CHECKING:  # nfcli.report imports nfcli.train, which imports this module
     from nfcli.report import TrustReport
 
-Window = tuple[tuple[float, float], tuple[float, float]]
+Window = tuple[tuple[float, float], ...]  # (lo, hi) per variable: one or two of them
 KHAT_GOOD, KHAT_TRUST = 0.5, 0.7  # PSIS: k̂ < 0.5 good, ≤ 0.7 usable, above: do not trust
+QUADRATURE_N = {1: 20_000, 2: 800}  # cells per axis for ln Z: 20,000 in 1-D, 800² in 2-D
+COMPARE_N = {1: 20_000, 2: 300}  # cells per axis for KL(p‖q) and TV, which invert the flow
 
 
 @dataclass
 class Grid:
-    """ln p on the n×n cell midpoints of ``window``, with ln Z and the mass at the edges."""
+    """ln p on the cell midpoints of ``window`` (n cells per axis), with ln Z and the mass at the
+    edges."""
 
     window: Window
-    log_p: Tensor  # (n, n): ln p(x_i, y_j) = −U − ln Z, indexed [j, i] (rows are y)
+    log_p: Tensor  # (n,) in 1-D; (n, n) in 2-D: ln p(x_i, y_j) = −U − ln Z, indexed [j, i]
     log_z: float
     edge_mass: float  # fraction of the grid's mass in its outermost 2% on each side
 
 
 def grid_points(window: Window, n: int) -> Tensor:
-    """The n×n cell midpoints of ``window`` as (n², 2) points, row by row (rows are y), float64."""
-    (x0, x1), (y0, y1) = window
-    xs = x0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (x1 - x0) / n
-    ys = y0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (y1 - y0) / n
+    """The cell midpoints of ``window``, n per axis, as (n^D, D) points, float64; in 2-D row by row
+    (rows are y)."""
+    axes = [lo + (torch.arange(n, dtype=torch.float64) + 0.5) * (hi - lo) / n for lo, hi in window]
+    if len(axes) == 1:
+        return axes[0][:, None]
+    xs, ys = axes
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
 
 
+def cell_volume(window: Window, n: int) -> float:
+    """The volume of one of the n^D cells of ``window``."""
+    return math.prod((hi - lo) / n for lo, hi in window)
+
+
 @torch.no_grad()
-def quadrature(energy: Energy, window: Window, n: int = 800, chunk: int = 1 << 18) -> Grid:
-    """ln Z = ln ∫ exp(−U) over ``window`` by the midpoint rule on n×n cells (float64)."""
+def quadrature(energy: Energy, window: Window, n: int | None = None, chunk: int = 1 << 18) -> Grid:
+    """ln Z = ln ∫ exp(−U) over ``window`` (1-D or 2-D) by the midpoint rule on n cells per axis
+    (float64; n defaults to QUADRATURE_N): ln Z ≈ logsumexp(−U(cells)) + ln(cell volume)."""
+    dim = len(window)
+    n = n or QUADRATURE_N[dim]
     pts = grid_points(window, n)
     u = torch.cat([energy(pts[i : i + chunk]).double() for i in range(0, len(pts), chunk)])
-    neg_u = torch.where(torch.isnan(u), -math.inf, -u).reshape(n, n)
-    (x0, x1), (y0, y1) = window
-    log_z = (torch.logsumexp(neg_u.reshape(-1), 0) + math.log((x1 - x0) * (y1 - y0) / n**2)).item()
-    p = torch.softmax(neg_u.reshape(-1), 0).reshape(n, n)
+    neg_u = torch.where(torch.isnan(u), -math.inf, -u)
+    log_z = (torch.logsumexp(neg_u, 0) + math.log(cell_volume(window, n))).item()
+    p = torch.softmax(neg_u, 0).reshape((n,) * dim)
     band = max(1, n // 50)
-    inner = p[band:-band, band:-band].sum().item()
-    return Grid(window, neg_u - log_z, log_z, max(0.0, 1.0 - inner))
+    inner = p[(slice(band, -band),) * dim].sum().item()
+    return Grid(window, neg_u.reshape((n,) * dim) - log_z, log_z, max(0.0, 1.0 - inner))
 
 
-def choose_window(samples: Tensor, energy: Energy, n: int = 800, tol: float = 1e-6) -> Grid:
-    """A grid that holds the target's mass: start from the samples' extent padded by half its
-    span, and widen it (×1.5 around its centre, up to 6 times) while the edges hold mass > tol."""
+def choose_window(samples: Tensor, energy: Energy, n: int | None = None, tol: float = 1e-6) -> Grid:
+    """A grid (1-D or 2-D, as the samples) that holds the target's mass: start from the samples'
+    extent padded by half its span, and widen it around its centre while the edges hold mass
+    > tol: in 2-D ×1.5, up to 6 times; in 1-D, where a grid is cheap and a collapsed q's samples
+    may span a hair of p's range, ×4 up to 12 times, then zoom in to where the mass is
+    (``_zoom_1d``) so that the cells are fine there."""
+    dim = samples.shape[-1]
+    grow, tries = (4.0, 13) if dim == 1 else (1.5, 7)
     s = samples.double()
     lo, hi = torch.quantile(s, 0.0005, dim=0), torch.quantile(s, 0.9995, dim=0)
     span = (hi - lo).clamp_min(1e-3)
     lo, hi = lo - 0.5 * span, hi + 0.5 * span
-    for _ in range(7):
-        window: Window = ((lo[0].item(), hi[0].item()), (lo[1].item(), hi[1].item()))
+    for _ in range(tries):
+        window: Window = tuple((a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True))
         g = quadrature(energy, window, n)
         if g.edge_mass <= tol:
             break
-        mid, half = (lo + hi) / 2, (hi - lo) / 2 * 1.5
+        mid, half = (lo + hi) / 2, (hi - lo) / 2 * grow
         lo, hi = mid - half, mid + half
-    return g
+    return _zoom_1d(g, energy, n, tol) if dim == 1 else g
+
+
+def _zoom_1d(g: Grid, energy: Energy, n: int | None, tol: float, tail: float = 1e-12) -> Grid:
+    """A 1-D grid on the range that holds all but ``tail`` of ``g``'s mass, padded by half its
+    span, when that is narrower than ``g``'s window and its edges still hold at most ``tol``."""
+    if not math.isfinite(g.log_z) or g.edge_mass > tol:
+        return g
+    (x0, x1), cells = g.window[0], g.log_p.numel()
+    cdf = torch.cumsum(g.log_p.exp() * (x1 - x0) / cells, 0)
+    i0 = int(torch.searchsorted(cdf, torch.tensor(tail, dtype=cdf.dtype)))
+    i1 = int(torch.searchsorted(cdf, torch.tensor(1 - tail, dtype=cdf.dtype)))
+    a, b = x0 + i0 * (x1 - x0) / cells, x0 + (min(i1, cells - 1) + 1) * (x1 - x0) / cells
+    a, b = max(x0, a - 0.5 * (b - a)), min(x1, b + 0.5 * (b - a))
+    if b - a >= 0.5 * (x1 - x0):
+        return g
+    zoomed = quadrature(energy, ((a, b),), n)
+    return zoomed if zoomed.edge_mass <= tol and math.isfinite(zoomed.log_z) else g
 
 
 def log_prob(flow: Flow, points: Tensor) -> Tensor:
@@ -283,15 +317,16 @@ def khat_verdict(khat: float) -> str:
 
 @torch.no_grad()
 def compare_on_grid(
-    flow: Flow, energy: Energy, window: Window, log_z: float, n: int = 300
+    flow: Flow, energy: Energy, window: Window, log_z: float, n: int | None = None
 ) -> tuple[float, float]:
     """KL(p‖q) = ∫ p (ln p − ln q) and the total-variation distance ½∫|p − q| by the midpoint rule
-    on n×n cells, with q's exact density (the flow's inverse) and p = exp(−U − ln Z)."""
+    on n cells per axis of a 1-D or 2-D ``window`` (n defaults to COMPARE_N), with q's exact
+    density (the flow's inverse) and p = exp(−U − ln Z)."""
+    n = n or COMPARE_N[len(window)]
     pts = grid_points(window, n).to(flow.base.loc.dtype)
     log_p = torch.nan_to_num(-energy(pts).double() - log_z, nan=-math.inf)
     log_q = flow.log_prob(pts).double()
-    (x0, x1), (y0, y1) = window
-    cell = (x1 - x0) * (y1 - y0) / n**2
+    cell = cell_volume(window, n)
     p, q = log_p.exp(), log_q.exp()
     kl_pq = torch.where(p > 0, p * (log_p - log_q), 0.0).sum() * cell
     return float(kl_pq), float(0.5 * (p - q).abs().sum() * cell)

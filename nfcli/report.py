@@ -5,11 +5,12 @@
 ``nfcli.diagnostics.verdict``, the CLI's summary table, ``nfcli.compare`` and ``nfcli.figures``.
 
 ``to_dict`` gives metrics.json's dict: its keys in their order, each key written exactly when
-nfcli has always written it (``khat_note`` only with a note, the quadrature keys only in 2-D, the
-restart keys only with restarts, …). ``from_dict`` reads the dict of any nfcli version: a key that
-an older version did not write is None here (or empty) and stays unwritten by ``to_dict``
-(``absent``); a key this version does not know is kept in ``extra`` and written back at the end.
-So ``to_dict(from_dict(d)) == d`` for every such ``d``, with the same key order for today's.
+nfcli has always written it (``khat_note`` only with a note, the quadrature keys only in 1-D and
+2-D, the restart keys only with restarts, …). ``from_dict`` reads the dict of any nfcli version: a
+key that an older version did not write is None here (or empty) and stays unwritten by
+``to_dict`` (``absent``); a key this version does not know is kept in ``extra`` and written back
+at the end. So ``to_dict(from_dict(d)) == d`` for every such ``d``, with the same key order for
+today's.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from nfcli.train import COUNTS
 
 @dataclass
 class Quadrature:
-    """2-D only: ln Z by grid quadrature over ``window`` and what it gives, KL(q‖p) = ln Z − ELBO
-    (± the ELBO's standard error), KL(p‖q) and the total variation. Where quadrature failed (ln Z
-    not finite) the numbers are None and ``note`` says why; ``edge_mass`` (the target's mass on
-    the window's edge) is there only where it did not."""
+    """1-D and 2-D only: ln Z by grid quadrature over ``window`` and what it gives,
+    KL(q‖p) = ln Z − ELBO (± the ELBO's standard error), KL(p‖q) and the total variation. Where
+    quadrature failed (ln Z not finite) the numbers are None and ``note`` says why;
+    ``edge_mass`` (the target's mass on the window's edge) is there only where it did not."""
 
     log_z: float | None = None
     kl_qp: float | None = None
     kl_qp_se: float | None = None
     kl_pq: float | None = None
     tv: float | None = None
-    window: list[list[float]] | None = None  # [[x0, x1], [y0, y1]]
+    window: list[list[float]] | None = None  # [[x0, x1]] or [[x0, x1], [y0, y1]]
     edge_mass: float | None = None
     note: str | None = None
 
@@ -42,7 +43,7 @@ class TrustReport:
     """A fit's settings, outcome and diagnostics, field by field as in metrics.json (same names).
 
     None means not known: not computed for this fit (``khat_note`` without a note, ``tail_exponent``
-    unless the large weights sit in q's tails, ``quadrature`` unless D = 2, ``restarts`` without
+    unless the large weights sit in q's tails, ``quadrature`` unless D ≤ 2, ``restarts`` without
     --restarts), not written by the nfcli version that made the report, or, for the fit's fields,
     a report from ``evaluate`` alone. ``*_replicates`` hold one value per independent set of
     draws; ``khat``, ``ess_fraction``, ``log_z_is`` and ``elbo`` are the first set's."""
@@ -90,7 +91,7 @@ class TrustReport:
     large_weights_edge_share: float | None = None  # with khat_cause
     tail_exponent: float | None = None  # U ~ r^a far out; with khat_cause "tails"
     log_z_reference: float | None = None  # a built-in target's exact ln Z
-    quadrature: Quadrature | None = None  # D = 2 only
+    quadrature: Quadrature | None = None  # D ≤ 2 only
     warnings: list[str] = field(default_factory=list)
     # restarts (run_fit, with --restarts > 1): nfcli.train.choose_restart's summaries
     restarts: list[dict[str, float]] | None = None
@@ -107,7 +108,7 @@ class TrustReport:
 
     @property
     def kl_qp(self) -> float | None:
-        """KL(q‖p) in nats where quadrature gave ln Z (D = 2), else None."""
+        """KL(q‖p) in nats where quadrature gave ln Z (D ≤ 2), else None."""
         return self.quadrature.kl_qp if self.quadrature is not None else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,9 +48,10 @@ N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS an
 def evaluate(
     flow: Flow, energy: Energy, samples: Tensor, seed: int = 0, sets: int = N_SETS
 ) -> TrustReport:
-    """The trust report's diagnostics: ELBO and importance-sampling ln Z, ESS and k̂; in 2-D also
-    ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density. The fit's fields
-    (target, steps, losses, restarts, verdict) are left None for ``run_fit`` to fill.
+    """The trust report's diagnostics: ELBO and importance-sampling ln Z, ESS and k̂; in 1-D and
+    2-D also ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density. The
+    fit's fields (target, steps, losses, restarts, verdict) are left None for ``run_fit`` to
+    fill.
 
     The importance-sampling numbers are computed on ``sets`` independent sets of N_MONTE_CARLO
     fresh draws. The first set gives the headline fields (``khat``, ``ess_fraction``,
@@ -96,9 +97,9 @@ def evaluate(
             r.tail_exponent = tail_exponent(energy, where.centre, where.far)
     r.log_z_reference = energy.log_z
     warnings = []
-    if energy.dim == 2:
+    if energy.dim <= 2:
         grid = choose_window(samples, energy)
-        window = [list(grid.window[0]), list(grid.window[1])]
+        window = [list(w) for w in grid.window]
         if math.isfinite(grid.log_z):
             kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
             r.quadrature = Quadrature(

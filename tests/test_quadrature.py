@@ -1,12 +1,14 @@
-"""ln Z by grid quadrature: the reference values, closed forms, and the window search."""
+"""ln Z by grid quadrature (1-D and 2-D): the reference values, closed forms, and the window
+search."""
 
 import math
 
 import pytest
 import torch
 
-from nfcli.diagnostics import choose_window, quadrature
+from nfcli.diagnostics import choose_window, compare_on_grid, quadrature
 from nfcli.energy import load_energy
+from nfcli.flows import Flow
 from nfcli.targets import TARGETS
 
 
@@ -43,3 +45,35 @@ def test_improper_target_leaves_mass_at_the_edge():
     samples = torch.randn(5000, 2, generator=torch.Generator().manual_seed(0))
     grid = choose_window(samples, energy)
     assert grid.edge_mass > 0.01
+
+
+def test_one_dimensional_log_z_of_the_double_well_against_mpmath():
+    """1-D fits get ln Z by quadrature too: the double well x⁴/4 − x² against mpmath's quad."""
+    import mpmath
+
+    energy = load_energy("x**4/4 - x**2")
+    exact = float(
+        mpmath.log(mpmath.quad(lambda x: mpmath.exp(x**2 - x**4 / 4), [-mpmath.inf, 0, mpmath.inf]))
+    )
+    samples = torch.randn(5000, 1, generator=torch.Generator().manual_seed(0)) + 1.4
+    grid = choose_window(samples, energy)  # one well's samples: the window must widen to both
+    assert grid.log_z == pytest.approx(exact, abs=1e-6)
+    assert grid.log_p.shape == (20_000,) and grid.edge_mass < 1e-6
+    assert grid.window[0][0] < -2.5 < 2.5 < grid.window[0][1]
+
+
+def test_one_dimensional_grid_kl_both_ways_against_closed_forms():
+    """q = N(0, 0.8²) against p = N(0, 1): KL(p‖q) = ln 0.8 + 1/(2·0.64) − ½ on a 1-D grid."""
+    energy = load_energy("x**2/2")
+    flow = Flow.of(1, 2, "planar")
+    with torch.no_grad():
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
+        flow.base.log_scale.fill_(math.log(0.8))
+    log_z = 0.5 * math.log(2 * math.pi)
+    kl_pq, tv = compare_on_grid(flow.double(), energy, ((-9.0, 9.0),), log_z)
+    assert kl_pq == pytest.approx(math.log(0.8) + 1 / (2 * 0.64) - 0.5, rel=1e-4)
+    # TV of N(0,1) and N(0,0.8²): the densities cross at ±c, c² = ln(1/0.64)/(1/0.64 − 1)
+    c = math.sqrt(math.log(1 / 0.64) / (1 / 0.64 - 1))
+    expected = math.erf(c / (0.8 * math.sqrt(2))) - math.erf(c / math.sqrt(2))
+    assert tv == pytest.approx(expected, rel=1e-4)
