@@ -52,6 +52,9 @@ CHECK_EVERY = 100  # steps between the checks for a loss that stays non-finite o
 # ``converged``: the loss has levelled off (measured: README, "Real posteriors")
 CONVERGE_WINDOW, CONVERGE_TOL, CONVERGE_CALM, CONVERGE_MIN = 500, 0.01, 3, 1000
 
+# the wall energy's rise outside the support, in nats per standard deviation of q (``wall_rise``)
+WALL_SLOPE = 100.0
+
 # ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
 SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.1, 0.1, 0.5, 0.7
 
@@ -180,6 +183,34 @@ def fit(
         return _fit(energy, config, progress, every, device, monitor, stop, resume)
 
 
+def wall_rise(z: Tensor, u: Tensor, finite: Tensor, wall: Tensor) -> tuple[Tensor, Tensor]:
+    """A hard wall's stand-in energy: where U = +∞ or NaN (p = 0, outside the support, or where U
+    underflowed), a sample would be left out of the loss and exert no pull, and q could drift
+    out of the support unopposed. Instead it is given the energy
+
+        U_wall(z_i) = max_j U(z_j) + WALL_SLOPE · ‖z_i − z_j*‖ / σ,
+
+    the max over the batch's samples with finite U, z_j* the nearest of them to z_i, and σ q's
+    mean standard deviation per coordinate (all three held fixed in the gradient): worse than every
+    sample inside, and rising steeply with the distance back in, so that its gradient pulls z_i
+    towards the support, with the same force at any scale of q. A batch with no sample inside
+    has nothing to be pulled towards: its samples are left out, as before, and the fit's
+    non-finite check stops it if that goes on.
+
+    z: (R, B, D), differentiable; u: (R, B), detached; finite, wall: (R, B) masks (``wall`` only
+    in restarts with a finite sample). Returns the max finite U per restart (R,) and the rise
+    (R, B), zero except at ``wall``."""
+    zd = z.detach()
+    r, b = wall.nonzero(as_tuple=True)  # (M,) restarts and rows of the samples outside
+    dist = (zd[r] - zd[r, b].unsqueeze(1)).norm(dim=-1)  # (M, B) to every sample of the batch
+    j = dist.masked_fill(~finite[r], math.inf).argmin(-1)  # the nearest one inside
+    sigma = zd.std(1).mean(-1).clamp_min(1e-12)  # (R,)
+    d = (z[r, b] - zd[r, j]).norm(dim=-1)
+    rise = torch.zeros_like(u, dtype=z.dtype).index_put((r, b), WALL_SLOPE * d / sigma[r])
+    top = u.where(finite, -math.inf).amax(-1).nan_to_num(0.0, neginf=0.0)
+    return top, rise
+
+
 def select_step(config: FitConfig) -> int:
     """When restarts stop exploring: at the end of annealing, the point by which a fit has found,
     or lost, its modes; the kept restart then goes on alone. Without annealing there is no such
@@ -253,8 +284,9 @@ def _fit(
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(t, end, config.decay)
         z, log_q = flow.rsample_all(B)
-        z.register_hook(finite_rows)
-        u = energy(z.reshape(-1, D)).reshape(-1, B)
+        z_u = z.reshape(-1, D)
+        z_u.register_hook(finite_rows)  # U's own gradient; the wall's reaches z beside it
+        u = energy(z_u).reshape(-1, B)
         # the means over the samples where both U and ln q are finite; NaN (0/0) where none is,
         # with a zero gradient: ``where`` passes none back to the samples it left out
         finite = (u + log_q).isfinite()
@@ -264,6 +296,18 @@ def _fit(
         log_q_mean = log_q.where(finite, 0.0).sum(-1) / n
         u_mean = u.where(finite, 0.0).sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
+        # outside the support (p = 0), in a batch with samples inside to be pulled towards
+        wall = (u.isnan() | (u == math.inf)) & log_q.isfinite() & finite.any(-1, keepdim=True)
+        if wall.any():  # pulled back by the wall energy (a sync, on a GPU: only where it matters)
+            top, rise = wall_rise(z, u.detach(), finite, wall)
+            used = finite | wall
+            n = used.sum(-1)
+            stand_in = (beta * top.unsqueeze(-1) + rise).where(wall, 0.0)
+            loss = (
+                log_q.where(used, 0.0).sum(-1)
+                + beta * u.where(finite, 0.0).sum(-1)
+                + stand_in.sum(-1)
+            ) / n
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         # skip the step (fused Adam leaves every parameter and moment as it was) when the

@@ -7,9 +7,11 @@ from nfcli.energy import Energy, load_energy
 from nfcli.train import (
     CHECK_EVERY,
     SPREAD_SPAN,
+    WALL_SLOPE,
     FitConfig,
     fit,
     spreading,
+    wall_rise,
 )
 
 QUICK = dict(K=4, batch=64, anneal=100)
@@ -26,6 +28,40 @@ def test_nan_energy_on_half_the_plane_is_masked_counted_and_the_fit_goes_on():
     assert result.counts["nonfinite_energies"] > 0
     assert finite_params(result.flow)
     assert torch.isfinite(result.loss_beta1[-50:]).all()
+
+
+def test_the_wall_energy_rises_with_the_distance_to_the_nearest_sample_inside():
+    z = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [-3.0, 4.0], [4.0, 4.0]]], requires_grad=True)
+    u = torch.tensor([[2.0, 5.0, float("nan"), float("inf")]])
+    finite, wall = u.isfinite(), ~u.isfinite()
+    top, rise = wall_rise(z, u, finite, wall)
+    sigma = z.detach().std(1).mean().item()
+    assert top.tolist() == [5.0]
+    # (−3, 4) is 5 from (0, 0); (4, 4) is 5 from (1, 0): the nearest inside, not the lowest U
+    assert rise[0, :2].tolist() == [0.0, 0.0]
+    assert rise[0, 2:].tolist() == pytest.approx([WALL_SLOPE * 5 / sigma] * 2)
+    rise.sum().backward()
+    pull = -z.grad[0] * sigma / WALL_SLOPE  # descent moves each sample straight back in
+    assert pull[2].tolist() == pytest.approx([0.6, -0.8]) and pull[3].tolist() == pytest.approx(
+        [-0.6, -0.8]
+    )
+    assert z.grad[0, :2].abs().max() == 0
+
+
+@pytest.mark.parametrize("slope", [WALL_SLOPE, 0.0])
+def test_samples_outside_the_support_are_pulled_back(monkeypatch, slope):
+    """U is undefined (NaN) for x ≤ 0: a half-normal in x. Left out of the loss and unpulled
+    (slope 0, as before the wall), q drifts out of the support until no sample is inside and
+    the fit is stopped; the wall keeps all but a little of q's mass inside."""
+    monkeypatch.setattr("nfcli.train.WALL_SLOPE", slope)
+    energy = load_energy("Piecewise((x**2/2 + y**2/2, x > 0))")
+    result = fit(energy, FitConfig(iters=600, **QUICK))
+    z = result.flow.sample(20_000, torch.Generator().manual_seed(0))
+    outside = float((z[:, 0] <= 0).float().mean())
+    if slope:
+        assert result.stopped is None and outside < 0.03
+    else:
+        assert result.stopped == "nonfinite" and outside > 0.5
 
 
 def test_nan_gradient_rows_are_zeroed_and_counted():
