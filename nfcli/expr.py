@@ -317,6 +317,19 @@ def _normal_cdf(a: sp.Expr) -> sp.Expr:
     return sp.erfc(-a / sp.sqrt(2)) / 2
 
 
+def _float_if_large(fn: Callable[..., sp.Basic]) -> Callable[..., sp.Basic]:
+    """fn with exact numbers beyond ±100 passed as Floats: SymPy's gamma, digamma and beta of an
+    exact 10**300 compute (10**300 − 1)! or a harmonic number exactly, for ever; of a Float,
+    a Float at once (which the builder then refuses if beyond 1e300)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: sp.Expr) -> sp.Basic:
+        floats = [sp.Float(a, 17) if a.is_Rational and abs(a) > 100 else a for a in args]
+        return fn(*floats)
+
+    return wrapped
+
+
 def _besseli(nu: sp.Expr, a: sp.Expr) -> sp.Expr:
     """I_ν(a); the builder has checked that ν is 0 or ±1 (what torch computes)."""
     return sp.besseli(nu, a)
@@ -349,11 +362,11 @@ FUNCTIONS: dict[str, tuple[Callable[..., sp.Basic], tuple[int, ...] | None]] = {
     "ndtr": (_normal_cdf, (1,)),
     "Phi": (_normal_cdf, (1,)),
     "log_ndtr": (log_ndtr, (1,)),
-    "gamma": (sp.gamma, (1,)),
+    "gamma": (_float_if_large(sp.gamma), (1,)),
     "lgamma": (lgamma, (1,)),
     "loggamma": (lgamma, (1,)),
-    "digamma": (sp.digamma, (1,)),
-    "beta": (sp.beta, (2,)),
+    "digamma": (_float_if_large(sp.digamma), (1,)),
+    "beta": (_float_if_large(sp.beta), (2,)),
     "besseli": (_besseli, (2,)),
     "Abs": (sp.Abs, (1,)),
     "abs": (sp.Abs, (1,)),
@@ -968,6 +981,7 @@ def stabilise(e: sp.Basic) -> sp.Basic:
            ln Σ c_i·e^{a_i} (+ c₀) → logsumexp(a_i + ln c_i, ln c₀), of two terms one of them
            constant: ln c₀ + softplus(a − ln c₀);  ln(1 + t) → log1p(t);
            ln b^{p} → p·ln b (b ≥ 0, or p a non-integer number: b^{p} is NaN for b < 0);
+           ln b^{2n} → 2n·ln|b|;
            ln(c·Π f_i·Π g_j) → ln c + Σ ln f_i + ln Π g_j, the f_i known ≥ 0, each rewritten.
 
     The product rule needs every factor but one group known ≥ 0: then, where the product is
