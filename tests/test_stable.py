@@ -229,6 +229,8 @@ def test_derivatives_of_the_new_classes_match_mpmath():
 def test_improper_variables_see_through_the_new_functions():
     confined = "-log_ndtr(x) + x**2/2 + lgamma(2 + y**2) + log1p(y**2) + softplus(x)"
     assert improper_variables(parse(confined)) == []
+    special = "-log(besseli(0, x)) + x**2 + beta(y, 2) + gamma(y) + Phi(y) + logit(y) + expm1(x)"
+    assert improper_variables(parse(special)) == []
     assert improper_variables(parse("x*lgamma(2.5) + expm1(1) + y**2")) == [("x", "linear")]
 
 
