@@ -44,7 +44,8 @@ VALID = [
     *["x", "y", "z1", "0", "1", "2", "9", "0.5", "1e308", "1e-308", "10**300", "pi", "E"],
     *["+", "-", "*", "/", "**", "^", "(", ")", ",", " "],
     *["sin", "exp", "log", "sqrt", "Abs", "Piecewise", "tanh", "Max", "Min", "logsumexp"],
-    *["sigmoid", "softplus", "atan2", "True"],
+    *["sigmoid", "softplus", "atan2", "True", "erfc", "log1p", "expm1", "lgamma", "gamma"],
+    *["Phi", "log_ndtr", "logit", "beta", "besseli"],
     *["<", "<=", ">", ">=", "==", "!=", "&", "|", "not", "and", "or"],
 ]
 HOSTILE = [
@@ -57,7 +58,8 @@ HOSTILE = [
     f"getattr(__import__('pathlib').Path('{CANARY}'),'touch')()",
 ]
 UNARY = ["exp", "log", "sqrt", "sin", "cos", "tanh", "Abs", "sigmoid", "softplus", "erf", "asin"]
-BINARY = ["Max", "Min", "logsumexp", "atan2", "log"]
+UNARY += ["erfc", "log1p", "expm1", "Phi", "log_ndtr", "lgamma", "gamma", "logit", "digamma"]
+BINARY = ["Max", "Min", "logsumexp", "atan2", "log", "beta"]
 OPERATORS = ["+", "-", "*", "/", "**", "^"]
 COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
 
@@ -258,6 +260,14 @@ def test_formulas(text: str) -> None:
         ("sqrt((sigmoid(10**300)/(10**300^-3))) + x", None),
         # OverflowError in torch.pow: SymPy made exp(10**300*log(x)) into x**(10**300)
         ("exp((10**300*log(x)))", None),
+        # hung: SymPy's gamma and digamma of an exact 10**300 compute (10**300 − 1)! and a
+        # harmonic number exactly; large exact arguments are now Floats
+        (
+            "atan2(sin(0.5), log(gamma(10**300), Piecewise((2, 10**300 != pi), (9, True)))) + x",
+            "a constant whose value exceeds 1e300",
+        ),
+        ("digamma(10**300) + x**2", None),
+        ("beta(10**300, 2) + x**2", None),
     ],
 )
 def test_regressions_found_by_fuzzing(text: str, fragment: str | None) -> None:
