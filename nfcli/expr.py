@@ -374,7 +374,22 @@ FUNCTIONS: dict[str, tuple[Callable[..., sp.Basic], tuple[int, ...] | None]] = {
     "Min": (sp.Min, None),
     "Piecewise": (sp.Piecewise, None),
 }
+# Functions that are functions only where called, as in beta(a, b): uncalled, each name is a
+# variable, or a constant the user binds (beta=2), as it was before these functions were added;
+# alpha, beta and gamma are common parameter names in statistics. beta*x - log(beta(2, 3)) has
+# both. The other functions' names are reserved: exp alone is refused, not read as a variable.
+CALLED_ONLY: frozenset[str] = frozenset(
+    {"log1p", "expm1", "logit", "ndtr", "Phi", "log_ndtr", "gamma", "lgamma", "loggamma"}
+    | {"digamma", "beta", "besseli"}
+)
 CONSTANTS: dict[str, sp.Basic] = {"pi": sp.pi, "E": sp.E}
+
+
+def _reserved(name: str) -> bool:
+    """Whether a name can never stand for a number: pi, E, or a function not in CALLED_ONLY."""
+    return name in CONSTANTS or (name in FUNCTIONS and name not in CALLED_ONLY)
+
+
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div)  # built as flat sums and products
 _CONDITION = (
@@ -433,12 +448,13 @@ def check_constants(
 ) -> None:
     """Constants bound by the user are names the text uses, not --vars, and finite numbers."""
     for n, v in constants.items():
-        if not _NAME.match(n) or n in FUNCTIONS or n in CONSTANTS:
+        if not _NAME.match(n) or _reserved(n):
             raise NfcliError(
                 f"{n}={v} cannot be bound: {n!r} is not a name that can stand for a number in an "
                 f"expression (it must start with a letter and not be a function or pi/E)."
             )
-        if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_(])", text):
+        # a use is the name not called: beta(2, 3) (or beta (2, 3)) is the function, not beta
+        if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])(?!\s*\()", text):
             raise NfcliError(
                 f"{n}={v} binds a constant that the expression {_quoted(text)} does not use. "
                 "Check the spelling, or leave it out."
@@ -526,7 +542,7 @@ def parse(
     if names is None:
         return Expression(text, tree, tuple(used))
     names = tuple(names)
-    bad = [n for n in names if not _NAME.match(n) or n in FUNCTIONS or n in CONSTANTS]
+    bad = [n for n in names if not _NAME.match(n) or _reserved(n)]
     if bad or len(set(names)) != len(names):
         raise NfcliError(
             f"--vars {','.join(names)} is not a list of distinct variable names "
@@ -833,7 +849,7 @@ class _Builder:
             return CONSTANTS[n]
         if n in ("True", "False"):
             return sp.true if n == "True" else sp.false
-        if n in FUNCTIONS:
+        if n in FUNCTIONS and n not in CALLED_ONLY:  # uncalled, beta or gamma is a variable
             raise self.fail(node, f"the function {n} without arguments", f"Call it, as in {n}(x).")
         if n == "I":
             raise self.fail(
