@@ -8,7 +8,7 @@ import torch
 
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
-from nfcli.expr import parse
+from nfcli.expr import CALLED_ONLY, FUNCTIONS, improper_variables, parse
 
 # --- hand-written torch versions of the paper's energies (Rezende & Mohamed 2015, table 1) --------
 
@@ -197,6 +197,85 @@ def test_vars_override_order_and_may_add_dimensions():
 def test_vars_that_do_not_match_are_refused(names, fragment):
     with pytest.raises(NfcliError, match=fragment):
         parse("x + y", names=names)
+
+
+# --- names of functions added later are functions only where called --------------------------
+
+Z = torch.tensor([[2.0, 3.0, 1.5], [-1.0, 0.5, -2.0]], dtype=torch.float64)
+
+
+def test_beta_uncalled_is_a_variable():
+    expr = parse("beta*x + x**2/2")
+    assert expr.names == ("beta", "x")
+    u = expr.compile()(Z[:, :2])
+    torch.testing.assert_close(u, Z[:, 0] * Z[:, 1] + Z[:, 1] ** 2 / 2)
+
+
+def test_beta_can_be_bound_as_a_constant():
+    energy = load_energy("beta*x**2/2", constants={"beta": 2})
+    assert energy.names == ("x",)
+    torch.testing.assert_close(energy(Z[:, :1]), Z[:, 0] ** 2)
+
+
+@pytest.mark.parametrize("text", ["x**2 - log(beta(x**2 + 1, 2))", "x**2 + beta (x**2 + 1, 2)"])
+def test_a_constant_bound_to_a_name_only_called_is_unused(text):
+    with pytest.raises(NfcliError, match=r"binds a constant that the expression .* does not use"):
+        parse(text, constants={"beta": 2})
+
+
+def test_vars_may_list_gamma_and_the_compiled_symbols_do_not_clash_with_the_functions():
+    expr = parse("beta*x**2 + gamma", ["beta", "gamma", "x"])
+    assert expr.names == ("beta", "gamma", "x")
+    u = expr.compile()(Z)
+    torch.testing.assert_close(u, Z[:, 0] * Z[:, 2] ** 2 + Z[:, 1])
+    # U is linear in beta and gamma: flagged by name, as any variable
+    assert improper_variables(expr) == [("beta", "linear"), ("gamma", "linear")]
+
+
+def test_a_variable_beta_and_the_function_beta_in_one_expression():
+    expr = parse("beta*x - log(beta(2, 3))")  # B(2, 3) = 1/12
+    assert expr.names == ("beta", "x")
+    u = expr.compile()(Z[:, :2])
+    torch.testing.assert_close(u, Z[:, 0] * Z[:, 1] + math.log(12))
+    # the variable gamma inside the function gamma, and beta bound as a constant beside beta()
+    expr = parse("gamma**2/2 + x**2 - log(gamma(gamma**2 + 1))", ["gamma", "x"])
+    g, x = Z[:, 0], Z[:, 1]
+    want = g**2 / 2 + x**2 - torch.lgamma(g**2 + 1)
+    torch.testing.assert_close(expr.compile()(Z[:, :2]), want)
+    assert improper_variables(expr) == []
+    energy = load_energy("beta*x**2 - log(beta(x**2 + 1, 2))", constants={"beta": 2})
+    assert energy.names == ("x",)
+    b = torch.exp(torch.lgamma(x**2 + 1) + math.lgamma(2) - torch.lgamma(x**2 + 3))
+    torch.testing.assert_close(energy(Z[:, 1:2]), 2 * x**2 - torch.log(b))
+
+
+def test_a_variable_listed_in_vars_but_only_called_is_absent():
+    expr = parse("x**2 - log(beta(x**2 + 1, 2))", ["x", "beta"])
+    assert improper_variables(expr) == [("beta", "absent")]
+
+
+@pytest.mark.parametrize("name", sorted(CALLED_ONLY))
+def test_each_name_of_a_called_only_function_is_a_variable_uncalled(name):
+    assert name in FUNCTIONS
+    expr = parse(f"{name}**2 + x**2")
+    assert set(expr.names) == {name, "x"}
+    assert parse(f"{name}**2", constants={}).names == (name,)
+    assert parse(f"{name}*x**2", constants={name: 3}).names == ("x",)
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "erf", "sigmoid", "logsumexp", "Abs"])
+def test_an_older_function_uncalled_is_still_refused(name):
+    message = (
+        f"The expression contains the function {name} without arguments at column 1:\n"
+        f"  {name}*x + x**2\n  ^\nCall it, as in {name}(x)."
+    )
+    with pytest.raises(NfcliError) as caught:
+        parse(f"{name}*x + x**2")
+    assert str(caught.value) == message
+    with pytest.raises(NfcliError, match=f"{name}=2 cannot be bound"):
+        parse(f"{name}*x + x**2", constants={name: 2})
+    with pytest.raises(NfcliError, match=f"problem: {name}"):
+        parse("x**2", [name, "x"])
 
 
 # --- what the whitelist refuses (issue 6 extends this to a full table) ------------------------
