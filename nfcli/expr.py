@@ -12,7 +12,9 @@ shape (N,).
 Functions beyond elementary ones, for textbook log-densities: log1p, expm1, logit, ndtr (= Phi,
 the normal CDF), log_ndtr, gamma, lgamma (= loggamma, ln|Γ|), digamma, beta, besseli(ν, x) for
 ν = 0, 1, sigmoid, softplus, logsumexp. Their values at numbers are computed at once (mpmath), so
-that constants such as lgamma(2.5) or log_ndtr(-40) stay finite and exact.
+that constants such as lgamma(2.5) or log_ndtr(-40) stay finite and exact. Those added after
+sigmoid, softplus and logsumexp (CALLED_ONLY) are functions only where called: beta alone is a
+variable or a bound constant (beta=2), as it was before, and beta*x - log(beta(2, 3)) has both.
 """
 
 from __future__ import annotations
@@ -446,7 +448,8 @@ def natural_key(name: str) -> tuple[str, int, str]:
 def check_constants(
     constants: Mapping[str, float], text: str, names: Sequence[str] | None = None
 ) -> None:
-    """Constants bound by the user are names the text uses, not --vars, and finite numbers."""
+    """Constants bound by the user are names the text uses uncalled (beta=2 with beta(2, 3)
+    alone binds nothing), not --vars, not reserved (exp, pi), and finite numbers."""
     for n, v in constants.items():
         if not _NAME.match(n) or _reserved(n):
             raise NfcliError(
