@@ -201,8 +201,9 @@ class FitConfig:
                 "realnvp --K 8)."
             )
 
-    def architecture(self) -> dict[str, Any]:
-        """The flow's spec (``nfcli.flows.architecture``): what ``Flow`` is built from."""
+    def architecture(self, dim: int | None = None) -> dict[str, Any]:
+        """The flow's spec (``nfcli.flows.architecture``) for a target of ``dim`` dimensions:
+        what ``Flow`` is built from."""
         if self.flow == "auto" or self.start == "auto":
             raise ValueError("resolve(dim) the config first: flow or start is auto")
         return architecture(
@@ -217,6 +218,7 @@ class FitConfig:
             mixing="permutation" if self.base == "student_t" else MIXING,
             start=self.start,
             base=self.base,
+            dim=dim,
         )
 
     @property

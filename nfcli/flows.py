@@ -47,11 +47,14 @@ def architecture(
     mixing: str = MIXING,
     start: str = "origin",
     base: str = "gaussian",
+    dim: int | None = None,
 ) -> dict[str, Any]:
     """The spec of a flow type (one of FLOW_TYPES) with K layers, on a ``base`` of BASE_TYPES
     (``base_spec``; the base's initial scale is as below whichever it is).
 
-    planar, radial: N(0, base_scale²) (learnt loc and scale) → K planar or radial layers.
+    planar, radial: N(0, base_scale²) (learnt loc and scale) → K planar or radial layers; for a
+    1-D target (``dim`` 1) the planar layers are ``CentredPlanar``, which a 1-D fit cannot strand
+    at w → 0 (``nfcli.transforms.CentredPlanar``).
     nice, realnvp, spline: N(0, I) (learnt) → K couplings (additive, affine or rational-quadratic
     spline) with a fixed ``mixing`` between them → a diagonal affine layer that starts at scale
     base_scale (NICE's final scaling), so the couplings work at unit scale, where the spline's
@@ -68,7 +71,7 @@ def architecture(
     if start not in ("origin", "mode"):
         raise NfcliError(f"unknown start {start!r}: choose origin or mode")
     if start == "mode":
-        spec = architecture(flow, K, init_scale, 1.0, hidden, bins, mixing, base=base)
+        spec = architecture(flow, K, init_scale, 1.0, hidden, bins, mixing, base=base, dim=dim)
         layers = [
             t for t in spec["transforms"] if t["type"] not in ("elementwise_affine", "affine")
         ]
@@ -77,9 +80,10 @@ def architecture(
             "transforms": [*layers, {"type": "affine"}, {"type": "fixed_affine"}],
         }
     if flow in ("planar", "radial"):
+        kind = "centred_planar" if flow == "planar" and dim == 1 else flow
         return {
             "base": base_spec(base, base_scale),
-            "transforms": [{"type": flow, "K": K, "init_scale": init_scale}],
+            "transforms": [{"type": kind, "K": K, "init_scale": init_scale}],
         }
     if flow == "affine":
         return {

@@ -83,6 +83,7 @@ class TrainingState:
     end: int | None = None  # where the steps end once converged (None: at the config's iters)
     converged: int | None = None  # the step at which the loss had levelled off
     calm: int = 0  # checks in a row at which it had (``converged``)
+    inside: Inside | None = None  # points inside the support (``wall_rise``), once needed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
@@ -95,7 +96,10 @@ class TrainingState:
     def from_dict(cls, d: dict[str, Any]) -> TrainingState:
         """From ``to_dict``'s dict, of this version or an older one (fields with defaults may be
         absent)."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        if isinstance(values.get("inside"), dict):
+            values["inside"] = Inside(**values["inside"])
+        return cls(**values)
 
 
 def _to_cpu(x: Any) -> Any:
@@ -183,32 +187,76 @@ def fit(
         return _fit(energy, config, progress, every, device, monitor, stop, resume)
 
 
-def wall_rise(z: Tensor, u: Tensor, finite: Tensor, wall: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass
+class Inside:
+    """Points known to be inside the support, one per restart, and their energies: where a batch
+    with no sample inside is pulled to (``wall_rise``). A point inside stays inside, so an old one
+    is as good a target as a new one."""
+
+    point: Tensor  # (R, D)
+    u: Tensor  # (R,)
+
+    def keep(self, r: int) -> Inside:
+        return Inside(self.point[r : r + 1], self.u[r : r + 1])
+
+
+def wall_rise(
+    z: Tensor, u: Tensor, finite: Tensor, wall: Tensor, inside: Inside
+) -> tuple[Tensor, Tensor]:
     """A hard wall's stand-in energy: where U = +∞ or NaN (p = 0, outside the support, or where U
     underflowed), a sample would be left out of the loss and exert no pull, and q could drift
     out of the support unopposed. Instead it is given the energy
 
         U_wall(z_i) = max_j U(z_j) + WALL_SLOPE · ‖z_i − z_j*‖ / σ,
 
-    the max over the batch's samples with finite U, z_j* the nearest of them to z_i, and σ q's
-    mean standard deviation per coordinate (all three held fixed in the gradient): worse than every
-    sample inside, and rising steeply with the distance back in, so that its gradient pulls z_i
-    towards the support, with the same force at any scale of q. A batch with no sample inside
-    has nothing to be pulled towards: its samples are left out, as before, and the fit's
-    non-finite check stops it if that goes on.
+    the max over the batch's samples with finite U (or, in a batch with none, ``inside``'s
+    energy), z_j* the nearest of them and ``inside``'s point to z_i, and σ q's mean standard
+    deviation per coordinate (all three held fixed in the gradient): worse than every sample
+    inside, and rising steeply with the distance back in, so that its gradient pulls z_i towards
+    the support, with the same force at any scale of q.
 
-    z: (R, B, D), differentiable; u: (R, B), detached; finite, wall: (R, B) masks (``wall`` only
-    in restarts with a finite sample). Returns the max finite U per restart (R,) and the rise
-    (R, B), zero except at ``wall``."""
+    z: (R, B, D), differentiable; u: (R, B), detached; finite, wall: (R, B) masks. Returns the
+    max finite U per restart (R,) and the rise (R, B), zero except at ``wall``."""
     zd = z.detach()
     r, b = wall.nonzero(as_tuple=True)  # (M,) restarts and rows of the samples outside
-    dist = (zd[r] - zd[r, b].unsqueeze(1)).norm(dim=-1)  # (M, B) to every sample of the batch
-    j = dist.masked_fill(~finite[r], math.inf).argmin(-1)  # the nearest one inside
+    targets = torch.cat([zd, inside.point.unsqueeze(1)], 1)  # (R, B + 1, D): the batch, a point
+    ok = torch.cat([finite, torch.ones_like(finite[:, :1])], 1)
+    dist = (targets[r] - zd[r, b].unsqueeze(1)).norm(dim=-1)  # (M, B + 1)
+    j = dist.masked_fill(~ok[r], math.inf).argmin(-1)  # the nearest point inside
     sigma = zd.std(1).mean(-1).clamp_min(1e-12)  # (R,)
-    d = (z[r, b] - zd[r, j]).norm(dim=-1)
+    d = (z[r, b] - targets[r, j]).norm(dim=-1)
     rise = torch.zeros_like(u, dtype=z.dtype).index_put((r, b), WALL_SLOPE * d / sigma[r])
-    top = u.where(finite, -math.inf).amax(-1).nan_to_num(0.0, neginf=0.0)
-    return top, rise
+    top = u.where(finite, -math.inf).amax(-1)
+    return top.where(finite.any(-1), inside.u), rise
+
+
+def update_inside(inside: Inside | None, z: Tensor, u: Tensor, finite: Tensor) -> Inside | None:
+    """``inside`` with each restart's point replaced by its batch's lowest-energy sample inside,
+    where the batch has one (z: (R, B, D), u: (R, B), finite: (R, B)); None while none is known."""
+    has = finite.any(-1)  # (R,)
+    i = u.where(finite, math.inf).argmin(-1)
+    best = Inside(z.detach()[torch.arange(len(i)), i], u[torch.arange(len(i)), i])
+    if inside is None:
+        return best if bool(has.all()) else None
+    return Inside(best.point.where(has[:, None], inside.point), best.u.where(has, inside.u))
+
+
+def probe_inside(
+    energy: Energy, restarts: int, dim: int, seed: int, dtype, device
+) -> Inside | None:
+    """A point inside the support when no sample of q has been: the lowest-energy of 1024 draws of
+    N(0, s²) at each of s = 1, 4, 16, 64 with finite U (its own generator: the fit's random
+    stream is untouched), or None if every one is outside."""
+    g = torch.Generator().manual_seed(seed + 17)
+    scales = torch.tensor([1.0, 4.0, 16.0, 64.0]).repeat_interleave(1024)[:, None]
+    pts = (torch.randn(len(scales), dim, generator=g) * scales).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        u = energy(pts)
+    u = u.where(u.isfinite(), math.inf)
+    if not bool(u.isfinite().any()):
+        return None
+    i = int(u.argmin())
+    return Inside(pts[i].expand(restarts, dim).clone(), u[i].expand(restarts).clone())
 
 
 def select_step(config: FitConfig) -> int:
@@ -232,7 +280,7 @@ def _fit(
     R, B, D = config.restarts, config.batch, energy.dim
     dtype = resolve_dtype(config.dtype)
     restarts_now = resume.flow_restarts if resume is not None else R
-    flow = Flow(D, config.architecture(), restarts_now)
+    flow = Flow(D, config.architecture(D), restarts_now)
     began = time.perf_counter()
     start_at = None
     if resume is None and config.start == "mode":
@@ -250,6 +298,7 @@ def _fit(
     prior, drawn = dict.fromkeys(COUNTS, 0), 0
     kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
     end, converged, calm = config.iters, None, 0
+    inside = resume.inside if resume is not None else None
     if resume is not None:
         flow.load_state_dict(resume.flow)
         opt.load_state_dict(resume.optimizer)
@@ -279,6 +328,7 @@ def _fit(
         if t == choose_at and flow.restarts > 1:  # the restarts have explored; the best goes on
             kept, summaries = choose_restart(flow, energy)
             flow, opt = _keep(flow, opt, kept)
+            inside = inside.keep(kept) if inside is not None else None
             cols = slice(kept, kept + 1)
         beta = beta_schedule(t, anneal)
         for group in opt.param_groups:
@@ -296,10 +346,13 @@ def _fit(
         log_q_mean = log_q.where(finite, 0.0).sum(-1) / n
         u_mean = u.where(finite, 0.0).sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
-        # outside the support (p = 0), in a batch with samples inside to be pulled towards
-        wall = (u.isnan() | (u == math.inf)) & log_q.isfinite() & finite.any(-1, keepdim=True)
-        if wall.any():  # pulled back by the wall energy (a sync, on a GPU: only where it matters)
-            top, rise = wall_rise(z, u.detach(), finite, wall)
+        wall = (u.isnan() | (u == math.inf)) & log_q.isfinite()  # outside the support: p = 0
+        if t == 0 or wall.any():  # (a sync, on a GPU: only where it matters)
+            inside = update_inside(inside, z, u.detach(), finite)
+        if wall.any() and inside is None:  # no sample of q has been inside yet: look for a point
+            inside = probe_inside(energy, flow.restarts, D, config.seed, z.dtype, device)
+        if wall.any() and inside is not None:  # pulled back by the wall energy
+            top, rise = wall_rise(z, u.detach(), finite, wall, inside)
             used = finite | wall
             n = used.sum(-1)
             stand_in = (beta * top.unsqueeze(-1) + rise).where(wall, 0.0)
@@ -371,6 +424,7 @@ def _fit(
         end if converged is not None else None,
         converged,
         calm,
+        inside,
     )
     if flow.restarts > 1:  # the restarts explored to the end (no annealing), or were stopped
         kept, summaries = choose_restart(flow, energy)

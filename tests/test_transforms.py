@@ -23,6 +23,7 @@ DATA = Path(__file__).parent / "data"
 # each registered transform with the options it is tested with
 SPECS = {
     "planar": {"K": 3, "init_scale": 0.8},
+    "centred_planar": {"K": 3, "init_scale": 0.8},
     "radial": {"K": 3, "init_scale": 0.8},
     "additive_coupling": {"hidden": [8, 8]},
     "affine_coupling": {"hidden": [8]},
@@ -233,3 +234,28 @@ def test_options_that_do_not_apply_are_refused(change, fragment):
 def test_couplings_refuse_one_dimensional_targets():
     with pytest.raises(NfcliError, match="needs at least 2 of them; this target has 1"):
         fit(load_energy("x**2/2"), FitConfig(flow="realnvp", iters=2))
+
+
+def test_centred_planar_layers_stay_smooth_as_w_goes_to_zero():
+    """1-D, u fixed, w → 0, so that û = m(wu)/w grows as 1/w: with a free offset (b = 1) the
+    layer's shift grows as 1/w and its gradient in w as 1/w²; about a centre (c = 1) the layer
+    tends to a linear map with bounded gradients (``CentredPlanar``: why 1-D fits no longer
+    strand layers there)."""
+    z = torch.tensor([[[0.5], [2.0]]], dtype=torch.float64)
+    grads = {}
+    for name, offset in [("planar", "b"), ("centred_planar", "c")]:
+        sizes = []
+        for w in (1e-2, 1e-4, 1e-6):
+            t = build({"type": name, "K": 1, "init_scale": 0.1}, 1).double()
+            with torch.no_grad():
+                t.w.fill_(w)
+                t.u.fill_(0.5)
+                getattr(t, offset).fill_(1.0)
+            y, _ = t(z)
+            (g,) = torch.autograd.grad(y.sum(), t.w)
+            sizes.append((y.abs().max().item(), g.abs().max().item()))
+        grads[name] = sizes
+    (y2, g2), _, (y6, g6) = grads["planar"]
+    assert y6 > 1e3 * y2 and g6 > 1e7 * g2  # shift ∝ 1/w, gradient ∝ 1/w²
+    for y, g in grads["centred_planar"]:
+        assert y < 3 and g < 10
