@@ -478,7 +478,10 @@ def run_case(case: Case, seed: int, iters: int | None) -> Score:
     try:
         result = fit(energy, config)
     except NfcliError as e:
-        row.error = "fit failed: " + first_words(str(e), 20)
+        row.error = "fit refused: " + first_words(str(e), 20)
+        return row
+    except Exception as e:  # nfcli's own bug: reported as a row, the other cases go on
+        row.error = f"fit crashed: {type(e).__name__}: {first_words(str(e), 12)}"
         return row
     row.fit_s = time.perf_counter() - t0
     row.steps, row.stopped, row.message = result.steps, result.stopped, first_words(result.message)
@@ -506,6 +509,8 @@ def markdown(case: Case, rows: list[Score]) -> str:
     stopped = [r for r in rows if r.stopped]
     if stopped:
         notes.append(f"{len(stopped)} stopped ({stopped[0].stopped}): {stopped[0].message}")
+    if any(r.outside == 1 for r in rows):
+        notes.append(f"{sum(r.outside == 1 for r in rows)} with every draw outside (KL: none)")
     if any(r.nonfinite_draws for r in rows):
         notes.append(f"{sum(r.nonfinite_draws for r in rows)} non-finite draws")
     return (
