@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
-	bench-posteriors posterior-reference
+	bench-posteriors posterior-reference bench-textbook
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,12 @@ bench: bench-setup
 # the reference moments are committed; `posterior-reference` remakes them with NumPyro, ~15 min)
 bench-posteriors: setup
 	$(BIN)/python benchmarks/posteriors.py --threads 2
+
+# Textbook densities typed as a user would (issue 14): 27 cases, 1-D and 2-D, against scipy
+# truths; KL(q‖p), TV and mass outside the support at the defaults, seeds 0,1,2 (~75 min on one
+# core); writes runs/textbook.json. `--check-truth` checks the truths alone (~5 min).
+bench-textbook: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/textbook.py
 
 posterior-reference: bench-setup
 	$(BIN)/python benchmarks/posterior_reference.py
