@@ -108,7 +108,9 @@ def find_mode(
                 path.append(z.detach().clone())
             return u
 
-        with contextlib.suppress(RuntimeError):  # a line search that met NaN: see below
+        # a line search that met NaN (torch's strong Wolfe raises RuntimeError, or IndexError
+        # when NaN empties its bracket: at the walls of a bounded support): see below
+        with contextlib.suppress(RuntimeError, IndexError):
             opt.step(closure)
         with torch.no_grad():
             u = float(_u(energy, z))

@@ -150,3 +150,15 @@ def test_several_modes_give_one_gaussian_over_all_of_them_and_an_annealed_fit():
     assert fit(energy, quick).config.anneal == 3  # 3/8 of the steps, as from the origin
     one = gaussian_start(load_energy("benchmarks/targets/student5.py"))
     assert one.modes == 1 and one.source == "laplace"
+
+
+def test_mode_search_survives_the_walls_of_a_bounded_support():
+    """U is NaN outside (0, 1) (a Beta(2, 5)): torch's strong-Wolfe line search raised IndexError
+    when NaN emptied its bracket, from nearly every start; the search now keeps the last point
+    where U was finite, inside the support."""
+    energy = load_energy("-log(x) - 4*log(1 - x) + y**2/2 + z**2/2")
+    for c in (0.05, 0.5, 0.95):
+        mode, finite = find_mode(energy, points=[torch.tensor([c, 1.0, -1.0], dtype=torch.float64)])
+        assert finite == 1 and 0 < mode[0] < 1
+    start = gaussian_start(energy, seed=0)
+    assert 0 < float(start.mean[0]) < 1
