@@ -77,3 +77,23 @@ def test_one_dimensional_grid_kl_both_ways_against_closed_forms():
     c = math.sqrt(math.log(1 / 0.64) / (1 / 0.64 - 1))
     expected = math.erf(c / (0.8 * math.sqrt(2))) - math.erf(c / math.sqrt(2))
     assert tv == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_one_dimensional_report_has_the_exact_kl_both_ways():
+    """The trust report of a 1-D fit: for q = N(0, 0.8²) and p = N(0, 1), KL(q‖p) =
+    −ln 0.8 + 0.64/2 − ½ and KL(p‖q) = ln 0.8 + 1/(2·0.64) − ½, from quadrature."""
+    from nfcli.run import evaluate
+
+    energy = load_energy("x**2/2")
+    flow = Flow.of(1, 2, "planar")
+    with torch.no_grad():
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
+        flow.base.log_scale.fill_(math.log(0.8))
+    samples = flow.sample(20_000, torch.Generator().manual_seed(0))
+    r = evaluate(flow, energy, samples, sets=1)
+    q = r.quadrature
+    assert q is not None and q.log_z == pytest.approx(0.5 * math.log(2 * math.pi), abs=1e-6)
+    assert q.kl_qp == pytest.approx(-math.log(0.8) + 0.32 - 0.5, abs=4 * q.kl_qp_se + 1e-4)
+    assert q.kl_pq == pytest.approx(math.log(0.8) + 1 / 1.28 - 0.5, rel=1e-3)
+    assert r.kl_qp == q.kl_qp
