@@ -62,14 +62,19 @@ def test_one_dimensional_log_z_of_the_double_well_against_mpmath():
     assert grid.window[0][0] < -2.5 < 2.5 < grid.window[0][1]
 
 
-def test_one_dimensional_grid_kl_both_ways_against_closed_forms():
-    """q = N(0, 0.8²) against p = N(0, 1): KL(p‖q) = ln 0.8 + 1/(2·0.64) − ½ on a 1-D grid."""
-    energy = load_energy("x**2/2")
+def normal_flow_1d(scale: float) -> Flow:
+    """q = N(0, scale²): identity planar layers (u = w = 0) on a base of that scale."""
     flow = Flow.of(1, 2, "planar")
     with torch.no_grad():
         flow.transforms[0].u.zero_()
         flow.transforms[0].w.zero_()
-        flow.base.log_scale.fill_(math.log(0.8))
+        flow.base.log_scale.fill_(math.log(scale))
+    return flow
+
+
+def test_one_dimensional_grid_kl_both_ways_against_closed_forms():
+    """q = N(0, 0.8²) against p = N(0, 1): KL(p‖q) = ln 0.8 + 1/(2·0.64) − ½ on a 1-D grid."""
+    energy, flow = load_energy("x**2/2"), normal_flow_1d(0.8)
     log_z = 0.5 * math.log(2 * math.pi)
     kl_pq, tv = compare_on_grid(flow.double(), energy, ((-9.0, 9.0),), log_z)
     assert kl_pq == pytest.approx(math.log(0.8) + 1 / (2 * 0.64) - 0.5, rel=1e-4)
@@ -84,12 +89,7 @@ def test_a_one_dimensional_report_has_the_exact_kl_both_ways():
     −ln 0.8 + 0.64/2 − ½ and KL(p‖q) = ln 0.8 + 1/(2·0.64) − ½, from quadrature."""
     from nfcli.run import evaluate
 
-    energy = load_energy("x**2/2")
-    flow = Flow.of(1, 2, "planar")
-    with torch.no_grad():
-        flow.transforms[0].u.zero_()
-        flow.transforms[0].w.zero_()
-        flow.base.log_scale.fill_(math.log(0.8))
+    energy, flow = load_energy("x**2/2"), normal_flow_1d(0.8)
     samples = flow.sample(20_000, torch.Generator().manual_seed(0))
     r = evaluate(flow, energy, samples, sets=1)
     q = r.quadrature
