@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
-from nfcli.diagnostics import KHAT_TRUST, importance_sampling
+from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
@@ -485,6 +485,9 @@ def _check(
         return None, ""
     checks.append({"step": step, "loss": window.nanmean(0).tolist(), **where_q_is(z)})
     message = spreading(checks, config)
+    if message and energy.dim <= 2 and proper_by_quadrature(energy, z):
+        checks[-1]["proper"] = True  # q travels, or spreads into a heavy tail: p has finite mass
+        message = ""
     if message:
         modes = [
             proper_mode(energy, torch.tensor(mid, dtype=torch.float64))
@@ -494,6 +497,16 @@ def _check(
             checks[-1]["modes"] = [m.tolist() for m in modes]
             message = "" if travelling(checks[-1]) else spreading(checks, config, drift=False)
     return ("improper" if message else None), message
+
+
+def proper_by_quadrature(energy: Energy, z: Tensor, tol: float = 1e-6) -> bool:
+    """In 1-D and 2-D, whether p is proper can be measured rather than guessed: grid quadrature
+    on a window grown from q's samples z (R, N, D) (``choose_window``) gives a finite ln Z with
+    at most ``tol`` of the mass at the window's edge. An improper target keeps mass at the edge
+    however far the window grows; a heavy-tailed one (an inverse gamma, whose q may spread into
+    its x⁻⁴ tail while the loss falls) does not."""
+    grid = choose_window(z.detach().reshape(-1, z.shape[-1]).double().cpu(), energy, tol=tol)
+    return math.isfinite(grid.log_z) and grid.edge_mass <= tol
 
 
 def travelling(check: dict[str, Any]) -> bool:

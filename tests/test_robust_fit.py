@@ -12,6 +12,7 @@ from nfcli.train import (
     FitConfig,
     Inside,
     fit,
+    proper_by_quadrature,
     spreading,
     wall_rise,
 )
@@ -123,12 +124,13 @@ def test_improper_targets_are_stopped_with_an_explanation(text, names):
 
 def test_a_proper_target_far_from_the_start_is_not_called_improper():
     """q travels ~85 units to the mass: for over 1000 steps its loss falls and its median moves, as
-    an improper target's would (before the mode check, this fit stopped at step 1400); L-BFGS from
-    q's median finds a proper mode ahead, so the fit goes on and arrives."""
+    an improper target's would (before the mode check, this fit stopped at step 1400); in 2-D
+    quadrature finds p's mass finite (in more dimensions, L-BFGS from q's median finds a proper
+    mode ahead), so the fit goes on and arrives."""
     energy = load_energy("0.5*((x - 60)**2 + (y + 60)**2)")
     result = fit(energy, FitConfig(K=8, batch=256, iters=2000, anneal=300))
     assert result.stopped is None and result.steps == 2000
-    assert any("modes" in c for c in result.state.checks)  # the check fired and was overruled
+    assert any("proper" in c for c in result.state.checks)  # the check fired and was overruled
     mean = result.flow.sample(2000, torch.Generator().manual_seed(0)).mean(0)
     # most of the way in 2000 steps (the lr decays over the last 600); stopped, it was at ~35
     torch.testing.assert_close(mean, torch.tensor([60.0, -60.0]), atol=6.0, rtol=0)
@@ -186,3 +188,15 @@ def test_a_fit_with_walls_resumes_exactly():
     rest = fit(energy, config, resume=through_checkpoint(first.state))
     assert rest.counts["nonfinite_energies"] == whole.counts["nonfinite_energies"] > 0
     torch.testing.assert_close(rest.loss, whole.loss, equal_nan=True)
+
+
+def test_properness_is_measured_by_quadrature_in_one_and_two_dimensions():
+    """An inverse gamma's x⁻⁴ tail (q spreading into it looks like an improper target's spread)
+    has finite mass; a free y, or U falling without bound, leave mass at every window's edge."""
+    g = torch.Generator().manual_seed(0)
+    near = (0.5 + 0.1 * torch.randn(1, 500, 1, generator=g)).abs()
+    assert proper_by_quadrature(load_energy("4*log(x) + 2/x"), near)
+    plane = torch.randn(1, 500, 2, generator=g)
+    assert not proper_by_quadrature(load_energy("x**2/2", ["x", "y"], check_proper=False), plane)
+    assert not proper_by_quadrature(load_energy("x**2/2 - y", check_proper=False), plane)
+    assert proper_by_quadrature(load_energy("u1"), plane)
