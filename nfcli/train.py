@@ -299,6 +299,7 @@ def _fit(
     kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
     end, converged, calm = config.iters, None, 0
     inside = resume.inside if resume is not None else None
+    pulled = -1  # the last step at which the wall pulled samples back
     if resume is not None:
         flow.load_state_dict(resume.flow)
         opt.load_state_dict(resume.optimizer)
@@ -352,6 +353,7 @@ def _fit(
         if wall.any() and inside is None:  # no sample of q has been inside yet: look for a point
             inside = probe_inside(energy, flow.restarts, D, config.seed, z.dtype, device)
         if wall.any() and inside is not None:  # pulled back by the wall energy
+            pulled = t
             top, rise = wall_rise(z, u.detach(), finite, wall, inside)
             used = finite | wall
             n = used.sum(-1)
@@ -394,6 +396,7 @@ def _fit(
                 anneal,
                 config,
                 energy,
+                pulling=pulled > t - CHECK_EVERY,
             )
         if stopped is None and stop is not None and stop():
             stopped = "interrupted"
@@ -470,11 +473,13 @@ def _check(
     anneal: int,
     config: FitConfig,
     energy: Energy,
+    pulling: bool = False,
 ) -> tuple[str | None, str]:
     """Every CHECK_EVERY steps: stop if the loss had no finite value in the whole window (the
-    steps' F at β = 1, one column per restart), or if, after annealing, q keeps spreading or
-    drifting while the loss falls (``spreading``)."""
-    if window.isnan().all():
+    steps' F at β = 1, one column per restart) although no wall was ``pulling`` q back into the
+    support in it (q that starts outside it may take a few hundred steps to arrive), or if,
+    after annealing, q keeps spreading or drifting while the loss falls (``spreading``)."""
+    if window.isnan().all() and not pulling:
         return "nonfinite", (
             f"Stopped at step {step} of {config.iters}: U(z) or ln q was NaN or infinite at every "
             f"sample of the last {CHECK_EVERY} steps, so the loss had no finite value to "
