@@ -54,6 +54,7 @@ import torch
 from scipy import integrate, special, stats
 
 import nfcli
+import nfcli.train
 from nfcli import FitConfig, NfcliError, fit, load_energy
 from nfcli.diagnostics import log_prob
 
@@ -621,7 +622,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="JSON of every seed")
     ap.add_argument("--list", action="store_true", help="print the cases and exit")
     ap.add_argument("--check-truth", action="store_true", help="check the truths; no fits")
+    ap.add_argument(
+        "--wall-slope",
+        type=float,
+        default=None,
+        help="nfcli.train.WALL_SLOPE for this run (the hard walls' rise; to measure its choice)",
+    )
     args = ap.parse_args()
+    if args.wall_slope is not None:
+        nfcli.train.WALL_SLOPE = args.wall_slope
     cases = CASES
     if args.only:
         names = args.only.split(",")
