@@ -1,0 +1,153 @@
+"""Markov chain Monte Carlo on an energy U (p ∝ exp(−U)): the plain reference samplers.
+
+Two kernels, each run as C independent chains at once (z of shape (C, D)), with a warm-up that
+tunes the step and is then thrown away:
+
+- ``rwmh``: random-walk Metropolis–Hastings, z' = z + s·ε, ε ~ N(0, I), accepted with probability
+  min(1, exp(U(z) − U(z'))). The step s is tuned per chain during warm-up by Robbins–Monro on
+  ln s towards the acceptance rate 0.234 (Roberts, Gelman & Gilks 1997), then held fixed.
+- ``hmc``: Hamiltonian Monte Carlo (Neal 2011) with L leapfrog steps of size ε and a unit mass
+  matrix, accepted with probability min(1, exp(H(z, r) − H(z', r'))), H = U + ½‖r‖². ε is tuned
+  per chain during warm-up by dual averaging towards an acceptance rate δ (Hoffman & Gelman
+  2014, "The No-U-Turn Sampler", Algorithm 5; γ = 0.05, t0 = 10, κ = 0.75), then fixed at the
+  averaged value; each iteration uses ε times a uniform jitter in [0.5, 1.5].
+
+Where U or its gradient is not finite (outside the support), the proposal is rejected. Both keep
+their random stream to their own generator: a seed gives the same chains on every run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nfcli.energy import Energy
+
+RWMH_TARGET = 0.234  # the optimal acceptance of a random walk in high dimension
+HMC_TARGET = 0.8
+
+
+@dataclass
+class Chains:
+    """C chains' kept draws and how they moved."""
+
+    draws: Tensor  # (C, N, D) the draws after warm-up, float64
+    accept: Tensor  # (C,) the fraction of kept iterations whose proposal was accepted
+    step: Tensor  # (C,) the step the warm-up chose (RWMH: s; HMC: ε)
+
+
+def _energy(energy: Energy, z: Tensor) -> Tensor:
+    """U at each row of z (C, D), float64, +∞ where U is NaN (outside the support)."""
+    with torch.no_grad():
+        u = energy(z).double()
+    return torch.where(torch.isnan(u), math.inf, u)
+
+
+def _energy_and_grad(energy: Energy, z: Tensor) -> tuple[Tensor, Tensor]:
+    """U (C,) and ∂U/∂z (C, D) at each row of z; U = +∞ where U or its gradient is not finite."""
+    z = z.detach().requires_grad_(True)
+    u = energy(z).double()
+    (g,) = torch.autograd.grad(u.sum(), z)
+    ok = u.isfinite() & g.isfinite().all(-1)
+    return torch.where(ok, u, math.inf).detach(), torch.where(ok[:, None], g, 0.0).detach()
+
+
+def rwmh(
+    energy: Energy,
+    init: Tensor,
+    n: int,
+    warmup: int = 1000,
+    seed: int = 0,
+    step: float = 0.5,
+) -> Chains:
+    """Random-walk Metropolis–Hastings from ``init`` (C, D): ``warmup`` tuning iterations, then
+    ``n`` kept. The step s starts at ``step`` and is tuned per chain during warm-up:
+    ln s ← ln s + (a − 0.234)/√(t + 1), a the iteration's acceptance (0 or 1)."""
+    g = torch.Generator().manual_seed(seed)
+    z = init.detach().double().clone()
+    C, D = z.shape
+    u = _energy(energy, z)
+    log_s = torch.full((C,), math.log(step), dtype=torch.float64)
+    draws = torch.empty(C, n, D, dtype=torch.float64)
+    accepted = torch.zeros(C, dtype=torch.float64)
+    for t in range(warmup + n):
+        proposal = z + log_s.exp()[:, None] * torch.randn(C, D, generator=g, dtype=torch.float64)
+        u_new = _energy(energy, proposal)
+        log_alpha = (u - u_new).nan_to_num(nan=-math.inf)  # ∞ − ∞ (both outside): reject
+        accept = torch.rand(C, generator=g, dtype=torch.float64).log() < log_alpha
+        z = torch.where(accept[:, None], proposal, z)
+        u = torch.where(accept, u_new, u)
+        if t < warmup:
+            log_s += (accept.double() - RWMH_TARGET) / math.sqrt(t + 1)
+        else:
+            draws[:, t - warmup] = z
+            accepted += accept.double()
+    return Chains(draws, accepted / max(n, 1), log_s.exp())
+
+
+def leapfrog(
+    energy: Energy, z: Tensor, r: Tensor, grad: Tensor, eps: Tensor, steps: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``steps`` leapfrog steps of size ε (C,) for H = U + ½‖r‖² (z, r, grad: (C, D)): half a step
+    of r, full steps of z and r, half a step of r. Returns z', r', U(z'), ∂U/∂z(z')."""
+    e = eps[:, None]
+    r = r - 0.5 * e * grad
+    u = torch.zeros(len(z), dtype=torch.float64)
+    for i in range(steps):
+        z = z + e * r
+        u, grad = _energy_and_grad(energy, z)
+        r = r - (e if i < steps - 1 else 0.5 * e) * grad
+    return z, r, u, grad
+
+
+def hmc(
+    energy: Energy,
+    init: Tensor,
+    n: int,
+    warmup: int = 1000,
+    seed: int = 0,
+    steps: int = 10,
+    target: float = HMC_TARGET,
+    step: float = 0.1,
+) -> Chains:
+    """HMC from ``init`` (C, D) with ``steps`` leapfrog steps per iteration: ``warmup`` iterations
+    of dual averaging on ln ε (from ``step``), then ``n`` kept at the averaged ε."""
+    g = torch.Generator().manual_seed(seed)
+    z = init.detach().double().clone()
+    C, D = z.shape
+    u, grad = _energy_and_grad(energy, z)
+    log_eps = torch.full((C,), math.log(step), dtype=torch.float64)
+    mu = math.log(10 * step)  # dual averaging: shrink towards 10 ε₀
+    h_bar = torch.zeros(C, dtype=torch.float64)
+    log_eps_bar = torch.zeros(C, dtype=torch.float64)
+    gamma, t0, kappa = 0.05, 10.0, 0.75
+    draws = torch.empty(C, n, D, dtype=torch.float64)
+    accepted = torch.zeros(C, dtype=torch.float64)
+    for t in range(warmup + n):
+        if t == warmup and warmup:  # warm-up over: the averaged step from here on
+            log_eps = log_eps_bar
+        # a jittered step (×0.5–1.5): a fixed trajectory length near a period of some direction
+        # of p would return there and not move it (Neal 2011, §5.4.2.2)
+        eps = log_eps.exp() * (0.5 + torch.rand(C, generator=g, dtype=torch.float64))
+        r = torch.randn(C, D, generator=g, dtype=torch.float64)
+        z_new, r_new, u_new, grad_new = leapfrog(energy, z, r, grad, eps, steps)
+        h_old = u + 0.5 * (r * r).sum(-1)
+        h_new = u_new + 0.5 * (r_new * r_new).sum(-1)
+        log_alpha = (h_old - h_new).nan_to_num(nan=-math.inf).clamp(max=0.0)
+        accept = torch.rand(C, generator=g, dtype=torch.float64).log() < log_alpha
+        z = torch.where(accept[:, None], z_new, z)
+        u = torch.where(accept, u_new, u)
+        grad = torch.where(accept[:, None], grad_new, grad)
+        if t < warmup:
+            m = t + 1
+            h_bar = (1 - 1 / (m + t0)) * h_bar + (target - log_alpha.exp()) / (m + t0)
+            log_eps = mu - math.sqrt(m) / gamma * h_bar
+            w = m**-kappa
+            log_eps_bar = w * log_eps + (1 - w) * log_eps_bar
+        else:
+            draws[:, t - warmup] = z
+            accepted += accept.double()
+    return Chains(draws, accepted / max(n, 1), log_eps.exp())
