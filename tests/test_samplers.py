@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nfcli.energy import load_energy
-from nfcli.samplers import hmc, leapfrog, rwmh
+from nfcli.flows import Flow
+from nfcli.samplers import hmc, independence, leapfrog, rwmh
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.8], [0.8, 2.0]], dtype=torch.float64)
@@ -75,3 +76,26 @@ def test_draws_stay_in_the_support(sampler):
         chains, tol = hmc(energy, init, 600, warmup=300, seed=2, steps=5), 0.3
     assert (chains.draws > 0).all()
     assert chains.draws.mean().item() == pytest.approx(math.sqrt(2 / math.pi), abs=tol)
+
+
+def test_independence_mh_corrects_a_flow_that_is_too_wide():
+    """q = N(μ, (1.5σ)²) per axis, a flow that is wrong on purpose: its draws have 1.5× p's
+    spread, the chains' draws have p's (asymptotically exact whatever q's error)."""
+    energy = load_energy("(x - 0.5)**2/(2*0.7**2) + (y + 1)**2/(2*1.3**2)")
+    flow = Flow.of(2, 2, "planar")
+    with torch.no_grad():
+        flow.transforms[0].u.zero_()
+        flow.transforms[0].w.zero_()
+        flow.base.loc.copy_(torch.tensor([0.5, -1.0]))
+        flow.base.log_scale.copy_(torch.log(torch.tensor([0.7, 1.3]) * 1.5))
+    chains = independence(flow, energy, 4, 5000, seed=0)
+    z = chains.draws.reshape(-1, 2)
+    torch.testing.assert_close(
+        z.mean(0), torch.tensor([0.5, -1.0], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    torch.testing.assert_close(
+        z.std(0), torch.tensor([0.7, 1.3], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    # acceptance of an independence sampler with q = p·(over-dispersed): well below 1, above 0.3
+    assert ((chains.accept > 0.3) & (chains.accept < 0.8)).all(), chains.accept
+    assert flow.sample(20_000, torch.Generator().manual_seed(0)).std(0)[0] > 1.0  # q is wrong
