@@ -27,7 +27,6 @@ import csv
 import json
 import math
 import shlex
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, fields
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import nfcli_commit
 
 import nfcli
 from nfcli import FitConfig, NfcliError, load_energy
@@ -133,18 +133,6 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
             value = [value]  # --set hidden=64
         settings[key] = value
     return settings
-
-
-def nfcli_commit() -> str:
-    """The git commit of the nfcli being scored, with '-dirty' if its tree has changes."""
-    root = Path(nfcli.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown (not a git checkout)"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def score(name: str, settings: dict[str, Any], seed: int) -> Row:

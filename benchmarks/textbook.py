@@ -40,7 +40,6 @@ import copy
 import json
 import math
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import nfcli_commit
 from scipy import integrate, special, stats
 
 import nfcli
@@ -600,18 +600,6 @@ def check_truth(case: Case) -> TruthCheck:
 
 
 # --- the command ---------------------------------------------------------------------------
-
-
-def nfcli_commit() -> str:
-    """The git commit of the nfcli being scored, with '-dirty' if its tree has changes."""
-    root = Path(nfcli.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown (not a git checkout)"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main() -> None:
