@@ -348,11 +348,12 @@ def _fit(
         u_mean = u.where(finite, 0.0).sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
         wall = (u.isnan() | (u == math.inf)) & log_q.isfinite()  # outside the support: p = 0
-        if t == 0 or wall.any():  # (a sync, on a GPU: only where it matters)
+        outside = bool(wall.any())  # one sync per step, on a GPU
+        if t == 0 or outside:
             inside = update_inside(inside, z, u.detach(), finite)
-        if wall.any() and inside is None:  # no sample of q has been inside yet: look for a point
+        if outside and inside is None:  # no sample of q has been inside yet: look for a point
             inside = probe_inside(energy, flow.restarts, D, config.seed, z.dtype, device)
-        if wall.any() and inside is not None:  # pulled back by the wall energy
+        if outside and inside is not None:  # pulled back by the wall energy
             pulled = t
             top, rise = wall_rise(z, u.detach(), finite, wall, inside)
             used = finite | wall
