@@ -205,27 +205,30 @@ def independence(
     return Chains(draws, accepted / max(n, 1), torch.full((chains,), math.nan))
 
 
+def _from_base(q: Flow, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """f(ε) = T(m + σ·ε) for ε (N, D), and ln|det ∂f/∂ε| = Σ_d ln σ_d + ln|det ∂T| (N,)."""
+    z0 = q.base.loc + q.base.log_scale.exp() * eps.unsqueeze(0)  # (1, N, D)
+    z, log_det = q.transform(z0)
+    return z[0], q.base.log_scale.sum() + log_det[0]
+
+
 def pulled_back(flow: Flow, energy: Energy) -> Energy:
     """The energy of p pulled back to the flow's standardised base coordinates ε (float64 copy):
     U_f(ε) = U(f(ε)) − Σ_d ln σ_d − ln|det ∂T/∂z₀|, f(ε) = T(m + σ·ε). ε (N, D) → (N,)."""
     q = copy.deepcopy(flow).double()
-    base = q.base
 
     def u(eps: Tensor) -> Tensor:
-        z0 = base.loc + base.log_scale.exp() * eps.unsqueeze(0)  # (1, N, D)
-        z, log_det = q.transform(z0)
-        return energy(z[0]).double() - base.log_scale.sum() - log_det[0]
+        z, log_det = _from_base(q, eps)
+        return energy(z).double() - log_det
 
     return Energy(u, energy.names, energy.source)
 
 
 def push_forward(flow: Flow, eps: Tensor) -> Tensor:
-    """f(ε) = T(m + σ·ε) for ε of shape (..., D), float64, without gradients."""
+    """f(ε) for ε of shape (..., D), float64, without gradients."""
     q = copy.deepcopy(flow).double()
-    shape = eps.shape
     with torch.no_grad():
-        z0 = q.base.loc + q.base.log_scale.exp() * eps.reshape(1, -1, shape[-1])
-        return q.transform(z0)[0].reshape(shape)
+        return _from_base(q, eps.reshape(-1, eps.shape[-1]))[0].reshape(eps.shape)
 
 
 def neutra(
