@@ -23,15 +23,20 @@ tunes the step and is then thrown away:
   U(f(ε)) − Σ ln σ − ln|det ∂T|, which is close to a standard one where q is close to p; the
   draws are mapped back through f.
 
-Where U or its gradient is not finite (outside the support), the proposal is rejected. Both keep
-their random stream to their own generator: a seed gives the same chains on every run.
+Where U or its gradient is not finite (outside the support), the proposal is rejected. Each keeps
+its random stream to its own generator: a seed gives the same chains on every run.
+
+Every kernel takes a ``Watch``: ``progress(done, total)`` is told how many iterations (warm-up
+included) are done, every ~0.5% of them, and ``stop()`` is polled after every iteration; once it
+says True the kernel returns the draws kept so far (Ctrl-C keeps what is done).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -47,9 +52,35 @@ HMC_TARGET = 0.8
 class Chains:
     """C chains' kept draws and how they moved."""
 
-    draws: Tensor  # (C, N, D) the draws after warm-up, float64
+    draws: Tensor  # (C, N, D) the draws after warm-up, float64 (N < n when stopped early)
     accept: Tensor  # (C,) the fraction of kept iterations whose proposal was accepted
     step: Tensor  # (C,) the step the warm-up chose (RWMH: s; HMC: ε)
+    warmup_done: int = 0  # warm-up iterations run (fewer than asked when stopped early)
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Watch:
+    """What a kernel reports to and asks of its caller: ``progress(done, total)`` with iterations
+    done of the total (warm-up included), called every ``total // 200`` iterations and at the
+    end; ``stop()``, polled after each iteration, True to end the run early."""
+
+    progress: Callable[[int, int], None] | None = None
+    stop: Callable[[], bool] = field(default=_never)
+
+    def tick(self, done: int, total: int) -> bool:
+        """Report iteration ``done`` of ``total``; True when the run should end here."""
+        if self.progress is not None and (done % max(total // 200, 1) == 0 or done == total):
+            self.progress(done, total)
+        return self.stop()
+
+
+def _chains(draws: Tensor, accepted: Tensor, step: Tensor, kept: int, warmup: int) -> Chains:
+    """The first ``kept`` draws of each chain and their acceptance rate."""
+    return Chains(draws[:, :kept].clone(), accepted / max(kept, 1), step, warmup)
 
 
 def _energy(energy: Energy, z: Tensor) -> Tensor:
@@ -75,10 +106,12 @@ def rwmh(
     warmup: int = 1000,
     seed: int = 0,
     step: float = 0.5,
+    watch: Watch | None = None,
 ) -> Chains:
     """Random-walk Metropolis–Hastings from ``init`` (C, D): ``warmup`` tuning iterations, then
     ``n`` kept. The step s starts at ``step`` and is tuned per chain during warm-up:
     ln s ← ln s + (a − 0.234)/√(t + 1), a the iteration's acceptance (0 or 1)."""
+    watch = watch or Watch()
     g = torch.Generator().manual_seed(seed)
     z = init.detach().double().clone()
     C, D = z.shape
@@ -86,6 +119,7 @@ def rwmh(
     log_s = torch.full((C,), math.log(step), dtype=torch.float64)
     draws = torch.empty(C, n, D, dtype=torch.float64)
     accepted = torch.zeros(C, dtype=torch.float64)
+    t = -1
     for t in range(warmup + n):
         proposal = z + log_s.exp()[:, None] * torch.randn(C, D, generator=g, dtype=torch.float64)
         u_new = _energy(energy, proposal)
@@ -98,7 +132,10 @@ def rwmh(
         else:
             draws[:, t - warmup] = z
             accepted += accept.double()
-    return Chains(draws, accepted / max(n, 1), log_s.exp())
+        if watch.tick(t + 1, warmup + n):
+            break
+    kept = max(t + 1 - warmup, 0)
+    return _chains(draws, accepted, log_s.exp(), kept, min(t + 1, warmup))
 
 
 def leapfrog(
@@ -125,9 +162,11 @@ def hmc(
     steps: int = 10,
     target: float = HMC_TARGET,
     step: float = 0.1,
+    watch: Watch | None = None,
 ) -> Chains:
     """HMC from ``init`` (C, D) with ``steps`` leapfrog steps per iteration: ``warmup`` iterations
     of dual averaging on ln ε (from ``step``), then ``n`` kept at the averaged ε."""
+    watch = watch or Watch()
     g = torch.Generator().manual_seed(seed)
     z = init.detach().double().clone()
     C, D = z.shape
@@ -139,6 +178,7 @@ def hmc(
     gamma, t0, kappa = 0.05, 10.0, 0.75
     draws = torch.empty(C, n, D, dtype=torch.float64)
     accepted = torch.zeros(C, dtype=torch.float64)
+    t = -1
     for t in range(warmup + n):
         if t == warmup and warmup:  # warm-up over: the averaged step from here on
             log_eps = log_eps_bar
@@ -163,7 +203,11 @@ def hmc(
         else:
             draws[:, t - warmup] = z
             accepted += accept.double()
-    return Chains(draws, accepted / max(n, 1), log_eps.exp())
+        if watch.tick(t + 1, warmup + n):
+            break
+    kept = max(t + 1 - warmup, 0)
+    step_used = log_eps.exp() if kept else log_eps_bar.exp()  # stopped in warm-up: its average
+    return _chains(draws, accepted, step_used, kept, min(t + 1, warmup))
 
 
 def independence(
@@ -174,35 +218,47 @@ def independence(
     warmup: int = 100,
     seed: int = 0,
     chunk: int = 65536,
+    watch: Watch | None = None,
 ) -> Chains:
     """Independence MH with ``flow`` as the proposal: ``chains`` chains, each started at a draw of
-    q, ``warmup`` iterations thrown away, ``n`` kept. Every proposal and its exact ln q are drawn
-    at once from a float64 copy of the flow (its own generator), then each chain accepts z' with
-    probability min(1, exp(ln w(z') − ln w(z))), ln w = −U − ln q (−∞ outside the support)."""
+    q, ``warmup`` iterations thrown away, ``n`` kept. Proposals and their exact ln q come from a
+    float64 copy of the flow (its own generator), ``chunk`` at a time (chunk // chains
+    iterations of every chain); each chain accepts z' with probability
+    min(1, exp(ln w(z') − ln w(z))), ln w = −U − ln q (−∞ outside the support)."""
+    watch = watch or Watch()
     g = torch.Generator().manual_seed(seed)
     q = copy.deepcopy(flow).double()
-    total = chains * (1 + warmup + n)
-    zs, log_ws = [], []
-    with torch.no_grad():
-        for i in range(0, total, chunk):
-            z, log_q = q.rsample(min(chunk, total - i), g)
+
+    def propose(m: int) -> tuple[Tensor, Tensor]:
+        """m proposals per chain: z (chains, m, D) and ln w (chains, m)."""
+        with torch.no_grad():
+            z, log_q = q.rsample(chains * m, g)
             log_w = -_energy(energy, z) - log_q
-            zs.append(z)
-            log_ws.append(torch.where(log_w.isnan(), -math.inf, log_w))
-    z = torch.cat(zs).reshape(chains, 1 + warmup + n, -1)
-    log_w = torch.cat(log_ws).reshape(chains, 1 + warmup + n)
-    u = torch.rand(chains, warmup + n, generator=g, dtype=torch.float64).log()
+        log_w = torch.where(log_w.isnan(), -math.inf, log_w)
+        return z.reshape(chains, m, -1), log_w.reshape(chains, m)
+
+    z, log_w = (x[:, 0] for x in propose(1))  # each chain's start: a draw of q
+    total = warmup + n
     draws = torch.empty(chains, n, z.shape[-1], dtype=torch.float64)
-    at = torch.zeros(chains, dtype=torch.long)  # the index of each chain's current state
-    rows = torch.arange(chains)
     accepted = torch.zeros(chains, dtype=torch.float64)
-    for t in range(1, 1 + warmup + n):
-        accept = u[:, t - 1] < log_w[:, t] - log_w[rows, at]
-        at = torch.where(accept, t, at)
-        if t > warmup:
-            draws[:, t - 1 - warmup] = z[rows, at]
-            accepted += accept.double()
-    return Chains(draws, accepted / max(n, 1), torch.full((chains,), math.nan))
+    block = max(chunk // chains, 1)
+    t, stopped = 0, False
+    while t < total and not stopped:
+        zs, log_ws = propose(min(block, total - t))
+        u = torch.rand(log_ws.shape, generator=g, dtype=torch.float64).log()
+        for i in range(zs.shape[1]):
+            accept = u[:, i] < log_ws[:, i] - log_w
+            z = torch.where(accept[:, None], zs[:, i], z)
+            log_w = torch.where(accept, log_ws[:, i], log_w)
+            if t >= warmup:
+                draws[:, t - warmup] = z
+                accepted += accept.double()
+            t += 1
+            if watch.tick(t, total):
+                stopped = True
+                break
+    kept = max(t - warmup, 0)
+    return _chains(draws, accepted, torch.full((chains,), math.nan), kept, min(t, warmup))
 
 
 def _from_base(q: Flow, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,10 +295,11 @@ def neutra(
     warmup: int = 500,
     seed: int = 0,
     steps: int = 10,
+    watch: Watch | None = None,
 ) -> Chains:
     """NeuTra HMC: ``hmc`` on ``pulled_back(flow, energy)`` from ``chains`` standard normal starts
     (q's draws, in base coordinates), the kept draws mapped back to z by ``push_forward``."""
     g = torch.Generator().manual_seed(seed)
     init = torch.randn(chains, flow.dim, generator=g, dtype=torch.float64)
-    run = hmc(pulled_back(flow, energy), init, n, warmup, seed + 1, steps)
-    return Chains(push_forward(flow, run.draws), run.accept, run.step)
+    run = hmc(pulled_back(flow, energy), init, n, warmup, seed + 1, steps, watch=watch)
+    return Chains(push_forward(flow, run.draws), run.accept, run.step, run.warmup_done)
