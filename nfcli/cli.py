@@ -39,8 +39,12 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
+from nfcli.mcmc import DEFAULT_WARMUP, McmcSettings, run_mcmc, write_mcmc
+from nfcli.mcmc import check_output as mcmc_output
+from nfcli.mcmc import table as mcmc_table
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
+from nfcli.samplers import Watch
 from nfcli.signals import stop_on_signals
 from nfcli.summary import (
     check_summary_options,
@@ -1056,6 +1060,119 @@ def summary(
         out.print(variables_table(s))
     else:
         typer.echo(to_csv(s) if format == "csv" else to_json(s), nl=False)
+
+
+@contextlib.contextmanager
+def mcmc_progress() -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar of MCMC iterations on stderr; yields its update callback."""
+    with Progress(
+        TextColumn("[bold]mcmc[/] {task.completed}/{task.total} iterations"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("mcmc", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@app.command(context_settings=EXPRESSION_FIRST)
+@user_errors
+def mcmc(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A model.pt written by nfcli fit, or an energy as for nfcli fit (an expression, "
+            "a .py file or a built-in)."
+        ),
+    ],
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="neutra (HMC in the flow's base space), independence (MH with q as the "
+            "proposal), hmc or rwmh (random-walk MH). (default: neutra with a model.pt, hmc "
+            "otherwise)",
+        ),
+    ] = None,
+    chains: int = option(4, "--chains", help="Independent chains."),
+    draws: int = option(1000, "--draws", help="Draws kept per chain, after the warm-up."),
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup",
+            help="Warm-up iterations per chain, thrown away: they tune the step. (default: "
+            + ", ".join(f"{m} {w}" for m, w in DEFAULT_WARMUP.items())
+            + ")",
+        ),
+    ] = None,
+    steps: int = option(10, "--steps", help="Leapfrog steps per HMC iteration (hmc, neutra)."),
+    seed: int = option(0, "--seed", help="Random seed."),
+    output: str = option(
+        "chains.npy",
+        "--output",
+        "-o",
+        help="Draws file (.npy, .csv, .pt) with a chain column first; the summary goes beside it "
+        "as .json.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    trust: bool = typer.Option(
+        False, "--trust", help="Run a model.pt's stored Python-file energy (its code)."
+    ),
+    vars: VarsOpt = None,
+    const: ConstOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Asymptotically exact samples of p by MCMC, several chains, with split R-hat and bulk/tail
+    ESS per variable.
+
+    With a fitted model.pt the flow preconditions the chains (NeuTra HMC, or independence MH whose
+    acceptance ratio uses q's exact density); with an energy alone, HMC or random-walk MH. Ctrl-C
+    stops after the current iteration and writes the draws kept so far."""
+    bindings, rest = split_bindings(ctx.args)
+    refuse_unknown(ctx, target, rest)
+    path, _ = mcmc_output(output, force)
+    flow = None
+    if target.strip().lower().endswith(".pt"):
+        if vars or const or bindings:
+            raise NfcliError(
+                "--vars and constants belong to the fit: a model.pt already has its variables "
+                "and constants. Drop them, or give the energy itself instead of the model.pt."
+            )
+        ckpt = load_checkpoint(Path(target.strip()))
+        energy = energy_from_source(ckpt.energy_source, trust)
+        flow = ckpt.flow
+    else:
+        constants = parse_constants([*bindings, *(const or [])])
+        energy = load_energy(target, _split_vars(vars), constants)
+    settings = McmcSettings(method, chains, draws, warmup, steps, seed).resolve(flow is not None)
+    use_threads(threads, Work(chains, energy.dim))
+    err.print(
+        f"sampling {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "
+        f"{settings.method}, {settings.chains} chains × ({settings.warmup} warm-up + "
+        f"{settings.draws}); Ctrl-C stops and keeps the draws so far",
+        soft_wrap=True,
+    )
+    with stop_on_signals(announce=False) as stop, mcmc_progress() as progress:
+        run = run_mcmc(energy, settings, flow, Watch(progress, stop), target.strip())
+    if run.kept == 0:
+        err.print(
+            f"[bold yellow]{stop.name or 'stopped'}[/] during the warm-up "
+            f"({run.chains.warmup_done} of {settings.warmup} iterations): no draws were kept, "
+            "nothing was written."
+        )
+        raise typer.Exit(130)
+    summary = write_mcmc(run, path)
+    err.print(mcmc_table(run))
+    for w in run.worries:
+        err.print(Text.assemble(("warning: ", "yellow"), w), soft_wrap=True)
+    err.print(f"wrote {settings.chains} chains × {run.kept} draws to {path} and {summary}")
+    if run.interrupted:
+        err.print(
+            f"[bold yellow]{stop.name or 'stopped'}[/]: kept {run.kept} of {settings.draws} "
+            "draws per chain.",
+        )
+        raise typer.Exit(130)
 
 
 @app.command()
