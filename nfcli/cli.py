@@ -729,6 +729,14 @@ def compare(
     format: FormatOpt = FIGURE_FORMAT,
     dpi: DpiOpt = FIGURE_DPI,
     window: WindowOpt = None,
+    mcmc: Annotated[
+        str | None,
+        typer.Option(
+            "--mcmc",
+            help="Also sample each target by MCMC without a flow (rwmh or hmc) and draw it next "
+            "to the target; draws in OUTPUT/<target>/mcmc-<method>.npy.",
+        ),
+    ] = None,
 ) -> None:
     """Fit each target with each K (and flow type) and draw the paper's Figure 3 for them:
     OUTPUT/compare.png, OUTPUT/summary.csv, and each fit in OUTPUT/<target>/<flow>-K<K>/."""
@@ -776,9 +784,31 @@ def compare(
             soft_wrap=True,
         )
 
+    def sampled(energy: Energy, run: Any, path: Path) -> None:
+        rhat = max(v.rhat for v in run.variables)
+        ess = min(min(v.ess_bulk, v.ess_tail) for v in run.variables)
+        err.print(
+            f"{energy.label} {run.settings.method}: {run.settings.chains} chains × {run.kept}, "
+            f"R-hat {rhat:.3f}, ESS {ess:.0f} ({run.seconds:.1f} s) → {path}",
+            soft_wrap=True,
+        )
+
     with fit_progress() as progress:
         figure, summary, _ = run_compare(
-            energies, Ks, flows, cfg, output, force, reuse, opts, progress, done, where, **per_flow
+            energies,
+            Ks,
+            flows,
+            cfg,
+            output,
+            force,
+            reuse,
+            opts,
+            progress,
+            done,
+            where,
+            mcmc=mcmc,
+            on_mcmc=sampled,
+            **per_flow,
         )
     err.print(f"wrote {figure} and {summary}")
 

@@ -5,6 +5,11 @@ samples, metrics and figures), then writes ``compare.<format>`` (one row per tar
 one panel per flow type and K, and the bound against K) and ``summary.csv`` (one line per fit).
 Folders are ``OUTPUT/<target>/<flow>-K<K>``; every folder is checked before the first fit so
 that nothing is overwritten without ``force`` and a refusal comes before hours of fitting.
+
+With ``mcmc`` (a plain sampler of ``nfcli.mcmc``: rwmh or hmc) each target is also sampled by
+MCMC without any flow, as a reference drawn next to the target (the seed work's figure: target |
+MH samples | flow K = 4 | flow K = 16); its draws and summary go to
+``OUTPUT/<target>/mcmc-<method>.npy`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, preset_window, range_1d
 from nfcli.flows import COUPLING_TYPES, FLOW_TYPES
 from nfcli.io import atomic_write, ensure_dir
+from nfcli.mcmc import FLOW_METHODS, METHODS, McmcRun, McmcSettings, run_mcmc, write_mcmc
 from nfcli.plots import (
     ComparePanel,
     CompareRow,
+    McmcPanel,
     compare_figure,
     density_grid,
     mass_window,
@@ -42,6 +49,8 @@ from nfcli.run import run_fit
 from nfcli.train import Progress
 
 GRID = 200
+MCMC_DRAWS = {"rwmh": 5000, "hmc": 1000}  # per chain (4 chains): ~20,000 or 4,000 draws to draw
+MCMC_BINS = {1: 60, 2: 60}
 SUMMARY_FIELDS = [
     "target", "vars", "flow", "K", "seed", "iters", "restarts", "final_loss_beta1", "elbo",
     "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction", "khat", "log_z_quadrature",
@@ -175,16 +184,33 @@ def run_compare(
     device: str | torch.device = "cpu",
     hidden: list[int] | None = None,
     bins: int | None = None,
+    mcmc: str | None = None,
+    on_mcmc: Callable[[Energy, McmcRun, Path], None] | None = None,
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
     ``progress(label, steps)`` may return a per-step callback for the fit called ``label``;
-    ``on_done`` is called with each finished fit's trust report. Returns the figure's path, the
-    table's path and its rows."""
+    ``on_done`` is called with each finished fit's trust report; with ``mcmc``, ``on_mcmc`` with
+    each target's chains and where they were written. Returns the figure's path, the table's
+    path and its rows."""
     opts = options or FigureOptions()
     opts.validate()
+    plain = [m for m in METHODS if m not in FLOW_METHODS]
+    if mcmc is not None and mcmc not in plain:
+        raise NfcliError(
+            f"--mcmc {mcmc}: compare samples each target without a flow, with one of "
+            f"{', '.join(plain)} (the seed work's reference is rwmh), e.g. --mcmc rwmh."
+        )
     out = ensure_dir(Path(output))
     planned = plan(energies, Ks, flows, config, out, force, reuse, hidden, bins)
+    chains_at = {job.target: job.folder.parent / f"mcmc-{mcmc}.npy" for job in planned}
+    if mcmc is not None and not (force or reuse):
+        there = [str(p) for p in chains_at.values() if p.exists()]
+        if there:
+            raise NfcliError(
+                f"{', '.join(there)} already exist(s) and would be overwritten; nothing was "
+                "fitted. Pass --reuse or --force to sample again, or choose another folder."
+            )
     fits: list[tuple[Planned, Checkpoint]] = []
     for i, job in enumerate(planned):
         if job.reuse:
@@ -198,11 +224,19 @@ def run_compare(
         fits.append((job, ckpt))
         if on_done:
             on_done(job, ckpt.report)
+    references: dict[int, McmcRun] = {}
+    if mcmc is not None:
+        for i, energy in enumerate(energies):
+            settings = McmcSettings(mcmc, draws=MCMC_DRAWS[mcmc], seed=config.seed)
+            references[i] = run_mcmc(energy, settings, target=energy.label)
+            summary_path = write_mcmc(references[i], str(chains_at[i]))
+            if on_mcmc:
+                on_mcmc(energy, references[i], summary_path)
     rows = [_summary_row(job, ckpt) for job, ckpt in fits]
     summary = out / "summary.csv"
     _write_csv(summary, rows)
     figure_rows = [
-        _figure_row(energy, [(j, c) for j, c in fits if j.target == i], opts)
+        _figure_row(energy, [(j, c) for j, c in fits if j.target == i], opts, references.get(i))
         for i, energy in enumerate(energies)
     ]
     title = f"{', '.join(sorted(set(flows)))} flows, K = {', '.join(map(str, Ks))}"
@@ -238,9 +272,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _figure_row(
-    energy: Energy, fits: list[tuple[Planned, Checkpoint]], opts: FigureOptions
+    energy: Energy,
+    fits: list[tuple[Planned, Checkpoint]],
+    opts: FigureOptions,
+    reference: McmcRun | None = None,
 ) -> CompareRow:
-    """A target's row: its density and each fit's exact density on one window (D ≤ 2)."""
+    """A target's row: its density, its MCMC draws' histogram (with ``reference``) and each fit's
+    exact density on one window (D ≤ 2)."""
     dim = energy.dim
     log_z = energy.log_z
     samples = torch.cat(
@@ -273,4 +311,27 @@ def _figure_row(
         else:
             q = None
         row.panels.append(ComparePanel(job.config.flow, job.config.K, q, -r.elbo, r.elbo_se, kl))
+    if reference is not None:
+        row.mcmc = mcmc_panel(reference, row)
     return row
+
+
+def mcmc_panel(run: McmcRun, row: CompareRow) -> McmcPanel:
+    """The chains' draws as a histogram density over the row's window (D ≤ 2; D > 2: an empty
+    panel with the label), titled by the sampler and its worst R-hat."""
+    rhat = max(v.rhat for v in run.variables)
+    label = f"{run.settings.method} ({run.chains.draws.shape[0]} chains)\nR-hat {rhat:.3f}"
+    z = run.chains.draws.reshape(-1, run.chains.draws.shape[-1]).float()
+    dim = z.shape[1]
+    if dim > 2:
+        return McmcPanel(label, None)
+    bins = MCMC_BINS[dim]
+    lo = [w[0] for w in row.window[:dim]]
+    hi = [w[1] for w in row.window[:dim]]
+    ranges = [v for pair in zip(lo, hi, strict=True) for v in pair]
+    hist = torch.histogramdd(z, bins=[bins] * dim, range=ranges)
+    cell = math.prod((b - a) / bins for a, b in zip(lo, hi, strict=True))
+    density = hist.hist / (len(z) * cell)
+    if dim == 1:
+        return McmcPanel(label, density, hist.bin_edges[0])
+    return McmcPanel(label, density.T)  # rows: y, as the target's image

@@ -541,6 +541,16 @@ class ComparePanel:
 
 
 @dataclass
+class McmcPanel:
+    """MCMC draws in a compare figure, as a histogram density: 2-D: (bins, bins) over the row's
+    window (rows: y); 1-D: ``density`` per bin between ``edges``. ``label`` names the sampler."""
+
+    label: str
+    density: Tensor | None  # None where D > 2 (not drawable)
+    edges: Tensor | None = None  # 1-D only
+
+
+@dataclass
 class CompareRow:
     """One target in a compare figure, with its fits in column order."""
 
@@ -551,13 +561,15 @@ class CompareRow:
     log_z: float | None
     panels: list[ComparePanel] = field(default_factory=list)
     xs: Tensor | None = None  # 1-D rows: the points of the curves
+    mcmc: McmcPanel | None = None  # nfcli compare --mcmc: drawn after the target
 
 
 def compare_figure(rows: Sequence[CompareRow], title: str = "") -> Figure:
-    """The paper's Figure 3: one row per target: the target, one panel per (flow, K), and the final
-    bound F = −ELBO against K per flow type, with −ln Z as its floor and KL = F + ln Z on the right
-    axis where ln Z is known."""
-    cols = 2 + max(len(r.panels) for r in rows)
+    """The paper's Figure 3: one row per target: the target, its MCMC draws (with --mcmc), one
+    panel per (flow, K), and the final bound F = −ELBO against K per flow type, with −ln Z as its
+    floor and KL = F + ln Z on the right axis where ln Z is known."""
+    extra = int(any(r.mcmc is not None for r in rows))
+    cols = 2 + extra + max(len(r.panels) for r in rows)
     fig, axes = plt.subplots(
         len(rows),
         cols,
@@ -571,9 +583,22 @@ def compare_figure(rows: Sequence[CompareRow], title: str = "") -> Figure:
         drawn = [float(img.max()) for img in images if img is not None]
         vmax = max(drawn, default=1.0) or 1.0  # one scale per row: nothing clipped
         labels = ["target"] + [f"{pan.flow} K = {pan.K}" for pan in row.panels]
-        for c, (img, label) in enumerate(zip(images, labels, strict=True)):
+        kls = [None] + [pan.kl for pan in row.panels]
+        if extra:  # the MCMC column, second: what the flows should look like
+            m = row.mcmc
+            images.insert(1, m.density if m is not None else None)
+            labels.insert(1, m.label if m is not None else "")
+            kls.insert(1, None)
+        for c, (img, label, kl) in enumerate(zip(images, labels, kls, strict=True)):
             ax = ax_row[c]
-            if row.xs is not None:  # 1-D: curves
+            if extra and c == 1 and row.mcmc is not None and row.mcmc.edges is not None:
+                ax.stairs(row.mcmc.density.numpy(), row.mcmc.edges.numpy(), color="C2", fill=True)
+                if row.p is not None:
+                    ax.plot(row.xs.numpy(), row.p.numpy(), color="k", ls="--", lw=1)
+                ax.set_xlim(*row.window[0])
+                ax.set_ylim(0, 1.05 * vmax)
+                ax.set_yticks([])
+            elif row.xs is not None:  # 1-D: curves
                 if row.p is not None:
                     ax.plot(row.xs.numpy(), row.p.numpy(), color="k", ls="--", lw=1)
                 if img is not None and c > 0:
@@ -589,8 +614,8 @@ def compare_figure(rows: Sequence[CompareRow], title: str = "") -> Figure:
                 ax.text(0.5, 0.5, "not drawable\n(D > 2)", ha="center", va="center", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])
-            if c > 0 and row.panels[c - 1].kl is not None:
-                label += f"\nKL {row.panels[c - 1].kl:.3f}"
+            if kl is not None:
+                label += f"\nKL {kl:.3f}"
             ax.set_title(label, fontsize=9)
         ax_row[0].set_ylabel(row.label, fontsize=10)
         for ax in ax_row[len(images) : cols - 1]:

@@ -4,6 +4,7 @@ command's library, reproducibility, interruption, the files it writes and its re
 import csv
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +213,19 @@ def test_ctrl_c_writes_the_draws_so_far_and_exits_130(tmp_path):
     summary = json.loads(path.with_suffix(".json").read_text())
     assert summary["interrupted"] and 0 < summary["kept_draws_per_chain"] < 1000000
     assert np.load(path).shape == (4 * summary["kept_draws_per_chain"], 3)
+
+
+def test_compare_draws_an_mcmc_column_and_keeps_its_chains(tmp_path):
+    """The seed work's figure from one command: target | MH draws | flows; the chains are
+    written per target, and a second run refuses to overwrite them without --reuse/--force."""
+    args = ["compare", "x**4/4 - x**2", "--K", "2", "--iters", "50", "--mcmc", "rwmh"]
+    result = run(*args, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "rwmh: 4 chains × 5000, R-hat" in " ".join(result.output.split())
+    draws = np.load(tmp_path / "expr1" / "mcmc-rwmh.npy")
+    assert draws.shape == (20000, 2)
+    assert np.abs(draws[:, 1]).mean() == pytest.approx(1.170, abs=0.08)  # E|x|: mpmath.quad
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    shutil.rmtree(tmp_path / "expr1" / "planar-K2")  # the fit gone, the chains still there
+    assert_refused(run(*args, "-o", tmp_path), "mcmc-rwmh.npy already exist")
+    assert_refused(run(*args[:-1], "neutra", "-o", tmp_path / "b"), "--mcmc neutra: compare")
