@@ -107,7 +107,7 @@ class ModeSearch:
         text += f"{self.seconds:.1f} s"
         if self.not_minima:
             text += f"; {self.not_minima} ended at no proper minimum"
-        return text + (f"; q lost {lost}" if lost else "; q has mass at each" if found else "")
+        return text + (f"; q lost {lost}" if lost else "; q lost none" if found else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
