@@ -29,7 +29,7 @@ from provenance import nfcli_commit
 
 from nfcli.diagnostics import verdict
 from nfcli.energy import load_energy
-from nfcli.lost_modes import search_modes
+from nfcli.lost_modes import MIN_P_SHARE, search_modes
 from nfcli.run import evaluate
 from nfcli.train import FitConfig, fit
 
@@ -46,11 +46,18 @@ def three_modes() -> str:
     return f"-log({' + '.join(terms)})"
 
 
+def worst_ratio(search) -> str:
+    """The lowest q share / p share over the modes with at least MIN_P_SHARE of p's mass: what
+    ``FoundMode.lost`` compares with LOST_RATIO."""
+    ratios = [m.q_share / m.p_share for m in search.modes if m.p_share >= MIN_P_SHARE]
+    return f"{min(ratios):.2f}" if ratios else "—"
+
+
 def issue_table() -> None:
     energy = load_energy(three_modes())
     print("| settings | fit s | evaluate s | search s | search / fit | k̂ | ESS | modes | lost "
-          "| verdict |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| worst q/p | verdict |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, config in [
         ("planar, K = 2, 300 steps", FitConfig(K=2, flow="planar", iters=300)),
         ("defaults", FitConfig()),
@@ -71,7 +78,7 @@ def issue_table() -> None:
         print(
             f"| {label} | {fit_s:.1f} | {eval_s:.2f} | {s.seconds:.2f} | "
             f"{s.seconds / fit_s:.1%} | {min(k):.2f}–{max(k):.2f} | {min(e):.0%}–{max(e):.0%} | "
-            f"{len(s.modes)} | {len(s.lost)} | {level} |"
+            f"{len(s.modes)} | {len(s.lost)} | {worst_ratio(s)} | {level} |"
         )
 
 
@@ -94,8 +101,8 @@ def proxy_draws(path: Path, energy, g: torch.Generator) -> torch.Tensor:
 def posterior_table() -> None:
     paths = sorted((HERE / "posteriors").glob("[!_]*.py")) + sorted((HERE / "targets").glob("*.py"))
     paths.append(HERE.parent / "examples" / "banana4d.py")
-    print("| target | D | search s | modes | lost | no proper minimum | p's shares |")
-    print("|---|---|---|---|---|---|---|")
+    print("| target | D | search s | modes | lost | worst q/p | no proper minimum | p's shares |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         energy = load_energy(str(path))
         z = proxy_draws(path, energy, torch.Generator().manual_seed(0))
@@ -103,6 +110,7 @@ def posterior_table() -> None:
         shares = ", ".join(f"{m.p_share:.2g}" for m in s.modes[:4])
         print(
             f"| {path.stem} | {energy.dim} | {s.seconds:.2f} | {len(s.modes)} | {len(s.lost)} | "
+            f"{worst_ratio(s)} | "
             f"{s.not_minima} of {s.starts} | {shares} |"
         )
 
