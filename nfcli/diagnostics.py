@@ -503,9 +503,9 @@ def lost_modes_reason(search: ModeSearch, r: TrustReport, shown: int = 3) -> str
     (the first 8 variables, named as in ``r.vars``), p's share of the mass there and q's, and
     what to try, which depends on how the fit started (``r.start``)."""
     lost = search.lost
+    names = r.vars or [f"x{i + 1}" for i in range(len(lost[0].location))]
     where = []
     for m in lost[:shown]:
-        names = r.vars or [f"x{i + 1}" for i in range(len(m.location))]
         coords = [f"{n}={round(v, 2) + 0.0:g}" for n, v in zip(names, m.location, strict=True)]
         more = ", …" if len(coords) > 8 else ""
         where.append(

@@ -103,12 +103,12 @@ class ModeSearch:
         return [m for m in self.modes if m.lost]
 
     def describe(self) -> str:
-        """One line for the summary table: "3 modes from 256 starts, 0.4 s; q lost 2"."""
+        """One line for the summary table: "3 modes from 256 starts, 0.04 s; q lost 2"."""
         if self.note:
             return f"not available: {self.note}"
         found, lost = len(self.modes), len(self.lost)
         text = f"{found} mode{'s' if found != 1 else ''} from {self.starts} starts, "
-        text += f"{self.seconds:.1f} s"
+        text += f"{self.seconds:.2f} s"
         if self.not_minima:
             text += f"; {self.not_minima} ended at no proper minimum"
         return text + (f"; q lost {lost}" if lost else "; q lost none" if found else "")
