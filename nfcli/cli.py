@@ -897,6 +897,8 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
             t.add_row("KL(q‖p)", f"{q.kl_qp:.4f} ± {q.kl_qp_se:.4f} nats")
             t.add_row("KL(p‖q)", f"{q.kl_pq:.4f} nats")
             t.add_row("total variation", f"{q.tv:.4f}")
+    if r.mode_search is not None:
+        t.add_row("mode search", r.mode_search.describe())
     style = {"good": "bold green", "usable": "bold yellow"}.get(r.verdict, "bold red")
     t.add_row("verdict", Text(r.verdict.upper(), style=style))
     for reason in r.verdict_reasons:

@@ -23,6 +23,7 @@ from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 
 if TYPE_CHECKING:  # nfcli.report imports nfcli.train, which imports this module
+    from nfcli.lost_modes import ModeSearch
     from nfcli.report import TrustReport
 
 Window = tuple[tuple[float, float], ...]  # (lo, hi) per variable: one or two of them
@@ -395,7 +396,9 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
     at best "usable": never "good" while one set says otherwise, never condemned by the one set
     that happened to draw far into a tail (a banana fit with KL(q‖p) < 0.001 has k̂ 0.58–0.73
     over four sets). The advice for a large k̂ follows ``khat_cause``: "tails" (q's tails are too
-    light: no setting of planar/radial layers fixes that) or "mode" (p has mass that q lost)."""
+    light: no setting of planar/radial layers fixes that) or "mode" (p has mass that q lost).
+    From 3 dimensions on, a mode of p that q lost (``mode_search``: ``ModeSearch.lost``) makes
+    it "do not trust", whatever k̂ and ESS say."""
     level, reasons = 0, []  # 0 good, 1 usable, 2 do not trust
 
     def worse(to: int, why: str) -> None:
@@ -463,6 +466,9 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
         elif ess < 0.1 or min(esses) < 0.1:
             edge = "" if ess < 0.1 else " (borderline: some sets of draws are below 10%)"
             worse(1, f"{ess_shown}{edge}: importance-sampling estimates are noisy.")
+    search = r.mode_search
+    if search is not None and search.lost:
+        worse(2, lost_modes_reason(search, r))
     spread, noise = r.restarts_log_z_spread, r.restarts_log_z_noise
     if spread is not None and spread > (noise if noise is not None else 0.0):
         worse(
@@ -490,6 +496,35 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
             + "."
         )
     return ("good", "usable", "do not trust")[level], reasons
+
+
+def lost_modes_reason(search: ModeSearch, r: TrustReport, shown: int = 3) -> str:
+    """The verdict's reason for the modes of p that q lost (``ModeSearch.lost``): where each is
+    (the first 8 variables, named as in ``r.vars``), p's share of the mass there and q's, and
+    what to try, which depends on how the fit started (``r.start``)."""
+    lost = search.lost
+    names = r.vars or [f"x{i + 1}" for i in range(len(lost[0].location))]
+    where = []
+    for m in lost[:shown]:
+        coords = [f"{n}={round(v, 2) + 0.0:g}" for n, v in zip(names, m.location, strict=True)]
+        more = ", …" if len(coords) > 8 else ""
+        where.append(
+            f"({', '.join(coords[:8])}{more}) holds {m.p_share:.0%} of p's mass and "
+            f"{m.q_share:.1%} of q's draws"
+        )
+    also = f"; and {len(lost) - shown} more" if len(lost) > shown else ""
+    advice = (
+        "Try --start origin --restarts 8: from the mode every restart starts on the same "
+        "Gaussian, while wide annealed starts can each settle on other modes."
+        if r.start == "mode"
+        else "Try --restarts 8 or a longer fit (--iters)."
+    )
+    return (
+        f"q lost {len(lost)} of the {len(search.modes)} modes of p that a search of U from "
+        f"{search.starts} starts found: {'; '.join(where)}{also} (p's shares by the Laplace "
+        "approximation). Importance weights (k̂, ESS, ln Z) cannot see mass where q puts no "
+        f"draws. {advice}"
+    )
 
 
 def resample(

@@ -147,11 +147,18 @@ def cholesky(covariance: Tensor) -> Tensor:
 
 
 def hessians(energy: Energy, points: Tensor) -> Tensor:
-    """∇²U at each of N points (N, D) at once → (N, D, D), float64, symmetrised: U of a batch is
-    a sum of independent rows, so one double backward pass per direction serves every point
-    (vectorised over the D directions where U's operations allow it)."""
+    """∇²U at each of N points (N, D) at once → (N, D, D), float64: ``derivatives``' third."""
+    return derivatives(energy, points)[2]
+
+
+def derivatives(energy: Energy, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """U (N,), ∇U (N, D) and ∇²U (N, D, D, symmetrised) at each of N points (N, D) at once,
+    float64 and detached: U of a batch is a sum of independent rows, so one double backward pass
+    per direction serves every point (vectorised over the D directions where U's operations allow
+    it)."""
     x = points.detach().to(torch.float64).requires_grad_(True)
-    (g,) = torch.autograd.grad(energy(x).sum(), x, create_graph=True)
+    u = energy(x)
+    (g,) = torch.autograd.grad(u.sum(), x, create_graph=True)
     D = x.shape[-1]
     eye = torch.eye(D, dtype=torch.float64).unsqueeze(1).expand(D, *x.shape)
     try:
@@ -159,7 +166,7 @@ def hessians(energy: Energy, points: Tensor) -> Tensor:
     except RuntimeError:  # an operation without a batching rule: one direction at a time
         h = torch.stack([torch.autograd.grad(g, x, e, retain_graph=True)[0] for e in eye])
     h = h.permute(1, 0, 2)  # (N, D, D): row j holds ∂(∂U/∂x_j)/∂x
-    return 0.5 * (h + h.transpose(1, 2))
+    return u.detach(), g.detach(), 0.5 * (h + h.transpose(1, 2)).detach()
 
 
 def _covariance(h: Tensor, floor: float, absolute: bool = True) -> tuple[Tensor, Tensor]:
@@ -349,12 +356,21 @@ def distinct_modes(energy: Energy, ends: list[Tensor], floor: float = 1e-8) -> l
 
 
 def _is_proper(lap: Laplace) -> bool:
-    """A proper mode: U finite, ∇U ≈ 0 (≤ 1e-5·(1 + |U|)), every curvature positive (the
-    smallest eigenvalue of ∇²U above 1e-9 of the largest, ``Laplace.max_curvature``)."""
+    """A proper mode (``is_minimum``) at the Laplace approximation's point."""
+    values = (lap.energy, lap.gradient_norm, lap.min_curvature, lap.max_curvature)
+    return bool(is_minimum(*(torch.tensor(v, dtype=torch.float64) for v in values)))
+
+
+def is_minimum(
+    energy: Tensor, gradient_norm: Tensor, min_curvature: Tensor, max_curvature: Tensor
+) -> Tensor:
+    """Where a point is a proper minimum of U, elementwise over points: U finite, ∇U ≈ 0
+    (‖∇U‖ ≤ 1e-5·(1 + |U|)), every curvature positive (the smallest eigenvalue of ∇²U above 1e-9
+    of the largest)."""
     return (
-        math.isfinite(lap.energy)
-        and lap.gradient_norm <= 1e-5 * (1 + abs(lap.energy))
-        and lap.min_curvature > 1e-9 * lap.max_curvature
+        torch.isfinite(energy)
+        & (gradient_norm <= 1e-5 * (1 + energy.abs()))
+        & (min_curvature > 1e-9 * max_curvature)
     )
 
 

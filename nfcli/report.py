@@ -6,11 +6,11 @@
 
 ``to_dict`` gives metrics.json's dict: its keys in their order, each key written exactly when
 nfcli has always written it (``khat_note`` only with a note, the quadrature keys only in 1-D and
-2-D, the restart keys only with restarts, …). ``from_dict`` reads the dict of any nfcli version: a
-key that an older version did not write is None here (or empty) and stays unwritten by
-``to_dict`` (``absent``); a key this version does not know is kept in ``extra`` and written back
-at the end. So ``to_dict(from_dict(d)) == d`` for every such ``d``, with the same key order for
-today's.
+2-D, ``mode_search`` only from 3-D on, the restart keys only with restarts, …). ``from_dict``
+reads the dict of any nfcli version: a key that an older version did not write is None here (or
+empty) and stays unwritten by ``to_dict`` (``absent``); a key this version does not know is kept
+in ``extra`` and written back at the end. So ``to_dict(from_dict(d)) == d`` for every such
+``d``, with the same key order for today's.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from nfcli.lost_modes import ModeSearch
 from nfcli.train import COUNTS
 
 
@@ -43,10 +44,11 @@ class TrustReport:
     """A fit's settings, outcome and diagnostics, field by field as in metrics.json (same names).
 
     None means not known: not computed for this fit (``khat_note`` without a note, ``tail_exponent``
-    unless the large weights sit in q's tails, ``quadrature`` unless D ≤ 2, ``restarts`` without
-    --restarts), not written by the nfcli version that made the report, or, for the fit's fields,
-    a report from ``evaluate`` alone. ``*_replicates`` hold one value per independent set of
-    draws; ``khat``, ``ess_fraction``, ``log_z_is`` and ``elbo`` are the first set's."""
+    unless the large weights sit in q's tails, ``quadrature`` unless D ≤ 2, ``mode_search``
+    unless D ≥ 3, ``restarts`` without --restarts), not written by the nfcli version that made
+    the report, or, for the fit's fields, a report from ``evaluate`` alone. ``*_replicates`` hold
+    one value per independent set of draws; ``khat``, ``ess_fraction``, ``log_z_is`` and
+    ``elbo`` are the first set's."""
 
     # the fit: what was asked and how it went (run_fit)
     target: str | None = None
@@ -92,6 +94,7 @@ class TrustReport:
     tail_exponent: float | None = None  # U ~ r^a far out; with khat_cause "tails"
     log_z_reference: float | None = None  # a built-in target's exact ln Z
     quadrature: Quadrature | None = None  # D ≤ 2 only
+    mode_search: ModeSearch | None = None  # D ≥ 3 only: nfcli.lost_modes.search_modes
     warnings: list[str] = field(default_factory=list)
     # restarts (run_fit, with --restarts > 1): nfcli.train.choose_restart's summaries
     restarts: list[dict[str, float]] | None = None
@@ -134,6 +137,8 @@ class TrustReport:
                 put(key, value)
             put("quadrature_edge_mass", q.edge_mass, always=False)
             put("quadrature_note", q.note, always=False)
+        if self.mode_search is not None:
+            put("mode_search", self.mode_search.to_dict())
         put("warnings", self.warnings)
         for key in _RESTART_KEYS:
             put(key, getattr(self, key), always=False)
@@ -169,6 +174,8 @@ class TrustReport:
             values["quadrature"] = Quadrature(
                 log_z, kl_qp, kl_qp_se, kl_pq, tv, window, edge_mass, note
             )
+        search = take("mode_search", always=False)
+        values["mode_search"] = ModeSearch.from_dict(search) if search is not None else None
         for key in ("warnings", "verdict_reasons"):
             values[key] = take(key, [])
         values["verdict"] = take("verdict")

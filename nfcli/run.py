@@ -30,6 +30,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
+from nfcli.lost_modes import search_modes
 from nfcli.report import Quadrature, TrustReport
 from nfcli.train import (
     FitConfig,
@@ -60,7 +61,10 @@ def evaluate(
     error captures. Where k̂ is above 0.5 in some set (or ESS below 10%), ``khat_cause`` says
     whether the largest weights sit at q's edge ("tails") or inside it ("mode"), from the worst
     set, and for tails ``tail_exponent`` how fast U grows out there (U ~ rᵃ: a < 2 is heavier than
-    Gaussian)."""
+    Gaussian).
+
+    From 3 dimensions on, where there is no quadrature, ``mode_search`` looks for modes of p that
+    q lost (``nfcli.lost_modes.search_modes``, with the first set's draws)."""
     sets_ = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # set 0 is the one set drawn before replicates existed
@@ -121,6 +125,8 @@ def evaluate(
                 "window even after widening it: the target may be improper (infinite mass) or "
                 "far wider than the fit; ln Z and KL are then unreliable."
             )
+    else:
+        r.mode_search = search_modes(energy, sets_[0][1], seed=seed)
     if imp.nonfinite:
         warnings.append(
             f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
