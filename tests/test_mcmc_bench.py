@@ -20,7 +20,7 @@ from nfcli.mcmc import McmcRun, McmcSettings
 from nfcli.samplers import Chains
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-MIXTURES = ["mix4_far", "mix8_near", "mix20"]
+MIXTURES = ["mix4_far", "mix8_near", "mix20", "mix6_hidden"]
 
 
 @pytest.fixture(scope="module")
