@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
-	bench-posteriors posterior-reference bench-textbook
+	bench-posteriors posterior-reference bench-textbook bench-mcmc
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,13 @@ bench: bench-setup
 # the reference moments are committed; `posterior-reference` remakes them with NumPyro, ~15 min)
 bench-posteriors: setup
 	$(BIN)/python benchmarks/posteriors.py --threads 2
+
+# README, "Exact samples: nfcli mcmc": 9 targets with nfcli-free truths, each fitted at the
+# defaults, then neutra, independence MH, HMC and random-walk MH (4 chains, the same number of U
+# evaluations each) scored against the truth (~11 min on one core; `benchmarks/mcmc.py --quick`:
+# a ~70-s smoke run).
+bench-mcmc: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/mcmc.py --threads 1
 
 # Textbook densities typed as a user would (issue 14): 27 cases, 1-D and 2-D, against scipy
 # truths; KL(q‖p), TV and mass outside the support at the defaults, seeds 0,1,2 (~75 min on one

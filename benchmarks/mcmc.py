@@ -1,8 +1,8 @@
 """nfcli mcmc's four samplers against known truths: which gives exact draws fastest, and when.
 
-    python benchmarks/mcmc.py                          # every target, seed 0 (~20 min, one core)
+    python benchmarks/mcmc.py                          # every target, seed 0 (~11 min, one core)
     python benchmarks/mcmc.py --only mix4_far,funnel10 --seeds 0,1 --csv runs/mcmc.csv
-    python benchmarks/mcmc.py --quick                  # a smoke run: short fits, short chains
+    python benchmarks/mcmc.py --quick                  # smoke run: short fits and chains (~70 s)
 
 Per target, a flow is fitted at nfcli's defaults (nfcli.run.run_fit, FitConfig() but the seed;
 its seconds and its trust report's verdict are recorded), then each method of nfcli.mcmc runs 4
