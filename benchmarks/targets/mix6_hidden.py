@@ -1,7 +1,7 @@
 """A mode away from where a search starts, in 6-D: 0.75 N(0, I) + 0.25 N(μ, I), μ = (10/√6)·1,
 10 sds from the main mode. The weighted components are equal 4.89 sds from the origin along μ,
-so the main mode's basin holds the origin and all but 0.7% of N(0, 2²I), where nfcli's mode search
-starts: the case of a fit that loses a mode.
+so the main mode's basin holds the origin and all but 0.7% of N(0, 2²I), where the L-BFGS search
+for a fit's start begins (nfcli/mode.py): the case of a fit that loses a mode.
 
 U = −ln of the normalised mixture, so ln Z = 0 exactly; the nearest-centre cells hold the weights
 0.75 and 0.25 to within Φ(−5) ≈ 3e-7. A fit that keeps only the main mode, q ≈ N(0, I), has
