@@ -76,7 +76,6 @@ class Truth:
     mean: np.ndarray
     sd: np.ndarray
     mean_error: np.ndarray
-    how: str
     sd_estimable: np.ndarray | None = None
     centres: np.ndarray | None = None
     cell_mass: np.ndarray | None = None
@@ -106,12 +105,12 @@ def mixture_truth(module: dict) -> Truth:
             for m in mu
         ]
     )
-    return Truth(mean, sd, np.zeros_like(mean), "exact", centres=mu, cell_mass=w @ P)
+    return Truth(mean, sd, np.zeros_like(mean), centres=mu, cell_mass=w @ P)
 
 
 def ar20_truth(module: dict) -> Truth:
     sd = module["SDS"].numpy()
-    return Truth(np.zeros_like(sd), sd, np.zeros_like(sd), "exact")
+    return Truth(np.zeros_like(sd), sd, np.zeros_like(sd))
 
 
 def funnel_truth(module: dict) -> Truth:
@@ -120,13 +119,13 @@ def funnel_truth(module: dict) -> Truth:
     has a standard error of √(3/80,000)·e^{9/2} ≈ 55% of its value."""
     D = module["DIM"]
     sd = np.array([3.0] + [math.exp(9 / 4)] * (D - 1))
-    return Truth(np.zeros(D), sd, np.zeros(D), "exact", sd_estimable=np.arange(D) == 0)
+    return Truth(np.zeros(D), sd, np.zeros(D), sd_estimable=np.arange(D) == 0)
 
 
 def posterior_truth(name: str) -> Truth:
     ref = json.loads((REFERENCE / f"{name}.json").read_text())
     mean, sd = np.asarray(ref["mean"]), np.asarray(ref["sd"])
-    return Truth(mean, sd, np.asarray(ref["mcse_mean_in_sd"]) * sd, ref["method"])
+    return Truth(mean, sd, np.asarray(ref["mcse_mean_in_sd"]) * sd)
 
 
 @dataclass
