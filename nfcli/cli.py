@@ -39,7 +39,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
-from nfcli.mcmc import DEFAULT_WARMUP, McmcSettings, run_mcmc, write_mcmc
+from nfcli.mcmc import DEFAULT_WARMUP, McmcSettings, default_method, run_mcmc, write_mcmc
 from nfcli.mcmc import check_output as mcmc_output
 from nfcli.mcmc import table as mcmc_table
 from nfcli.report import TrustReport
@@ -1123,8 +1123,8 @@ def mcmc(
         typer.Option(
             "--method",
             help="neutra (HMC in the flow's base space), independence (MH with q as the "
-            "proposal), hmc or rwmh (random-walk MH). (default: neutra with a model.pt, hmc "
-            "otherwise)",
+            "proposal), hmc or rwmh (random-walk MH). (default: with a model.pt, independence "
+            "if the fit's verdict is good, else neutra; hmc for an energy)",
         ),
     ] = None,
     chains: int = option(4, "--chains", help="Independent chains."),
@@ -1164,7 +1164,7 @@ def mcmc(
     bindings, rest = split_bindings(ctx.args)
     refuse_unknown(ctx, target, rest)
     path, _ = mcmc_output(output, force)
-    flow = None
+    flow, verdict = None, None
     if target.strip().lower().endswith(".pt"):
         if vars or const or bindings:
             raise NfcliError(
@@ -1173,20 +1173,32 @@ def mcmc(
             )
         ckpt = load_checkpoint(Path(target.strip()))
         energy = energy_from_source(ckpt.energy_source, trust)
-        flow = ckpt.flow
+        flow, verdict = ckpt.flow, ckpt.report.verdict
     else:
         constants = parse_constants([*bindings, *(const or [])])
         energy = load_energy(target, _split_vars(vars), constants)
-    settings = McmcSettings(method, chains, draws, warmup, steps, seed).resolve(flow is not None)
+    asked = McmcSettings(method, chains, draws, warmup, steps, seed)
+    settings = asked.resolve(flow is not None, verdict)
+    why = "" if method else f" ({default_method(flow is not None, verdict)[1]})"
     use_threads(threads, Work(chains, energy.dim))
     err.print(
         f"sampling {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "
-        f"{settings.method}, {settings.chains} chains × ({settings.warmup} warm-up + "
+        f"{settings.method}{why}, {settings.chains} chains × ({settings.warmup} warm-up + "
         f"{settings.draws}); Ctrl-C stops and keeps the draws so far",
         soft_wrap=True,
     )
+    if verdict == "do not trust":
+        err.print(
+            Text.assemble(
+                ("warning: ", "yellow"),
+                "the fit's verdict is do not trust (nfcli report shows why). The chains correct "
+                "q's shape where they go, but a mode that q lost (the report's mode search) is "
+                "lost to them too: they start at q's draws and do not cross to far modes.",
+            ),
+            soft_wrap=True,
+        )
     with stop_on_signals(announce=False) as stop, mcmc_progress() as progress:
-        run = run_mcmc(energy, settings, flow, Watch(progress, stop), target.strip())
+        run = run_mcmc(energy, asked, flow, Watch(progress, stop), target.strip(), verdict)
     if run.kept == 0:
         err.print(
             f"[bold yellow]{stop.name or 'stopped'}[/] during the warm-up "

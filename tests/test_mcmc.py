@@ -16,10 +16,11 @@ import torch
 from clitools import assert_refused, run
 from test_interrupt import stop_after
 
+from nfcli.checkpoint import load_checkpoint
 from nfcli.convergence import convergence, worries
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
-from nfcli.mcmc import McmcSettings, run_mcmc
+from nfcli.mcmc import McmcSettings, default_method, run_mcmc
 from nfcli.samplers import Watch
 
 # p = N((0.5, −1), diag(0.7², 1.3²)) written out
@@ -132,6 +133,24 @@ def test_a_stop_keeps_the_draws_done(method, at):
     assert torch.equal(cut.chains.draws, whole.chains.draws[:, :kept])
 
 
+@pytest.mark.parametrize(
+    "has_flow, verdict, method",
+    [
+        (True, "good", "independence"),
+        (True, "usable", "neutra"),
+        (True, "do not trust", "neutra"),
+        (True, None, "neutra"),  # a report without a verdict: the robust one
+        (False, None, "hmc"),
+    ],
+)
+def test_the_default_method_follows_the_fits_verdict(has_flow, verdict, method):
+    """README, Exact samples: independence MH only after a good fit (elsewhere it once stuck
+    with R-hat 1.000), NeuTra otherwise; asking for a method overrides the policy."""
+    assert default_method(has_flow, verdict)[0] == method
+    assert McmcSettings().resolve(has_flow, verdict).method == method
+    assert McmcSettings("rwmh").resolve(has_flow, verdict).method == "rwmh"
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
@@ -148,7 +167,10 @@ def test_mcmc_writes_draws_with_a_chain_column_and_a_json_summary(model, tmp_pat
     assert rows[0] == ["chain", "x", "y"] and len(rows) == 1 + 3 * 200
     assert [int(float(r[0])) for r in rows[1:]] == [c for c in range(3) for _ in range(200)]
     summary = json.loads((tmp_path / "chains.json").read_text())
-    assert summary["method"] == "neutra" and summary["chains"] == 3
+    verdict = load_checkpoint(model).report.verdict
+    assert summary["method"] == ("independence" if verdict == "good" else "neutra")
+    assert summary["method_reason"].startswith(f"the fit's verdict is {verdict}")
+    assert summary["chains"] == 3
     assert summary["kept_draws_per_chain"] == 200 and len(summary["accept"]) == 3
     assert [v["name"] for v in summary["variables"]] == ["x", "y"]
     assert {"rhat", "ess_bulk", "ess_tail", "mcse_mean"} <= set(summary["variables"][0])
