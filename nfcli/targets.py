@@ -112,3 +112,38 @@ TARGETS: dict[str, Target] = {
         ),
     ]
 }
+
+
+@dataclass(frozen=True)
+class Family:
+    """A built-in family of targets U(z1, z2; c) with its conditions' default ranges (nfcli fit
+    NAME: no --condition needed) and its reference ln Z as a function of c, where one is known."""
+
+    name: str
+    expression: str
+    description: str
+    conditions: tuple[tuple[str, float, float], ...]
+
+
+_U1_ROTATED_A = "(cos(theta)*z1 + sin(theta)*z2)"  # the first coordinate of R(−θ) z
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family(
+            "u1_rotated",
+            "0.5*((sqrt(z1**2 + z2**2) - 2)/0.4)**2"
+            f" - log(exp(-0.5*(({_U1_ROTATED_A} - 2)/0.6)**2)"
+            f" + exp(-0.5*(({_U1_ROTATED_A} + 2)/0.6)**2))",
+            "paper U1 rotated by theta about the origin, p_θ(z) = p_U1(R(−θ) z) (ln Z 1.8775 at "
+            "every θ): the seed work's amortised family",
+            (("theta", -math.pi, math.pi),),
+        ),
+        Family(
+            "ring_width",
+            "0.5*((sqrt(z1**2 + z2**2) - 2)/s)**2",
+            "a ring of radius 2 whose width s is the condition: its normaliser changes with s",
+            (("s", 0.2, 1.0),),
+        ),
+    ]
+}
