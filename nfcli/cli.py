@@ -28,8 +28,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from nfcli.checkpoint import Checkpoint, load_checkpoint, versions
+from nfcli.checkpoint import (
+    Checkpoint,
+    ConditionalCheckpoint,
+    load_any,
+    load_checkpoint,
+    versions,
+)
 from nfcli.compare import run_compare, split_targets
+from nfcli.conditional_figures import write_conditional_figures
+from nfcli.conditional_metrics import ConditionalReport
+from nfcli.conditional_report import ConditionalSummary, ConditionPoint, evaluate_at, summarise
+from nfcli.conditions import ConditionalEnergy, load_conditional_energy, parse_at, parse_conditions
 from nfcli.config import AUTO_FLOW, FitConfig, extend
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
@@ -44,6 +54,7 @@ from nfcli.mcmc import check_output as mcmc_output
 from nfcli.mcmc import table as mcmc_table
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
+from nfcli.run_conditional import REPORT_DRAWS, check_conditional_options, run_conditional_fit
 from nfcli.samplers import Watch
 from nfcli.signals import stop_on_signals
 from nfcli.summary import (
@@ -54,7 +65,7 @@ from nfcli.summary import (
     to_json,
     variables_table,
 )
-from nfcli.targets import TARGETS
+from nfcli.targets import FAMILIES, TARGETS
 from nfcli.threads import Work, use_threads
 from nfcli.train import TrainingState
 
@@ -130,7 +141,7 @@ def unwrap(doc: str | None) -> str | None:
 
 # --- fit ---
 
-RUN_KEYS = ("target", "output", "vars", "force", "device", "const", "threads")
+RUN_KEYS = ("target", "output", "vars", "force", "device", "const", "threads", "condition")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -425,12 +436,25 @@ def fit(
         typer.Option("--trust", help="With --resume: run the checkpoint's stored Python energy."),
     ] = False,
     const: ConstOpt = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            help="Make a variable of the expression a condition c and fit q(z | c) for every c "
+            "in LO..HI, e.g. --condition theta=-3.1416:3.1416 (repeatable). A family of targets "
+            "(u1_rotated, ring_width) has its conditions by default.",
+        ),
+    ] = None,
 ) -> None:
     """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures.
 
     Constants of an expression are bound after it, as in nfcli fit "(nu+1)/2*log(1 + x**2/nu)"
     nu=3 (or --const nu=3). Ctrl-C or SIGTERM finishes the current step, writes everything so far
-    and exits with 130; nfcli fit --resume model.pt then goes on."""
+    and exits with 130; nfcli fit --resume model.pt then goes on.
+
+    With --condition NAME=LO:HI (or a family of targets, such as u1_rotated), one conditional
+    flow q(z | c) is fitted to the whole family: model.pt, metrics.json (the trust report at a grid
+    of conditions) and loss.png; sample, logprob, plot and report then take --at NAME=VALUE."""
     bindings, rest = split_bindings(ctx.args)
     refuse_unknown(ctx, target, rest)
     flags = dict(
@@ -455,11 +479,21 @@ def fit(
         force=force,
         const=parse_constants([*bindings, *(const or [])]) or None,
     )
+    if resume is not None and condition:
+        raise NfcliError(
+            "--resume does not support conditional fits (--condition) yet: a conditional fit "
+            "runs all its --iters at once. Start a new conditional fit with more --iters."
+        )
+    if resume is None:
+        values = merge_config(flags, load_yaml(config) if config is not None else {})
+        conditions = _condition_texts(condition, values.get("condition"))
+        if conditions or str(values.get("target") or "").strip() in FAMILIES:
+            _fit_conditional(values, conditions, threads)
+            return
     if resume is not None:
         energy, cfg, state, out_dir, force = _resume_plan(resume, flags, config, trust)
         where = resolve_device(str(device or "cpu"))
     else:
-        values = merge_config(flags, load_yaml(config) if config is not None else {})
         if not values.get("target"):
             raise NfcliError(
                 "No target given. Pass an expression, a .py file or a built-in name "
@@ -510,6 +544,121 @@ def fit(
             f"{report.stop_message} The fit so far is in {out_dir}/ for inspection "
             "(nfcli plot shows where q went)."
         )
+
+
+def _condition_texts(flags: list[str] | None, from_yaml: Any) -> list[str]:
+    """--condition values, or the config file's condition: (one NAME=LO:HI or a list)."""
+    if flags:
+        return list(flags)
+    if from_yaml is None:
+        return []
+    items = [from_yaml] if isinstance(from_yaml, str) else from_yaml
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise NfcliError(
+            f"condition: {from_yaml!r} in the config file must be NAME=LO:HI or a list of them, "
+            "e.g. condition: theta=-3.1416:3.1416."
+        )
+    return items
+
+
+def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | None) -> None:
+    """``nfcli fit`` of a family of targets: ``run_conditional_fit``, its table, Ctrl-C → 130."""
+    if not values.get("target"):
+        raise NfcliError(
+            "No target given. Pass an expression with --condition NAME=LO:HI, or a family of "
+            f"targets ({', '.join(FAMILIES)}), e.g. nfcli fit u1_rotated."
+        )
+    cfg = make_config(values)
+    device = values.get("device")
+    cfg = check_conditional_options(cfg, str(device) if device is not None else None)
+    names = _split_vars(values.get("vars"))
+    constants = parse_constants(values.get("const"), "const: in the config file")
+    energy = load_conditional_energy(
+        str(values["target"]), parse_conditions(texts), names, constants
+    )
+    cfg.validate(energy.dim)
+    force = bool(values.get("force"))
+    out_dir = check_output(Path(values.get("output") or "."), force)
+    if threads is None and values.get("threads") is not None:
+        threads = str(values["threads"])
+    cfg = cfg.resolve(energy.dim)
+    use_threads(threads, Work(cfg.batch, energy.dim))
+    ranges = ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in energy.conditions)
+    with stop_on_signals() as stop, fit_progress() as progress:
+        err.print(
+            f"fitting {energy.energy.label} over ({', '.join(energy.names)}), D = {energy.dim}, "
+            f"for every {ranges}: {cfg.flow} K={cfg.K}, {cfg.iters} steps on cpu; Ctrl-C stops "
+            "after the current step and keeps the fit so far",
+            soft_wrap=True,
+        )
+        _, report = run_conditional_fit(
+            energy, cfg, out_dir, force, progress("fit", cfg.iters), stop
+        )
+    written = f"{out_dir}/ model.pt metrics.json loss.png"
+    err.print(conditional_table(report, report.points, report.summary, written))
+    if report.stopped == "interrupted":
+        err.print(
+            f"[bold yellow]{stop.name or 'interrupted'}[/]: stopped after step "
+            f"{report.steps_done} of {report.iters}; wrote the fit so far to {out_dir}/.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+
+
+def conditional_table(
+    report: ConditionalReport,
+    points: list[ConditionPoint],
+    summary: ConditionalSummary | None,
+    written: str | None = None,
+) -> Table:
+    """The trust report of a conditional fit per condition (one row each), then the mean and the
+    worst KL(q‖p) and the worst k̂ with where they are."""
+    conds = report.conditions
+    steps = (
+        f"{report.steps_done} of {report.iters} ({report.stopped})"
+        if report.stopped
+        else (f"{report.steps_done}")
+    )
+    t = Table(
+        title=f"nfcli conditional fit: {report.target}\n{report.flow}, K = {report.K}, "
+        f"D = {report.dim} ({', '.join(report.vars)}), conditions "
+        + ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in conds)
+        + f"; {steps} steps in {report.wall_time_s:.1f} s, final loss (β = 1) "
+        f"{report.final_loss_beta1:.4f}",
+        title_justify="left",
+    )
+    for c in conds:
+        t.add_column(c.name, justify="right")
+    for col in ("ELBO", "KL(q‖p)", "KL(p‖q)", "TV", "ESS", "k̂"):
+        t.add_column(col, justify="right")
+
+    def num(v: float | None, fmt: str = ".4f") -> str:
+        return "—" if v is None else format(v, fmt)
+
+    for p in points:
+        t.add_row(
+            *(f"{v:.4g}" for v in p.c),
+            num(p.elbo),
+            num(p.kl_qp),
+            num(p.kl_pq),
+            num(p.tv),
+            f"{p.ess_fraction:.1%}",
+            f"{p.khat:.2f}" if math.isfinite(p.khat) else "—",
+        )
+    if summary is not None:
+        blank = [""] * len(conds)
+        t.add_section()
+        t.add_row("mean", *blank[1:], "", num(summary.mean_kl_qp), "", "", "", "")
+        if summary.worst_kl_qp is not None and summary.worst_kl_at is not None:
+            at = ", ".join(f"{v:.4g}" for v in summary.worst_kl_at)
+            t.add_row("worst", *blank[1:], "", num(summary.worst_kl_qp), "", "", "", f"at {at}")
+        at = ", ".join(f"{v:.4g}" for v in summary.worst_khat_at)
+        t.add_row("worst k̂", *blank[1:], "", "", "", "", "", f"{summary.worst_khat:.2f} at {at}")
+    for w in report.warnings:
+        t.caption = (t.caption + "\n" if t.caption else "") + f"warning: {w}"
+    if written:
+        t.caption = (t.caption + "\n" if t.caption else "") + f"written: {written}"
+    return t
 
 
 RESUME_KEEPS = (

@@ -41,7 +41,7 @@ def default_grid(conditions: list[Condition]) -> Tensor:
     return torch.cartesian_prod(*axes).reshape(-1, len(conditions))
 
 
-def check_conditional_options(config: FitConfig, device: str | torch.device | None) -> FitConfig:
+def check_conditional_options(config: FitConfig, device: str | None = None) -> FitConfig:
     """Refuse what a conditional fit does not support yet (one paragraph each), and return the
     config with ``converge`` and ``start`` set to what it does (every step, from the origin)."""
     unsupported = []
@@ -53,7 +53,7 @@ def check_conditional_options(config: FitConfig, device: str | torch.device | No
         unsupported.append("--converge (a conditional fit runs every step of --iters)")
     if config.dtype != "float32":
         unsupported.append(f"--dtype {config.dtype} (conditional fits run in float32)")
-    if device is not None and torch.device(device).type != "cpu":
+    if device is not None and str(device).strip() != "cpu":
         unsupported.append(f"--device {device} (conditional fits run on the CPU)")
     if unsupported:
         raise NfcliError(
@@ -62,8 +62,7 @@ def check_conditional_options(config: FitConfig, device: str | torch.device | No
             + " yet. Drop "
             + ("that option" if len(unsupported) == 1 else "those options")
             + ", or fit one target at a fixed condition (bind it as a constant, e.g. "
-            "nfcli fit EXPR theta=0.7) to use "
-            + ("it." if len(unsupported) == 1 else "them.")
+            "nfcli fit EXPR theta=0.7) to use " + ("it." if len(unsupported) == 1 else "them.")
         )
     return replace(config, start="origin", converge=False)
 
