@@ -165,12 +165,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     fit's file included, is a one-paragraph NfcliError."""
     ckpt = load_any(path)
     if isinstance(ckpt, ConditionalCheckpoint):
+        example = _example_at(ckpt.conditions)
         raise NfcliError(
             f"{path} is a conditional fit, q(z | {', '.join(c.name for c in ckpt.conditions)}) "
             f"over {ckpt.describe_conditions()}, and this command works on a fit to one target "
             "only. sample, logprob, plot and report take a conditional model with --at (e.g. "
-            f"--at {_example_at(ckpt.conditions)}); for anything else, fit the target at one "
-            "condition (bind it as a constant, e.g. nfcli fit EXPR theta=0.7)."
+            f"--at {example}); for anything else, fit the target at one condition (bind it as "
+            f"a constant, e.g. nfcli fit EXPR {example})."
         )
     return ckpt
 
@@ -187,7 +188,7 @@ def load_conditional_checkpoint(path: str | Path) -> ConditionalCheckpoint:
 
 
 def _example_at(conditions: list[Condition]) -> str:
-    return ",".join(f"{c.name}={(c.lo + c.hi) / 2:g}" for c in conditions)
+    return ",".join(f"{c.name}={(c.lo + c.hi) / 2:.3g}" for c in conditions)
 
 
 def load_any(path: str | Path) -> Checkpoint | ConditionalCheckpoint:

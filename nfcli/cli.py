@@ -370,6 +370,16 @@ WindowOpt = Annotated[
 ]
 
 
+AtOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="For a conditional fit: the condition, e.g. --at theta=0.7 (plot and report also "
+        "take a grid, e.g. --at theta=-3:3:9; several conditions: --at a=0:1:3,b=2).",
+    ),
+]
+
+
 # An expression may begin with a minus sign ("-log(x) + x"), so unknown options are taken as the
 # target or extra arguments, and ``refuse_unknown`` then names real typos such as --iter.
 EXPRESSION_FIRST = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -1088,19 +1098,21 @@ def sample(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
+    """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample).
+    A conditional fit draws from q(z | c) at the one condition of --at."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
     check_sample_path(output, force)
-    ckpt = _load_to(model, device, dtype)
+    ckpt = _load_to(model, device, dtype, at, "sample")
     use_threads(threads, Work(n, ckpt.flow.dim))
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     if resample_:
         pool = pool if pool is not None else max(10 * n, 100_000)
         if pool <= 0:
             raise NfcliError(f"--pool {pool}: the pool must be positive, e.g. --pool 100000.")
-        energy = energy_from_source(ckpt.energy_source, trust)
+        energy = ckpt.energy(trust)
         samples, imp = resample(ckpt.flow, energy, n, pool, generator)
         err.print(
             f"resampled {n} from {pool:,} draws of q: ESS {imp.ess_fraction:.1%} of the pool "
@@ -1113,13 +1125,89 @@ def sample(
         err.print(f"wrote {n} samples of {_count(ckpt.flow.dim, 'variable')} to {output}")
 
 
-def _load_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
-    """A checkpoint with its flow moved to ``device`` and ``dtype`` (default: CPU, as fitted)."""
+@dataclasses.dataclass
+class Loaded:
+    """The flow a command works on: a fit's q, or a conditional fit's q(·|c) at one c; its
+    variable names, and how to get its energy (p, or p(·|c))."""
+
+    flow: Any  # nfcli.flows.Flow
+    names: tuple[str, ...]
+    source: dict[str, Any]
+    checkpoint: Checkpoint | ConditionalCheckpoint
+    c: Any = None  # the condition (C,) of a conditional fit, else None
+
+    def energy(self, trust: bool = False) -> Energy:
+        whole = energy_from_source(self.source, trust)
+        ckpt = self.checkpoint
+        if isinstance(ckpt, ConditionalCheckpoint):
+            return ConditionalEnergy(whole, ckpt.conditions).at(self.c)
+        return whole
+
+
+def _load_to(
+    model: Path,
+    device: str | None,
+    dtype: str | None,
+    at: str | None = None,
+    command: str = "sample",
+) -> Loaded:
+    """A checkpoint's flow moved to ``device`` and ``dtype`` (default: CPU, as fitted); of a
+    conditional fit, q(·|c) at the one condition of ``at``."""
+    where = resolve_device(device or "cpu")
+    precision = resolve_dtype(dtype) if dtype else None
+    ckpt = load_any(model)
+    grid = _at_grid(ckpt, at, model, command)
+    if isinstance(ckpt, ConditionalCheckpoint):
+        if len(grid) != 1:
+            raise NfcliError(
+                f"--at {at} gives {len(grid)} conditions, and nfcli {command} works at one: give "
+                f"one value per condition, e.g. --at {_example_at(ckpt)} (nfcli plot and "
+                "nfcli report take a grid)."
+            )
+        c = grid[0]
+        flow = ckpt.flow.at(c.to(ckpt.flow.lo)).to(device=where, dtype=precision)
+        return Loaded(flow.eval(), ckpt.names, ckpt.energy_source, ckpt, c)
+    ckpt.flow = ckpt.flow.to(device=where, dtype=precision)
+    return Loaded(ckpt.flow, ckpt.names, ckpt.energy_source, ckpt)
+
+
+def _load_fit_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
+    """A fit to one target (a conditional fit is refused) with its flow moved to ``device`` and
+    ``dtype`` (default: CPU, as fitted)."""
     where = resolve_device(device or "cpu")
     precision = resolve_dtype(dtype) if dtype else None
     ckpt = load_checkpoint(model)
     ckpt.flow = ckpt.flow.to(device=where, dtype=precision)
     return ckpt
+
+
+def _example_at(ckpt: ConditionalCheckpoint) -> str:
+    return ",".join(f"{c.name}={(c.lo + c.hi) / 2:.3g}" for c in ckpt.conditions)
+
+
+def _at_grid(
+    ckpt: Checkpoint | ConditionalCheckpoint, at: str | None, model: Path, command: str
+) -> Any:
+    """The conditions of ``--at`` (M, C) for a conditional fit (which needs it); None for a fit
+    to one target (which refuses it)."""
+    if isinstance(ckpt, ConditionalCheckpoint):
+        if at is None:
+            raise NfcliError(
+                f"{model} is a conditional fit, q(z | {', '.join(ckpt_names(ckpt))}), so nfcli "
+                f"{command} needs the condition: give --at with a value for each of "
+                f"{ckpt.describe_conditions()}, e.g. --at {_example_at(ckpt)}."
+            )
+        return parse_at(at, ckpt.conditions)
+    if at is not None:
+        raise NfcliError(
+            f"--at {at}: {model} is a fit to one target, not a conditional fit (nfcli fit "
+            "--condition), so it has no conditions to set. Drop --at."
+        )
+    return None
+
+
+def ckpt_names(ckpt: ConditionalCheckpoint) -> list[str]:
+    return [c.name for c in ckpt.conditions]
 
 
 @app.command()
@@ -1132,13 +1220,15 @@ def logprob(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
+    """The fitted density ln q at each point, exact (by inverting the flow), in float64. For a
+    conditional fit, ln q(z | c) at the one condition of --at."""
     check_sample_path(output, force)
-    ckpt = load_checkpoint(model)
-    at = load_points(points, ckpt.flow.dim, ckpt.names)
-    use_threads(threads, Work(len(at), ckpt.flow.dim))
-    log_q = log_prob(ckpt.flow, at)
+    loaded = _load_to(model, None, None, at, "logprob")
+    zs = load_points(points, loaded.flow.dim, loaded.names)
+    use_threads(threads, Work(len(zs), loaded.flow.dim))
+    log_q = log_prob(loaded.flow, zs)
     save_samples(log_q[:, None], output, ["log_q"])
     if output != "-":
         err.print(f"wrote ln q of {len(log_q)} points to {output}")
@@ -1165,8 +1255,13 @@ def plot(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2)."""
+    """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2).
+
+    A conditional fit with --at (a value or a grid): conditional.png, the target and q side by
+    side at each condition (2-D: density images; 1-D: curves), and with one condition kl.png,
+    KL(q‖p) and KL(p‖q) against it."""
     opts = FigureOptions(
         format,
         dpi,
@@ -1175,7 +1270,25 @@ def plot(
         _split_vars(show) if show else None,
     )
     opts.validate()
-    ckpt = _load_to(model, device, dtype)
+    whole = load_any(model)
+    if isinstance(whole, ConditionalCheckpoint):
+        grid = _at_grid(whole, at, model, "plot")
+        if layers or show or device or dtype:
+            raise NfcliError(
+                "nfcli plot --at draws conditional.png and kl.png on the CPU; --layers, --show, "
+                "--device and --dtype apply to a fit to one target only. Drop them."
+            )
+        use_threads(threads, Work(N_SAMPLES * len(grid), whole.flow.dim))
+        out_dir = ensure_dir(output if output is not None else model.parent)
+        energy = ConditionalEnergy(energy_from_source(whole.energy_source, trust), whole.conditions)
+        points = None
+        if whole.flow.dim <= 2:
+            points = evaluate_at(whole.flow, energy, grid, PLOT_DRAWS, whole.config.seed)
+        for path in write_conditional_figures(whole, energy, grid, out_dir, opts, points):
+            err.print(f"wrote {path}")
+        return
+    _at_grid(whole, at, model, "plot")  # refuses --at
+    ckpt = _load_fit_to(model, device, dtype)
     opts.validate(ckpt.names, ckpt.config.K)
     use_threads(threads, Work(N_SAMPLES, ckpt.flow.dim))
     out_dir = ensure_dir(output if output is not None else model.parent)
@@ -1190,13 +1303,36 @@ def plot(
         err.print(f"wrote {path}")
 
 
+PLOT_DRAWS = 10_000  # draws of q(·|c) per condition for plot --at's KL numbers
+
+
 @app.command()
 @user_errors
-def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli fit.")) -> None:
-    """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint."""
-    ckpt = load_checkpoint(model)
-    out.print(summary_table(ckpt.report))
-    out.print(flow_summary_table(ckpt.flow, ckpt.names))
+def report(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    at: AtOpt = None,
+    trust: bool = typer.Option(
+        False, "--trust", help="With --at: run the checkpoint's stored Python-file energy."
+    ),
+    n: int = option(REPORT_DRAWS, "-n", help="With --at: draws of q(·|c) per condition."),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint.
+
+    A conditional fit with --at (a value or a grid): the trust report at each condition (ELBO,
+    KL(q‖p), KL(p‖q) and TV by quadrature in 1-2 D, ESS, k̂), with the mean and the worst."""
+    whole = load_any(model)
+    grid = _at_grid(whole, at, model, "report")
+    if isinstance(whole, ConditionalCheckpoint):
+        if n <= 0:
+            raise NfcliError(f"-n {n}: the number of draws must be positive, e.g. -n 20000.")
+        use_threads(threads, Work(n, whole.flow.dim))
+        energy = ConditionalEnergy(energy_from_source(whole.energy_source, trust), whole.conditions)
+        points = evaluate_at(whole.flow, energy, grid, n, whole.config.seed)
+        out.print(conditional_table(whole.report, points, summarise(points)))
+        return
+    out.print(summary_table(whole.report))
+    out.print(flow_summary_table(whole.flow, whole.names))
 
 
 @app.command()
@@ -1233,7 +1369,7 @@ def summary(
             + ("the pool must be positive" if resample_ else "only --resample weights a pool")
             + ", e.g. nfcli summary model.pt --resample --pool 100000."
         )
-    ckpt = _load_to(model, device, dtype)
+    ckpt = _load_fit_to(model, device, dtype)
     energy = energy_from_source(ckpt.energy_source, trust) if resample_ else None
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     s = summarise_flow(ckpt.flow, ckpt.names, pool or n, generator, energy)
