@@ -205,3 +205,19 @@ def assert_refused_call(fn, fragment):
     with pytest.raises(NfcliError) as e:
         fn()
     assert fragment in str(e.value)
+
+
+def test_a_stopped_fit_writes_what_it_did(tmp_path):
+    """stop() (Ctrl-C in nfcli fit) ends the fit after the step; the files say how far it got."""
+    from nfcli.conditions import load_conditional_energy, parse_conditions
+    from nfcli.run_conditional import run_conditional_fit
+
+    energy = load_conditional_energy("(x - m)**2/2", parse_conditions(["m=-1:1"]))
+    steps = iter(range(100))
+    _, report = run_conditional_fit(
+        energy, FitConfig(iters=1000, batch=64), tmp_path, stop=lambda: next(steps) >= 9, draws=500
+    )
+    assert report.stopped == "interrupted" and report.steps_done == 10
+    back = load_conditional_checkpoint(tmp_path / "model.pt")
+    assert back.report.steps_done == 10 and len(back.history["loss"]) == 10
+    assert "stopped while annealing" in back.report.warnings[0]
