@@ -20,6 +20,25 @@ Nothing in it is a pickled object, so loading it cannot run code; ``sample`` nee
 Format 1 (nfcli before the transform design) had no "architecture": its flow is the planar or
 radial stack that its config describes, and its parameter names lack the transform's index
 ("layers.u" is now "transforms.0.u"); ``load_checkpoint`` reads it as format 2.
+
+Format 3 is a conditional fit, q(z | c) for a family of targets (``nfcli fit --condition``):
+
+    {
+      "format": "nfcli-checkpoint", "format_version": 3, "kind": "conditional",
+      "conditional_flow": {...},          # ConditionalFlow.spec(): dim, architecture, lo, hi, …
+      "state_dict": {name: tensor},       # ConditionalFlow.state_dict()
+      "config": {...}, "per_step": int,   # the FitConfig, and the conditions drawn per step
+      "energy": {...},                    # the energy over (z, c): vars are z's names, then c's
+      "conditions": [{"name", "lo", "hi"}, ...],
+      "history": {"loss": tensor, "loss_beta1": tensor},
+      "metrics": {...},                   # ConditionalReport.to_dict(): what metrics.json holds
+      "versions": {...},
+    }
+
+Unconditional fits are still written as format 2, which older nfcli reads; an older nfcli
+given a format-3 file says it is newer than it reads. ``load_any`` reads either kind;
+``load_checkpoint`` and ``load_conditional_checkpoint`` each refuse the other kind in one
+paragraph that says what to do.
 """
 
 from __future__ import annotations
@@ -36,6 +55,9 @@ import torch
 from torch import Tensor
 
 from nfcli import __version__
+from nfcli.conditional import ConditionalFlow
+from nfcli.conditional_metrics import ConditionalReport
+from nfcli.conditions import Condition
 from nfcli.config import FitConfig
 from nfcli.devices import resolve_dtype
 from nfcli.energy import check_source
@@ -46,7 +68,8 @@ from nfcli.report import TrustReport
 from nfcli.train import TrainingState
 
 FORMAT = "nfcli-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # what an unconditional fit is written as
+CONDITIONAL_FORMAT_VERSION = 3  # a conditional fit (the newest format this nfcli reads)
 
 
 @dataclass
@@ -62,6 +85,30 @@ class Checkpoint:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.energy_source["vars"])
+
+
+@dataclass
+class ConditionalCheckpoint:
+    """A conditional fit: q(z | c) (``flow``), what it was fitted with and to, and its report.
+    ``energy_source`` is the energy over (z, c), its vars z's names and then the conditions'."""
+
+    flow: ConditionalFlow
+    config: FitConfig
+    per_step: int
+    energy_source: dict[str, Any]
+    conditions: list[Condition]
+    history: dict[str, Tensor]
+    report: ConditionalReport  # saved as its to_dict(), under "metrics"
+    versions: dict[str, str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """z's variable names (the conditions' are not sampled)."""
+        return tuple(self.energy_source["vars"][: self.flow.dim])
+
+    def describe_conditions(self) -> str:
+        """'theta in [-3.14159, 3.14159]' for each condition, for messages."""
+        return ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in self.conditions)
 
 
 def versions() -> dict[str, str]:
@@ -93,8 +140,60 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def save_conditional_checkpoint(path: str | Path, ckpt: ConditionalCheckpoint) -> None:
+    data = {
+        "format": FORMAT,
+        "format_version": CONDITIONAL_FORMAT_VERSION,
+        "kind": "conditional",
+        "conditional_flow": ckpt.flow.spec(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.flow.state_dict().items()},
+        "config": ckpt.config.to_dict(),
+        "per_step": int(ckpt.per_step),
+        "energy": dict(ckpt.energy_source),
+        "conditions": [{"name": c.name, "lo": c.lo, "hi": c.hi} for c in ckpt.conditions],
+        "history": {k: v.detach().cpu().clone() for k, v in ckpt.history.items()},
+        "metrics": ckpt.report.to_dict(),
+        "versions": dict(ckpt.versions),
+    }
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and check a checkpoint; every way it can be wrong is a one-paragraph NfcliError."""
+    """Load and check an (unconditional) checkpoint; every way it can be wrong, a conditional
+    fit's file included, is a one-paragraph NfcliError."""
+    ckpt = load_any(path)
+    if isinstance(ckpt, ConditionalCheckpoint):
+        example = _example_at(ckpt.conditions)
+        raise NfcliError(
+            f"{path} is a conditional fit, q(z | {', '.join(c.name for c in ckpt.conditions)}) "
+            f"over {ckpt.describe_conditions()}, and this command works on a fit to one target "
+            "only. sample, logprob, plot and report take a conditional model with --at (e.g. "
+            f"--at {example}); for anything else, fit the target at one condition (bind it as "
+            f"a constant, e.g. nfcli fit EXPR {example})."
+        )
+    return ckpt
+
+
+def load_conditional_checkpoint(path: str | Path) -> ConditionalCheckpoint:
+    """Load and check a conditional fit's checkpoint; an unconditional one is refused."""
+    ckpt = load_any(path)
+    if not isinstance(ckpt, ConditionalCheckpoint):
+        raise NfcliError(
+            f"{path} is a fit to one target, not a conditional fit (nfcli fit --condition), so it "
+            "has no conditions to set. Drop --at, or give the model.pt of a conditional fit."
+        )
+    return ckpt
+
+
+def _example_at(conditions: list[Condition]) -> str:
+    return ",".join(f"{c.name}={(c.lo + c.hi) / 2:.3g}" for c in conditions)
+
+
+def load_any(path: str | Path) -> Checkpoint | ConditionalCheckpoint:
+    """Load and check a checkpoint of either kind (its ``kind`` says which); every way it can
+    be wrong is a one-paragraph NfcliError."""
     path = Path(path)
     if not path.is_file():
         raise NfcliError(
@@ -128,11 +227,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "fit wrote."
         )
     version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > CONDITIONAL_FORMAT_VERSION:
         raise NfcliError(
             f"{path} has checkpoint format version {version}, newer than this nfcli reads "
-            f"({FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
+            f"({CONDITIONAL_FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
         )
+    if data.get("kind", "flow") == "conditional":
+        return _conditional_from_data(path, data)
     try:
         check_source(data.get("energy"))
         config = stored_config(data["config"])
@@ -153,6 +254,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise NfcliError(
             f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
             "Re-run nfcli fit to make a new one."
+        ) from None
+
+
+def _conditional_from_data(path: Path, data: dict[str, Any]) -> ConditionalCheckpoint:
+    try:
+        check_source(data.get("energy"))
+        config = stored_config(data["config"])
+        conditions = [
+            Condition(c["name"], float(c["lo"]), float(c["hi"])) for c in data["conditions"]
+        ]
+        flow = ConditionalFlow.from_spec(data["conditional_flow"])
+        flow.load_state_dict(data["state_dict"])
+        return ConditionalCheckpoint(
+            flow.eval(),
+            config,
+            int(data["per_step"]),
+            data["energy"],
+            conditions,
+            data["history"],
+            ConditionalReport.from_dict(data["metrics"]),
+            data["versions"],
+        )
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
+        raise NfcliError(
+            f"{path} is an nfcli conditional checkpoint with missing or inconsistent contents "
+            f"({e}). Re-run nfcli fit --condition to make a new one."
         ) from None
 
 

@@ -28,8 +28,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from nfcli.checkpoint import Checkpoint, load_checkpoint, versions
+from nfcli.checkpoint import (
+    Checkpoint,
+    ConditionalCheckpoint,
+    load_any,
+    load_checkpoint,
+    versions,
+)
 from nfcli.compare import run_compare, split_targets
+from nfcli.conditional_figures import write_conditional_figures
+from nfcli.conditional_metrics import ConditionalReport
+from nfcli.conditional_report import ConditionalSummary, ConditionPoint, evaluate_at, summarise
+from nfcli.conditions import ConditionalEnergy, load_conditional_energy, parse_at, parse_conditions
 from nfcli.config import AUTO_FLOW, FitConfig, extend
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
@@ -44,6 +54,7 @@ from nfcli.mcmc import check_output as mcmc_output
 from nfcli.mcmc import table as mcmc_table
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
+from nfcli.run_conditional import REPORT_DRAWS, check_conditional_options, run_conditional_fit
 from nfcli.samplers import Watch
 from nfcli.signals import stop_on_signals
 from nfcli.summary import (
@@ -54,7 +65,7 @@ from nfcli.summary import (
     to_json,
     variables_table,
 )
-from nfcli.targets import TARGETS
+from nfcli.targets import FAMILIES, TARGETS
 from nfcli.threads import Work, use_threads
 from nfcli.train import TrainingState
 
@@ -130,7 +141,7 @@ def unwrap(doc: str | None) -> str | None:
 
 # --- fit ---
 
-RUN_KEYS = ("target", "output", "vars", "force", "device", "const", "threads")
+RUN_KEYS = ("target", "output", "vars", "force", "device", "const", "threads", "condition")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -359,6 +370,16 @@ WindowOpt = Annotated[
 ]
 
 
+AtOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="For a conditional fit: the condition, e.g. --at theta=0.7 (plot and report also "
+        "take a grid, e.g. --at theta=-3:3:9; several conditions: --at a=0:1:3,b=2).",
+    ),
+]
+
+
 # An expression may begin with a minus sign ("-log(x) + x"), so unknown options are taken as the
 # target or extra arguments, and ``refuse_unknown`` then names real typos such as --iter.
 EXPRESSION_FIRST = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -425,12 +446,25 @@ def fit(
         typer.Option("--trust", help="With --resume: run the checkpoint's stored Python energy."),
     ] = False,
     const: ConstOpt = None,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            help="Make a variable of the expression a condition c and fit q(z | c) for every c "
+            "in LO..HI, e.g. --condition theta=-3.1416:3.1416 (repeatable). A family of targets "
+            "(u1_rotated, ring_width) has its conditions by default.",
+        ),
+    ] = None,
 ) -> None:
     """Fit a flow to exp(−U) and write model.pt, samples.npy, metrics.json and figures.
 
     Constants of an expression are bound after it, as in nfcli fit "(nu+1)/2*log(1 + x**2/nu)"
     nu=3 (or --const nu=3). Ctrl-C or SIGTERM finishes the current step, writes everything so far
-    and exits with 130; nfcli fit --resume model.pt then goes on."""
+    and exits with 130; nfcli fit --resume model.pt then goes on.
+
+    With --condition NAME=LO:HI (or a family of targets, such as u1_rotated), one conditional
+    flow q(z | c) is fitted to the whole family: model.pt, metrics.json (the trust report at a grid
+    of conditions) and loss.png; sample, logprob, plot and report then take --at NAME=VALUE."""
     bindings, rest = split_bindings(ctx.args)
     refuse_unknown(ctx, target, rest)
     flags = dict(
@@ -455,11 +489,21 @@ def fit(
         force=force,
         const=parse_constants([*bindings, *(const or [])]) or None,
     )
+    if resume is not None and condition:
+        raise NfcliError(
+            "--resume does not support conditional fits (--condition) yet: a conditional fit "
+            "runs all its --iters at once. Start a new conditional fit with more --iters."
+        )
+    if resume is None:
+        values = merge_config(flags, load_yaml(config) if config is not None else {})
+        conditions = _condition_texts(condition, values.get("condition"))
+        if conditions or str(values.get("target") or "").strip() in FAMILIES:
+            _fit_conditional(values, conditions, threads)
+            return
     if resume is not None:
         energy, cfg, state, out_dir, force = _resume_plan(resume, flags, config, trust)
         where = resolve_device(str(device or "cpu"))
     else:
-        values = merge_config(flags, load_yaml(config) if config is not None else {})
         if not values.get("target"):
             raise NfcliError(
                 "No target given. Pass an expression, a .py file or a built-in name "
@@ -510,6 +554,121 @@ def fit(
             f"{report.stop_message} The fit so far is in {out_dir}/ for inspection "
             "(nfcli plot shows where q went)."
         )
+
+
+def _condition_texts(flags: list[str] | None, from_yaml: Any) -> list[str]:
+    """--condition values, or the config file's condition: (one NAME=LO:HI or a list)."""
+    if flags:
+        return list(flags)
+    if from_yaml is None:
+        return []
+    items = [from_yaml] if isinstance(from_yaml, str) else from_yaml
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise NfcliError(
+            f"condition: {from_yaml!r} in the config file must be NAME=LO:HI or a list of them, "
+            "e.g. condition: theta=-3.1416:3.1416."
+        )
+    return items
+
+
+def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | None) -> None:
+    """``nfcli fit`` of a family of targets: ``run_conditional_fit``, its table, Ctrl-C → 130."""
+    if not values.get("target"):
+        raise NfcliError(
+            "No target given. Pass an expression with --condition NAME=LO:HI, or a family of "
+            f"targets ({', '.join(FAMILIES)}), e.g. nfcli fit u1_rotated."
+        )
+    cfg = make_config(values)
+    device = values.get("device")
+    cfg = check_conditional_options(cfg, str(device) if device is not None else None)
+    names = _split_vars(values.get("vars"))
+    constants = parse_constants(values.get("const"), "const: in the config file")
+    energy = load_conditional_energy(
+        str(values["target"]), parse_conditions(texts), names, constants
+    )
+    cfg.validate(energy.dim)
+    force = bool(values.get("force"))
+    out_dir = check_output(Path(values.get("output") or "."), force)
+    if threads is None and values.get("threads") is not None:
+        threads = str(values["threads"])
+    cfg = cfg.resolve(energy.dim)
+    use_threads(threads, Work(cfg.batch, energy.dim))
+    ranges = ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in energy.conditions)
+    with stop_on_signals() as stop, fit_progress() as progress:
+        err.print(
+            f"fitting {energy.energy.label} over ({', '.join(energy.names)}), D = {energy.dim}, "
+            f"for every {ranges}: {cfg.flow} K={cfg.K}, {cfg.iters} steps on cpu; Ctrl-C stops "
+            "after the current step and keeps the fit so far",
+            soft_wrap=True,
+        )
+        _, report = run_conditional_fit(
+            energy, cfg, out_dir, force, progress("fit", cfg.iters), stop
+        )
+    written = f"{out_dir}/ model.pt metrics.json loss.png"
+    err.print(conditional_table(report, report.points, report.summary, written))
+    if report.stopped == "interrupted":
+        err.print(
+            f"[bold yellow]{stop.name or 'interrupted'}[/]: stopped after step "
+            f"{report.steps_done} of {report.iters}; wrote the fit so far to {out_dir}/.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+
+
+def conditional_table(
+    report: ConditionalReport,
+    points: list[ConditionPoint],
+    summary: ConditionalSummary | None,
+    written: str | None = None,
+) -> Table:
+    """The trust report of a conditional fit per condition (one row each), then the mean and the
+    worst KL(q‖p) and the worst k̂ with where they are."""
+    conds = report.conditions
+    steps = (
+        f"{report.steps_done} of {report.iters} ({report.stopped})"
+        if report.stopped
+        else (f"{report.steps_done}")
+    )
+    t = Table(
+        title=f"nfcli conditional fit: {report.target}\n{report.flow}, K = {report.K}, "
+        f"D = {report.dim} ({', '.join(report.vars)}), conditions "
+        + ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in conds)
+        + f"; {steps} steps in {report.wall_time_s:.1f} s, final loss (β = 1) "
+        f"{report.final_loss_beta1:.4f}",
+        title_justify="left",
+    )
+    for c in conds:
+        t.add_column(c.name, justify="right")
+    for col in ("ELBO", "KL(q‖p)", "KL(p‖q)", "TV", "ESS", "k̂"):
+        t.add_column(col, justify="right")
+
+    def num(v: float | None, fmt: str = ".4f") -> str:
+        return "—" if v is None else format(v, fmt)
+
+    for p in points:
+        t.add_row(
+            *(f"{v:.4g}" for v in p.c),
+            num(p.elbo),
+            num(p.kl_qp),
+            num(p.kl_pq),
+            num(p.tv),
+            f"{p.ess_fraction:.1%}",
+            f"{p.khat:.2f}" if math.isfinite(p.khat) else "—",
+        )
+    if summary is not None:
+        blank = [""] * len(conds)
+        t.add_section()
+        t.add_row("mean", *blank[1:], "", num(summary.mean_kl_qp), "", "", "", "")
+        if summary.worst_kl_qp is not None and summary.worst_kl_at is not None:
+            at = ", ".join(f"{v:.4g}" for v in summary.worst_kl_at)
+            t.add_row("worst", *blank[1:], "", num(summary.worst_kl_qp), "", "", "", f"at {at}")
+        at = ", ".join(f"{v:.4g}" for v in summary.worst_khat_at)
+        t.add_row("worst k̂", *blank[1:], "", "", "", "", "", f"{summary.worst_khat:.2f} at {at}")
+    for w in report.warnings:
+        t.caption = (t.caption + "\n" if t.caption else "") + f"warning: {w}"
+    if written:
+        t.caption = (t.caption + "\n" if t.caption else "") + f"written: {written}"
+    return t
 
 
 RESUME_KEEPS = (
@@ -939,19 +1098,21 @@ def sample(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample)."""
+    """Draw samples from a fitted flow; needs only the checkpoint (and the energy to resample).
+    A conditional fit draws from q(z | c) at the one condition of --at."""
     if n <= 0:
         raise NfcliError(f"-n {n}: the number of samples must be positive, e.g. -n 10000.")
     check_sample_path(output, force)
-    ckpt = _load_to(model, device, dtype)
+    ckpt = _load_to(model, device, dtype, at, "sample")
     use_threads(threads, Work(n, ckpt.flow.dim))
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     if resample_:
         pool = pool if pool is not None else max(10 * n, 100_000)
         if pool <= 0:
             raise NfcliError(f"--pool {pool}: the pool must be positive, e.g. --pool 100000.")
-        energy = energy_from_source(ckpt.energy_source, trust)
+        energy = ckpt.energy(trust)
         samples, imp = resample(ckpt.flow, energy, n, pool, generator)
         err.print(
             f"resampled {n} from {pool:,} draws of q: ESS {imp.ess_fraction:.1%} of the pool "
@@ -964,13 +1125,89 @@ def sample(
         err.print(f"wrote {n} samples of {_count(ckpt.flow.dim, 'variable')} to {output}")
 
 
-def _load_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
-    """A checkpoint with its flow moved to ``device`` and ``dtype`` (default: CPU, as fitted)."""
+@dataclasses.dataclass
+class Loaded:
+    """The flow a command works on: a fit's q, or a conditional fit's q(·|c) at one c; its
+    variable names, and how to get its energy (p, or p(·|c))."""
+
+    flow: Any  # nfcli.flows.Flow
+    names: tuple[str, ...]
+    source: dict[str, Any]
+    checkpoint: Checkpoint | ConditionalCheckpoint
+    c: Any = None  # the condition (C,) of a conditional fit, else None
+
+    def energy(self, trust: bool = False) -> Energy:
+        whole = energy_from_source(self.source, trust)
+        ckpt = self.checkpoint
+        if isinstance(ckpt, ConditionalCheckpoint):
+            return ConditionalEnergy(whole, ckpt.conditions).at(self.c)
+        return whole
+
+
+def _load_to(
+    model: Path,
+    device: str | None,
+    dtype: str | None,
+    at: str | None = None,
+    command: str = "sample",
+) -> Loaded:
+    """A checkpoint's flow moved to ``device`` and ``dtype`` (default: CPU, as fitted); of a
+    conditional fit, q(·|c) at the one condition of ``at``."""
+    where = resolve_device(device or "cpu")
+    precision = resolve_dtype(dtype) if dtype else None
+    ckpt = load_any(model)
+    grid = _at_grid(ckpt, at, model, command)
+    if isinstance(ckpt, ConditionalCheckpoint):
+        if len(grid) != 1:
+            raise NfcliError(
+                f"--at {at} gives {len(grid)} conditions, and nfcli {command} works at one: give "
+                f"one value per condition, e.g. --at {_example_at(ckpt)} (nfcli plot and "
+                "nfcli report take a grid)."
+            )
+        c = grid[0]
+        flow = ckpt.flow.at(c.to(ckpt.flow.lo)).to(device=where, dtype=precision)
+        return Loaded(flow.eval(), ckpt.names, ckpt.energy_source, ckpt, c)
+    ckpt.flow = ckpt.flow.to(device=where, dtype=precision)
+    return Loaded(ckpt.flow, ckpt.names, ckpt.energy_source, ckpt)
+
+
+def _load_fit_to(model: Path, device: str | None, dtype: str | None) -> Checkpoint:
+    """A fit to one target (a conditional fit is refused) with its flow moved to ``device`` and
+    ``dtype`` (default: CPU, as fitted)."""
     where = resolve_device(device or "cpu")
     precision = resolve_dtype(dtype) if dtype else None
     ckpt = load_checkpoint(model)
     ckpt.flow = ckpt.flow.to(device=where, dtype=precision)
     return ckpt
+
+
+def _example_at(ckpt: ConditionalCheckpoint) -> str:
+    return ",".join(f"{c.name}={(c.lo + c.hi) / 2:.3g}" for c in ckpt.conditions)
+
+
+def _at_grid(
+    ckpt: Checkpoint | ConditionalCheckpoint, at: str | None, model: Path, command: str
+) -> Any:
+    """The conditions of ``--at`` (M, C) for a conditional fit (which needs it); None for a fit
+    to one target (which refuses it)."""
+    if isinstance(ckpt, ConditionalCheckpoint):
+        if at is None:
+            raise NfcliError(
+                f"{model} is a conditional fit, q(z | {', '.join(ckpt_names(ckpt))}), so nfcli "
+                f"{command} needs the condition: give --at with a value for each of "
+                f"{ckpt.describe_conditions()}, e.g. --at {_example_at(ckpt)}."
+            )
+        return parse_at(at, ckpt.conditions)
+    if at is not None:
+        raise NfcliError(
+            f"--at {at}: {model} is a fit to one target, not a conditional fit (nfcli fit "
+            "--condition), so it has no conditions to set. Drop --at."
+        )
+    return None
+
+
+def ckpt_names(ckpt: ConditionalCheckpoint) -> list[str]:
+    return [c.name for c in ckpt.conditions]
 
 
 @app.command()
@@ -983,13 +1220,15 @@ def logprob(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """The fitted density ln q at each point, exact (by inverting the flow), in float64."""
+    """The fitted density ln q at each point, exact (by inverting the flow), in float64. For a
+    conditional fit, ln q(z | c) at the one condition of --at."""
     check_sample_path(output, force)
-    ckpt = load_checkpoint(model)
-    at = load_points(points, ckpt.flow.dim, ckpt.names)
-    use_threads(threads, Work(len(at), ckpt.flow.dim))
-    log_q = log_prob(ckpt.flow, at)
+    loaded = _load_to(model, None, None, at, "logprob")
+    zs = load_points(points, loaded.flow.dim, loaded.names)
+    use_threads(threads, Work(len(zs), loaded.flow.dim))
+    log_q = log_prob(loaded.flow, zs)
     save_samples(log_q[:, None], output, ["log_q"])
     if output != "-":
         err.print(f"wrote ln q of {len(log_q)} points to {output}")
@@ -1016,8 +1255,13 @@ def plot(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
+    at: AtOpt = None,
 ) -> None:
-    """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2)."""
+    """Draw a checkpoint's figures: density (D ≤ 2), layers, loss, and pairs (D > 2).
+
+    A conditional fit with --at (a value or a grid): conditional.png, the target and q side by
+    side at each condition (2-D: density images; 1-D: curves), and with one condition kl.png,
+    KL(q‖p) and KL(p‖q) against it."""
     opts = FigureOptions(
         format,
         dpi,
@@ -1026,7 +1270,25 @@ def plot(
         _split_vars(show) if show else None,
     )
     opts.validate()
-    ckpt = _load_to(model, device, dtype)
+    whole = load_any(model)
+    if isinstance(whole, ConditionalCheckpoint):
+        grid = _at_grid(whole, at, model, "plot")
+        if layers or show or device or dtype:
+            raise NfcliError(
+                "nfcli plot --at draws conditional.png and kl.png on the CPU; --layers, --show, "
+                "--device and --dtype apply to a fit to one target only. Drop them."
+            )
+        use_threads(threads, Work(N_SAMPLES * len(grid), whole.flow.dim))
+        out_dir = ensure_dir(output if output is not None else model.parent)
+        energy = ConditionalEnergy(energy_from_source(whole.energy_source, trust), whole.conditions)
+        points = None
+        if whole.flow.dim <= 2:
+            points = evaluate_at(whole.flow, energy, grid, PLOT_DRAWS, whole.config.seed)
+        for path in write_conditional_figures(whole, energy, grid, out_dir, opts, points):
+            err.print(f"wrote {path}")
+        return
+    _at_grid(whole, at, model, "plot")  # refuses --at
+    ckpt = _load_fit_to(model, device, dtype)
     opts.validate(ckpt.names, ckpt.config.K)
     use_threads(threads, Work(N_SAMPLES, ckpt.flow.dim))
     out_dir = ensure_dir(output if output is not None else model.parent)
@@ -1041,13 +1303,36 @@ def plot(
         err.print(f"wrote {path}")
 
 
+PLOT_DRAWS = 10_000  # draws of q(·|c) per condition for plot --at's KL numbers
+
+
 @app.command()
 @user_errors
-def report(model: Path = typer.Argument(..., help="A model.pt written by nfcli fit.")) -> None:
-    """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint."""
-    ckpt = load_checkpoint(model)
-    out.print(summary_table(ckpt.report))
-    out.print(flow_summary_table(ckpt.flow, ckpt.names))
+def report(
+    model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
+    at: AtOpt = None,
+    trust: bool = typer.Option(
+        False, "--trust", help="With --at: run the checkpoint's stored Python-file energy."
+    ),
+    n: int = option(REPORT_DRAWS, "-n", help="With --at: draws of q(·|c) per condition."),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Print a fit's trust report (diagnostics and verdict) again, from its checkpoint.
+
+    A conditional fit with --at (a value or a grid): the trust report at each condition (ELBO,
+    KL(q‖p), KL(p‖q) and TV by quadrature in 1-2 D, ESS, k̂), with the mean and the worst."""
+    whole = load_any(model)
+    grid = _at_grid(whole, at, model, "report")
+    if isinstance(whole, ConditionalCheckpoint):
+        if n <= 0:
+            raise NfcliError(f"-n {n}: the number of draws must be positive, e.g. -n 20000.")
+        use_threads(threads, Work(n, whole.flow.dim))
+        energy = ConditionalEnergy(energy_from_source(whole.energy_source, trust), whole.conditions)
+        points = evaluate_at(whole.flow, energy, grid, n, whole.config.seed)
+        out.print(conditional_table(whole.report, points, summarise(points)))
+        return
+    out.print(summary_table(whole.report))
+    out.print(flow_summary_table(whole.flow, whole.names))
 
 
 @app.command()
@@ -1084,7 +1369,7 @@ def summary(
             + ("the pool must be positive" if resample_ else "only --resample weights a pool")
             + ", e.g. nfcli summary model.pt --resample --pool 100000."
         )
-    ckpt = _load_to(model, device, dtype)
+    ckpt = _load_fit_to(model, device, dtype)
     energy = energy_from_source(ckpt.energy_source, trust) if resample_ else None
     generator = make_generator(ckpt.flow.base.loc.device, seed)
     s = summarise_flow(ckpt.flow, ckpt.names, pool or n, generator, energy)

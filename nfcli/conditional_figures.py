@@ -1,0 +1,187 @@
+"""The figures of a conditional fit at given conditions (``nfcli plot MODEL --at ...``).
+
+conditional.png: at each condition c of the grid, the target p(·|c) and the fitted q(·|c) side by
+side: in 2-D one row per c, the two density images on one colour scale (0 to the row's larger
+maximum); in 1-D one panel per c with both curves. p(·|c) = exp(−U(z; c) − ln Z(c)), ln Z(c) by
+quadrature (``nfcli.diagnostics.choose_window``) on a window that holds q's draws and p's mass;
+q(·|c) is exact (``ConditionalFlow.at(c)``).
+
+kl.png (one condition, D ≤ 2): KL(q‖p) and KL(p‖q) against the condition, from
+``nfcli.conditional_report.evaluate_at``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from nfcli.checkpoint import ConditionalCheckpoint
+from nfcli.conditional_report import ConditionPoint
+from nfcli.conditions import Condition, ConditionalEnergy
+from nfcli.diagnostics import Window, choose_window, log_prob
+from nfcli.errors import NfcliError
+from nfcli.figures import GRID, FigureOptions, range_1d
+from nfcli.plots import (
+    _image,
+    density_grid,
+    fit_title,
+    mass_window,
+    sample_window,
+    save_figure,
+    union,
+)
+
+N_DRAWS = 5_000  # draws of q(·|c) that place the window
+PANELS_PER_ROW_1D = 4
+
+
+def at_label(conditions: Sequence[Condition], c: Sequence[float]) -> str:
+    """'theta = 0.7' (several: 'a = 0, b = 2')."""
+    return ", ".join(f"{cond.name} = {v:.4g}" for cond, v in zip(conditions, c, strict=True))
+
+
+def _panel_2d(flow_q, energy_p, window: Window | None, seed: int) -> tuple[Window, Tensor, Tensor]:
+    """The window, and q's and p's densities (normalised) on it, as (GRID, GRID) images."""
+    with torch.no_grad():
+        samples = flow_q.sample(N_DRAWS, torch.Generator().manual_seed(seed)).double()
+    grid = choose_window(samples, energy_p)
+    if window is None:
+        window = sample_window(samples)
+        if math.isfinite(grid.log_z):
+            window = union(window, mass_window(grid))
+    q = density_grid(flow_q.log_prob, window, GRID, torch.float64)
+    log_z = grid.log_z if math.isfinite(grid.log_z) else 0.0
+    p = density_grid(lambda x: -energy_p(x) - log_z, window, GRID, torch.float64)
+    if not math.isfinite(grid.log_z):  # no quadrature: normalise on the drawn window itself
+        (x0, x1), (y0, y1) = window
+        p = p / (p.sum() * (x1 - x0) * (y1 - y0) / GRID**2).clamp_min(1e-300)
+    return window, q, p
+
+
+def _curves_1d(flow_q, energy_p, window: Window | None, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """xs and q's and p's densities on them (p normalised by quadrature or on xs)."""
+    with torch.no_grad():
+        samples = flow_q.sample(N_DRAWS, torch.Generator().manual_seed(seed)).double()
+    grid = choose_window(samples, energy_p)
+    if window is not None:
+        lo, hi = window[0]
+    else:
+        lo, hi = range_1d(samples)
+        if math.isfinite(grid.log_z):
+            lo, hi = min(lo, grid.window[0][0]), max(hi, grid.window[0][1])
+    xs = torch.linspace(lo, hi, 1000, dtype=torch.float64)
+    q = log_prob(flow_q, xs[:, None]).exp()
+    with torch.no_grad():
+        neg_u = torch.nan_to_num(-energy_p(xs[:, None]).double(), nan=-math.inf)
+    if math.isfinite(grid.log_z):
+        log_z = grid.log_z
+    else:
+        log_z = torch.logsumexp(neg_u, 0).item() + math.log((xs[1] - xs[0]).item())
+    return xs, q, (neg_u - log_z).exp()
+
+
+def conditional_density_figure(
+    ckpt: ConditionalCheckpoint,
+    energy: ConditionalEnergy,
+    grid: Tensor,
+    window: Window | None = None,
+    points: Sequence[ConditionPoint] | None = None,
+) -> Figure:
+    """Target | q at each row of ``grid`` (M, C): see the module's docstring. ``points``: the
+    diagnostics at the same conditions, for KL(q‖p) in each panel's title."""
+    flow, names, conds = ckpt.flow, ckpt.names, ckpt.conditions
+    title = f"{ckpt.report.target}: {ckpt.config.flow} flow, K = {ckpt.config.K}, conditional"
+    M = len(grid)
+    kls = [p.kl_qp for p in points] if points is not None else [None] * M
+
+    def label(i: int) -> str:
+        kl = kls[i]
+        return at_label(conds, grid[i].tolist()) + (
+            f"   KL(q‖p) = {kl:.4f}" if kl is not None else ""
+        )
+
+    if flow.dim == 2:
+        fig, axes = plt.subplots(
+            M, 2, figsize=(8.4, 3.4 * M + 0.6), squeeze=False, layout="constrained"
+        )
+        for i, c in enumerate(grid):
+            q_flow = flow.at(c.float()).double()
+            win, q, p = _panel_2d(q_flow, energy.at(c), window, ckpt.config.seed + i)
+            vmax = max(float(q.max()), float(p.max())) or 1.0
+            for ax, (what, img) in zip(axes[i], (("target p", p), ("fitted q", q)), strict=True):
+                im = _image(ax, img, win, 0.0, vmax, "viridis")
+                ax.set_title(f"{what}: {label(i)}", fontsize=9)
+                ax.set_xlabel(names[0])
+                ax.set_ylabel(names[1])
+            fig.colorbar(im, ax=list(axes[i]), shrink=0.85)
+    elif flow.dim == 1:
+        cols = min(M, PANELS_PER_ROW_1D)
+        rows = math.ceil(M / cols)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(3.6 * cols, 2.9 * rows + 0.6), squeeze=False, layout="constrained"
+        )
+        for i, c in enumerate(grid):
+            ax = axes[i // cols][i % cols]
+            q_flow = flow.at(c.float()).double()
+            xs, q, p = _curves_1d(q_flow, energy.at(c), window, ckpt.config.seed + i)
+            ax.plot(xs.numpy(), p.numpy(), color="k", ls="--", label="target p")
+            ax.plot(xs.numpy(), q.numpy(), color="C0", label="fitted q")
+            ax.set_title(label(i), fontsize=9)
+            ax.set_xlabel(names[0])
+            if i == 0:
+                ax.legend(fontsize=8)
+        for j in range(M, rows * cols):
+            axes[j // cols][j % cols].axis("off")
+    else:
+        raise NfcliError(
+            f"nfcli plot --at draws the target and q side by side in 1-D and 2-D; this fit has "
+            f"D = {flow.dim} ({', '.join(names)}). Use nfcli report --at for its numbers per "
+            "condition, or nfcli sample --at to draw from q at one condition."
+        )
+    fit_title(fig, title, fontsize="large")
+    return fig
+
+
+def kl_figure(points: Sequence[ConditionPoint], condition: Condition, title: str) -> Figure:
+    """KL(q‖p) and KL(p‖q) (nats) against one condition, at the points that have them."""
+    have = [p for p in points if p.kl_qp is not None]
+    xs = [p.c[0] for p in have]
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    ax.plot(xs, [p.kl_qp for p in have], "o-", color="C0", label="KL(q‖p)")
+    ax.plot(xs, [p.kl_pq for p in have], "s--", color="C1", label="KL(p‖q)")
+    ax.set_xlabel(condition.name)
+    ax.set_ylabel("nats")
+    ax.set_xlim(condition.lo, condition.hi)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fit_title(fig, title, fontsize="large")
+    return fig
+
+
+def write_conditional_figures(
+    ckpt: ConditionalCheckpoint,
+    energy: ConditionalEnergy,
+    grid: Tensor,
+    out: Path,
+    options: FigureOptions | None = None,
+    points: Sequence[ConditionPoint] | None = None,
+) -> list[Path]:
+    """conditional.png, and kl.png when there is one condition, D ≤ 2 and ``points`` (the
+    diagnostics at ``grid``); returns the paths."""
+    opts = options or FigureOptions()
+    fig = conditional_density_figure(ckpt, energy, grid, opts.window, points)
+    paths = [save_figure(fig, out / f"conditional.{opts.format}", opts.dpi)]
+    if points is not None and len(ckpt.conditions) == 1 and ckpt.flow.dim <= 2 and len(grid) > 1:
+        title = f"{ckpt.report.target}: KL per condition"
+        fig = kl_figure(points, ckpt.conditions[0], title)
+        paths.append(save_figure(fig, out / f"kl.{opts.format}", opts.dpi))
+    return paths

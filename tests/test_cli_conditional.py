@@ -1,0 +1,223 @@
+"""The conditional fit from the command line (issue 16): nfcli fit --condition (and a family
+name), then sample, logprob, plot and report with --at, the checkpoint's round trip, and every
+refusal (exit code 2, one paragraph)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nfcli.checkpoint import (
+    ConditionalCheckpoint,
+    load_any,
+    load_checkpoint,
+    load_conditional_checkpoint,
+    save_conditional_checkpoint,
+    versions,
+)
+from nfcli.conditional import ConditionalFlow
+from nfcli.conditional_metrics import ConditionalReport
+from nfcli.conditions import Condition
+from nfcli.config import FitConfig
+from tests.clitools import assert_refused, run
+
+ONE_TARGET = "tests/data/format1_planar.pt"  # a fit to one target (an old format, still read)
+
+
+@pytest.fixture(scope="module")
+def fit1d(tmp_path_factory):
+    """N(m, 1) for m in [−1, 1], 1-D: a short conditional fit."""
+    out = tmp_path_factory.mktemp("cond1d")
+    r = run(
+        "fit", "(x - m)**2/2", "--condition", "m=-1:1", "--iters", 300, "--batch", 256, "-o", out
+    )
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_fit_writes_the_model_metrics_and_loss(fit1d):
+    assert {p.name for p in fit1d.iterdir()} >= {"model.pt", "metrics.json", "loss.png"}
+    metrics = json.loads((fit1d / "metrics.json").read_text())
+    assert metrics["kind"] == "conditional"
+    assert metrics["conditions"] == [{"name": "m", "lo": -1.0, "hi": 1.0}]
+    assert [p["c"][0] for p in metrics["points"]] == pytest.approx(np.linspace(-1, 1, 16))
+    # N(m, 1) is within a planar flow's reach: every point is close, and the summary says so
+    assert max(p["kl_qp"] for p in metrics["points"]) < 0.05
+    assert metrics["summary"]["worst_kl_qp"] == max(p["kl_qp"] for p in metrics["points"])
+    ckpt = load_any(fit1d / "model.pt")
+    assert isinstance(ckpt, ConditionalCheckpoint)
+    assert ckpt.names == ("x",) and ckpt.config.iters == 300
+    assert len(ckpt.history["loss"]) == 300
+
+
+def test_sample_and_logprob_at_one_condition(fit1d, tmp_path):
+    draws = tmp_path / "draws.npy"
+    r = run("sample", fit1d / "model.pt", "-n", 4000, "--at", "m=0.5", "-o", draws)
+    assert r.exit_code == 0, r.output
+    z = np.load(draws)
+    assert z.shape == (4000, 1)
+    assert abs(z.mean() - 0.5) < 0.1 and abs(z.std() - 1) < 0.1
+    logq = tmp_path / "logq.npy"
+    r = run("logprob", fit1d / "model.pt", draws, "--at", "m=0.5", "-o", logq)
+    assert r.exit_code == 0, r.output
+    ckpt = load_conditional_checkpoint(fit1d / "model.pt")
+    c = torch.tensor([[0.5]])
+    expected = ckpt.flow.double().log_prob(c, torch.from_numpy(z).double()[None])[0]
+    np.testing.assert_allclose(np.load(logq)[:, 0], expected.numpy(), rtol=1e-6, atol=1e-6)
+    # the density of N(0.5, 1) at its draws, to within the fit's error
+    exact = -0.5 * (z[:, 0] - 0.5) ** 2 - 0.5 * np.log(2 * np.pi)
+    assert np.abs(np.load(logq)[:, 0] - exact).mean() < 0.05
+
+
+def test_report_at_a_grid_prints_each_condition_and_the_worst(fit1d):
+    r = run("report", fit1d / "model.pt", "--at", "m=-1:1:3", "-n", 2000)
+    assert r.exit_code == 0, r.output
+    for word in ("KL(q‖p)", "KL(p‖q)", "TV", "ESS", "mean", "worst"):
+        assert word in r.output
+    rows = [line for line in r.output.splitlines() if line.strip("│ ").startswith(("-1 ", "0 "))]
+    assert len(rows) == 2, r.output
+
+
+def test_plot_at_a_grid_writes_the_figures(fit1d, tmp_path):
+    r = run("plot", fit1d / "model.pt", "--at", "m=-1:1:3", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "conditional.png").stat().st_size > 10_000
+    assert (tmp_path / "kl.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("sample", "{m}"), "needs the condition: give --at with a value for each of m in [-1, 1]"),
+        (("logprob", "{m}", "{m}"), "needs the condition"),
+        (("report", "{m}"), "needs the condition"),
+        (("plot", "{m}"), "needs the condition"),
+        (
+            ("sample", "{m}", "--at", "m=-1:1:3"),
+            "gives 3 conditions, and nfcli sample works at one",
+        ),
+        (
+            ("sample", "{m}", "--at", "m=2"),
+            "outside the range the flow was trained on, m in [-1, 1]",
+        ),
+        (("report", "{m}", "--at", "m=-3:0:4"), "m in [-1, 1]"),
+        (("sample", "{m}", "--at", "s=0"), "s is not a condition of this fit"),
+        (("summary", "{m}"), "is a conditional fit, q(z | m) over m in [-1, 1]"),
+        (("mcmc", "{m}"), "is a conditional fit"),
+        (("sample", ONE_TARGET, "--at", "m=0"), "is a fit to one target, not a conditional fit"),
+        (("report", ONE_TARGET, "--at", "m=0"), "Drop --at"),
+        (("plot", ONE_TARGET, "--at", "m=0"), "Drop --at"),
+    ],
+)
+def test_refusals_with_a_model(fit1d, args, fragment):
+    model = str(fit1d / "model.pt")
+    assert_refused(run(*(a.replace("{m}", model) for a in args)), fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--restarts", 2), "does not support --restarts 2"),
+        (("--start", "mode"), "does not support --start mode"),
+        (("--device", "cuda"), "--device cuda (conditional fits run on the CPU)"),
+        (("--resume", ONE_TARGET), "--resume does not support conditional fits"),
+    ],
+)
+def test_unsupported_options_are_refused(tmp_path, args, fragment):
+    r = run("fit", "(x - m)**2/2", "--condition", "m=-1:1", *args, "-o", tmp_path)
+    assert_refused(r, fragment)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_condition_in_the_config_file(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("target: (x - m)**2/2\ncondition: m=-1:1\nrestarts: 2\n")
+    assert_refused(run("fit", "--config", cfg, "-o", tmp_path), "does not support --restarts 2")
+    cfg.write_text("target: (x - m)**2/2\ncondition: {m: 1}\n")
+    assert_refused(run("fit", "--config", cfg, "-o", tmp_path), "must be NAME=LO:HI")
+
+
+def test_a_condition_the_expression_lacks_is_refused(tmp_path):
+    r = run("fit", "(x - m)**2/2", "--condition", "k=0:1", "-o", tmp_path)
+    assert_refused(r, "the target has no variable of that name")
+
+
+def test_family_in_two_dimensions(tmp_path):
+    """u1_rotated takes its condition, theta in [−π, π], by default; plot draws target | q."""
+    # realnvp: its inverse (for KL(p‖q) on the quadrature grid) is cheap, unlike planar's
+    fit_args = ("u1_rotated", "--flow", "realnvp", "--K", 2, "--iters", 200, "--batch", 128)
+    r = run("fit", *fit_args, "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    ckpt = load_conditional_checkpoint(tmp_path / "model.pt")
+    assert [c.name for c in ckpt.conditions] == ["theta"] and ckpt.names == ("z1", "z2")
+    assert ckpt.energy_source["name"] == "u1_rotated"
+    assert len(ckpt.report.points) == 16
+    assert all(p.kl_qp is not None and p.tv is not None for p in ckpt.report.points)
+    r = run("plot", tmp_path / "model.pt", "--at", "theta=-1:1:2", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "conditional.png").exists() and (tmp_path / "kl.png").exists()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """A conditional checkpoint reloads to the same q(z | c), bit for bit, and its report."""
+    torch.manual_seed(3)
+    flow = ConditionalFlow(
+        2, FitConfig(flow="realnvp", K=2).resolve(2).architecture(2), [-1.0], [1.0]
+    )
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    conditions = [Condition("a", -1.0, 1.0)]
+    report = ConditionalReport(
+        "t", 2, ["x", "y"], conditions, "realnvp", 2, 10, 10, 16, None, 1.0, 0.5, 0.5, 100
+    )
+    source = {
+        "kind": "expression",
+        "text": "x**2/2 + (y - a)**2/2",
+        "path": None,
+        "name": None,
+        "vars": ["x", "y", "a"],
+    }
+    ckpt = ConditionalCheckpoint(
+        flow,
+        FitConfig(flow="realnvp", K=2),
+        16,
+        source,
+        conditions,
+        {"loss": torch.zeros(10), "loss_beta1": torch.zeros(10)},
+        report,
+        versions(),
+    )
+    save_conditional_checkpoint(tmp_path / "model.pt", ckpt)
+    back = load_conditional_checkpoint(tmp_path / "model.pt")
+    c = torch.tensor([[-0.7], [0.2], [1.0]])
+    y = torch.randn(3, 50, 2)
+    assert torch.equal(flow.log_prob(c, y), back.flow.log_prob(c, y))
+    assert back.report == report and back.conditions == conditions
+    assert_refused_call(lambda: load_checkpoint(tmp_path / "model.pt"), "is a conditional fit")
+    assert_refused_call(lambda: load_conditional_checkpoint(ONE_TARGET), "is a fit to one target")
+
+
+def assert_refused_call(fn, fragment):
+    from nfcli.errors import NfcliError
+
+    with pytest.raises(NfcliError) as e:
+        fn()
+    assert fragment in str(e.value)
+
+
+def test_a_stopped_fit_writes_what_it_did(tmp_path):
+    """stop() (Ctrl-C in nfcli fit) ends the fit after the step; the files say how far it got."""
+    from nfcli.conditions import load_conditional_energy, parse_conditions
+    from nfcli.run_conditional import run_conditional_fit
+
+    energy = load_conditional_energy("(x - m)**2/2", parse_conditions(["m=-1:1"]))
+    steps = iter(range(100))
+    _, report = run_conditional_fit(
+        energy, FitConfig(iters=1000, batch=64), tmp_path, stop=lambda: next(steps) >= 9, draws=500
+    )
+    assert report.stopped == "interrupted" and report.steps_done == 10
+    back = load_conditional_checkpoint(tmp_path / "model.pt")
+    assert back.report.steps_done == 10 and len(back.history["loss"]) == 10
+    assert "stopped while annealing" in back.report.warnings[0]
