@@ -1270,6 +1270,9 @@ def plot(
         _split_vars(show) if show else None,
     )
     opts.validate()
+    resolve_device(device or "cpu")  # a bad --device or --dtype is refused before loading
+    if dtype:
+        resolve_dtype(dtype)
     whole = load_any(model)
     if isinstance(whole, ConditionalCheckpoint):
         grid = _at_grid(whole, at, model, "plot")

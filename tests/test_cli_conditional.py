@@ -30,7 +30,7 @@ def fit1d(tmp_path_factory):
     """N(m, 1) for m in [−1, 1], 1-D: a short conditional fit."""
     out = tmp_path_factory.mktemp("cond1d")
     r = run(
-        "fit", "(x - m)**2/2", "--condition", "m=-1:1", "--iters", 300, "--batch", 256, "-o", out
+        "fit", "(x - m)**2/2", "--condition", "m=-1:1", "--iters", 800, "--batch", 256, "-o", out
     )
     assert r.exit_code == 0, r.output
     return out
@@ -47,8 +47,8 @@ def test_fit_writes_the_model_metrics_and_loss(fit1d):
     assert metrics["summary"]["worst_kl_qp"] == max(p["kl_qp"] for p in metrics["points"])
     ckpt = load_any(fit1d / "model.pt")
     assert isinstance(ckpt, ConditionalCheckpoint)
-    assert ckpt.names == ("x",) and ckpt.config.iters == 300
-    assert len(ckpt.history["loss"]) == 300
+    assert ckpt.names == ("x",) and ckpt.config.iters == 800
+    assert len(ckpt.history["loss"]) == 800
 
 
 def test_sample_and_logprob_at_one_condition(fit1d, tmp_path):
