@@ -210,6 +210,8 @@ def load_conditional_energy(
             f"{target}: a conditional fit needs at least one condition; name it and its range "
             "with --condition NAME=LO:HI, e.g. --condition theta=-3.1416:3.1416."
         )
+    if target.strip().endswith(".py"):
+        return _file_family(target, conditions, names)
     whole = load_energy(target, None, constants, check_proper=False)
     cond_names = [c.name for c in conditions]
     absent = [n for n in cond_names if n not in whole.names]
@@ -228,3 +230,25 @@ def load_conditional_energy(
     if family is not None:
         energy.source["name"] = family.name
     return ConditionalEnergy(energy, list(conditions))
+
+
+def _file_family(
+    target: str, conditions: Sequence[Condition], names: Sequence[str] | None
+) -> ConditionalEnergy:
+    """A Python file's family: its CONDITION names, each given a range by ``conditions``."""
+    energy = load_energy(target, names, conditional=True)
+    declared = energy.source.get("conditions") or []
+    if not declared:
+        raise NfcliError(
+            f"{target} lists no CONDITION, so it is one target, not a family. Fit it without "
+            '--condition, or add CONDITION = ["theta"] and take c in energy(z, c).'
+        )
+    given = {c.name: c for c in conditions}
+    if sorted(given) != sorted(declared):
+        raise NfcliError(
+            f"{target} lists CONDITION = {declared}; --condition must give a range for each of "
+            f"them and nothing else (it gave {', '.join(given) or 'none'}), e.g. "
+            + " ".join(f"--condition {n}=LO:HI" for n in declared)
+            + "."
+        )
+    return ConditionalEnergy(energy, [given[n] for n in declared])

@@ -11,7 +11,15 @@ A Python file is the user's own code and running it runs that code. It must defi
     def energy(z):               # z: torch tensor (N, D) → (N,) energies
         ...
 
-and may define ``NAMES`` (one name per column) for axis labels and CSV headers.
+and may define ``NAMES`` (one name per column) for axis labels and CSV headers. A file for a
+family of targets (``nfcli fit FILE --condition c=LO:HI``) also lists its conditions and takes
+them as a second argument:
+
+    CONDITION = ["theta"]        # the condition variables c
+    def energy(z, c):            # z (N, D), c (N, C) → (N,) energies U(z; c)
+
+Such a file's Energy is over (z, c), z's columns first, with ``source["conditions"]`` naming c;
+only a conditional fit takes it (``load_energy(..., conditional=True)``).
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ def load_energy(
     names: Sequence[str] | None = None,
     constants: Mapping[str, float] | None = None,
     check_proper: bool = True,
+    conditional: bool = False,
 ) -> Energy:
     """Resolve a TARGET string (built-in name, ``.py`` path, or expression) to an Energy.
 
@@ -109,7 +118,16 @@ def load_energy(
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise NfcliError(f"Cannot read the energy file {target}: {e}.") from None
-        return energy_from_file_text(text, str(path.resolve()), names)
+        energy = energy_from_file_text(text, str(path.resolve()), names)
+        declared = energy.source.get("conditions")
+        if declared and not conditional:
+            raise NfcliError(
+                f"{target} is a family of targets: it lists CONDITION = {declared} and its "
+                f"energy(z, c) takes them. Fit it with their ranges, e.g. nfcli fit {target} "
+                + " ".join(f"--condition {n}=LO:HI" for n in declared)
+                + ", or write a file without CONDITION."
+            )
+        return energy
     refuse_names_and_paths(target)
     expr = parse(target, names, constants)
     if check_proper:
@@ -241,6 +259,9 @@ def energy_from_file_text(text: str, path: str, names: Sequence[str] | None) -> 
             "tensor of shape (N, D) and returns the N energies U(z)."
         )
     file_names = _file_names(module, path)
+    conditions = _file_conditions(module, path)
+    if conditions and names is not None and len(names) == len(file_names) + len(conditions):
+        names = names[: len(file_names)]  # a checkpoint's vars: z's names, then c's
     if names is not None:
         if len(names) != len(file_names):
             raise NfcliError(
@@ -248,10 +269,33 @@ def energy_from_file_text(text: str, path: str, names: Sequence[str] | None) -> 
                 "Give one name per dimension."
             )
         file_names = tuple(names)
+    if conditions:
+        D = len(file_names)
+        family, fn = fn, lambda zc: family(zc[:, :D], zc[:, D:])
+        file_names = (*file_names, *conditions)
     source = _source("file", text, path, None, file_names)
+    if conditions:
+        source["conditions"] = list(conditions)
     energy = Energy(fn, file_names, source)
     check_energy(energy)
     return energy
+
+
+def _file_conditions(module: types.ModuleType, path: str) -> tuple[str, ...]:
+    """The file's CONDITION names (empty without one)."""
+    conditions = getattr(module, "CONDITION", None)
+    if conditions is None:
+        return ()
+    if not (
+        isinstance(conditions, (list, tuple))
+        and conditions
+        and all(isinstance(n, str) and n.isidentifier() for n in conditions)
+    ):
+        raise NfcliError(
+            f"CONDITION in {path} must be a list of condition names, e.g. CONDITION = "
+            '["theta"], and energy(z, c) must take them as its second argument.'
+        )
+    return tuple(conditions)
 
 
 def _file_names(module: types.ModuleType, path: str) -> tuple[str, ...]:

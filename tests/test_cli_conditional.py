@@ -221,3 +221,21 @@ def test_a_stopped_fit_writes_what_it_did(tmp_path):
     back = load_conditional_checkpoint(tmp_path / "model.pt")
     assert back.report.steps_done == 10 and len(back.history["loss"]) == 10
     assert "stopped while annealing" in back.report.warnings[0]
+
+
+def test_a_python_file_family_fits_and_its_stored_code_needs_trust(tmp_path):
+    """CONDITION = ["m", "s"] with energy(z, c): fitted with a range for each; the report at a
+    condition reruns the stored file only with --trust."""
+    source = tmp_path / "fam.py"
+    source.write_text(
+        'NAMES = ["x"]\nCONDITION = ["m", "s"]\n\n'
+        "def energy(z, c):\n    return 0.5 * ((z[:, 0] - c[:, 0]) / c[:, 1]) ** 2\n"
+    )
+    assert_refused(run("fit", source, "-o", tmp_path / "a"), "is a family of targets")
+    args = ["--condition", "m=-1:1", "--condition", "s=0.5:2", "--iters", 100, "--batch", 64]
+    r = run("fit", source, *args, "-o", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "b" / "model.pt"
+    assert_refused(run("report", model, "--at", "m=0,s=1"), "--trust")
+    r = run("report", model, "--at", "m=0,s=1", "--trust", "-n", 2000)
+    assert r.exit_code == 0, r.output

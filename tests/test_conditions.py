@@ -113,3 +113,52 @@ def test_conditions_must_be_variables_of_the_target_and_leave_some_z():
         parse_conditions(["a=0:1", "a=0:2"])
     with pytest.raises(NfcliError, match="needs at least one condition"):
         load_conditional_energy("x**2 + y**2", [])
+
+
+FAMILY_FILE = """
+NAMES = ["x", "y"]
+CONDITION = ["m", "s"]
+
+def energy(z, c):
+    return 0.5 * ((z[:, 0] - c[:, 0]) / c[:, 1]) ** 2 + 0.5 * z[:, 1] ** 2
+"""
+
+
+def test_a_python_file_family_takes_its_conditions_as_a_second_argument(tmp_path):
+    path = tmp_path / "fam.py"
+    path.write_text(FAMILY_FILE)
+    energy = load_conditional_energy(str(path), parse_conditions(["s=0.5:2", "m=-1:1"]))
+    assert energy.names == ("x", "y") and [c.name for c in energy.conditions] == ["m", "s"]
+    z = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    c = torch.tensor([[0.5, 2.0], [1.0, 0.5]], dtype=torch.float64)
+    expected = torch.tensor([0.5 * 0.25**2 + 2.0, 0.5 * 4.0], dtype=torch.float64)
+    torch.testing.assert_close(energy(z[:, None], c)[:, 0], expected)
+    assert energy.energy.source["conditions"] == ["m", "s"]
+
+
+@pytest.mark.parametrize(
+    "conditions, fragment",
+    [
+        (["m=-1:1"], "--condition must give a range for each of them"),
+        (["m=-1:1", "s=1:2", "t=0:1"], "(it gave m, s, t)"),
+    ],
+)
+def test_a_file_familys_conditions_must_all_have_ranges(tmp_path, conditions, fragment):
+    path = tmp_path / "fam.py"
+    path.write_text(FAMILY_FILE)
+    with pytest.raises(NfcliError) as e:
+        load_conditional_energy(str(path), parse_conditions(conditions))
+    assert fragment in str(e.value)
+
+
+def test_a_file_family_is_refused_as_one_target_and_a_plain_file_as_a_family(tmp_path):
+    family, plain = tmp_path / "fam.py", tmp_path / "one.py"
+    family.write_text(FAMILY_FILE)
+    plain.write_text("DIM = 1\n\ndef energy(z):\n    return z[:, 0] ** 2 / 2\n")
+    with pytest.raises(NfcliError, match="is a family of targets: it lists CONDITION"):
+        load_energy(str(family))
+    with pytest.raises(NfcliError, match="lists no CONDITION, so it is one target"):
+        load_conditional_energy(str(plain), parse_conditions(["m=0:1"]))
+    family.write_text(FAMILY_FILE.replace('["m", "s"]', '"m"'))
+    with pytest.raises(NfcliError, match=r"CONDITION in .* must be a list of condition names"):
+        load_conditional_energy(str(family), parse_conditions(["m=0:1"]))
