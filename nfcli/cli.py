@@ -1517,6 +1517,16 @@ def targets() -> None:
         log_z = f"{tg.log_z:.4f} ({tg.log_z_source})" if math.isfinite(tg.log_z) else "—"
         t.add_row(tg.name, tg.description, tg.shown, log_z)
     out.print(t)
+    f = Table(
+        title="built-in families (nfcli fit NAME: one conditional fit for every condition)",
+        show_lines=True,
+    )
+    for col in ("name", "description", "U(z1, z2; c)", "conditions"):
+        f.add_column(col, overflow="fold")
+    for fam in FAMILIES.values():
+        ranges = ", ".join(f"{n} in [{lo:.4g}, {hi:.4g}]" for n, lo, hi in fam.conditions)
+        f.add_row(fam.name, fam.description, fam.expression, ranges)
+    out.print(f)
 
 
 OPTION_LIKE = re.compile(r"--?[A-Za-z][\w-]*(=.*)?")

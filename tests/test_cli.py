@@ -131,6 +131,9 @@ def test_targets_lists_every_builtin_with_log_z():
     for name in ("u1", "u2", "u3", "u4", "ring8", "moons"):
         assert name in result.stdout
     assert "1.8775" in result.stdout and "2.9337" in result.stdout
+    for family in ("u1_rotated", "ring_width"):  # with their conditions' ranges
+        assert family in result.stdout
+    assert "s in [0.2, 1]" in result.stdout
 
 
 def test_fit_expression_with_vars_and_yaml_config(tmp_path):

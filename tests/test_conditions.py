@@ -162,3 +162,16 @@ def test_a_file_family_is_refused_as_one_target_and_a_plain_file_as_a_family(tmp
     family.write_text(FAMILY_FILE.replace('["m", "s"]', '"m"'))
     with pytest.raises(NfcliError, match=r"CONDITION in .* must be a list of condition names"):
         load_conditional_energy(str(family), parse_conditions(["m=0:1"]))
+
+
+def test_the_two_condition_example_is_normalised_at_every_condition():
+    """examples/banana_family.py says ln Z = 0 for every (b, s): quadrature agrees."""
+    from pathlib import Path
+
+    from nfcli.diagnostics import quadrature
+
+    path = Path(__file__).parent.parent / "examples" / "banana_family.py"
+    energy = load_conditional_energy(str(path), parse_conditions(["b=0:2", "s=0.3:1"]))
+    for b, s in [(0.0, 1.0), (2.0, 0.3), (1.0, 0.5)]:
+        grid = quadrature(energy.at(torch.tensor([b, s])), ((-8.0, 8.0), (-12.0, 40.0)), 1500)
+        assert grid.log_z == pytest.approx(0.0, abs=2e-3), (b, s)
