@@ -25,7 +25,11 @@ from nfcli.io import atomic_write
 from nfcli.plots import loss_figure, save_figure
 from nfcli.run import check_output, summary_metrics
 from nfcli.train import Progress, Stop, beta_schedule
-from nfcli.train_conditional import CONDITIONS_PER_STEP, fit_conditional
+from nfcli.train_conditional import (
+    CONDITIONS_PER_STEP,
+    ConditionalTrainingState,
+    fit_conditional,
+)
 
 REPORT_DRAWS = 20_000  # draws of q(·|c) per condition of the report's grid
 GRID_PER_AXIS = {1: 16, 2: 5}  # the report's grid: values per condition, by the number of them
@@ -76,15 +80,21 @@ def run_conditional_fit(
     stop: Stop | None = None,
     per_step: int = CONDITIONS_PER_STEP,
     draws: int = REPORT_DRAWS,
+    resume: ConditionalTrainingState | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[ConditionalCheckpoint, ConditionalReport]:
-    """Fit q(z | c) to ``energy`` (``fit_conditional``), evaluate it at ``default_grid`` and write
-    model.pt, metrics.json and loss.png in ``output``. A fit stopped by ``stop`` writes the same
-    files for the steps it did, its report's ``stopped`` saying so."""
-    config = check_conditional_options(config, None).resolve(energy.dim)
+    """Fit q(z | c) to ``energy`` on ``device`` (``fit_conditional``; ``resume``: the training
+    state of a stopped or finished fit, to go on to ``config.iters`` steps), evaluate it on the
+    CPU at ``default_grid`` and write model.pt (with the training state), metrics.json and
+    loss.png in ``output``. A fit stopped by ``stop`` writes the same files for the steps it did,
+    its report's ``stopped`` saying so."""
+    config = check_conditional_options(config).resolve(energy.dim)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
-    result = fit_conditional(energy, config, per_step, progress=progress, stop=stop)
-    flow = result.flow.eval()
+    result = fit_conditional(
+        energy, config, per_step, progress=progress, stop=stop, resume=resume, device=device
+    )
+    flow = result.flow.to("cpu").eval()  # evaluated and saved on the CPU
     grid = default_grid(energy.conditions)
     points = evaluate_at(flow, energy, grid, draws, config.seed)
     steps = len(result.loss)
@@ -123,6 +133,7 @@ def run_conditional_fit(
         history,
         report,
         versions(),
+        result.state,
     )
     save_conditional_checkpoint(out / "model.pt", ckpt)
     write_conditional_metrics(out / "metrics.json", report)
