@@ -579,9 +579,8 @@ def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | No
             "No target given. Pass an expression with --condition NAME=LO:HI, or a family of "
             f"targets ({', '.join(FAMILIES)}), e.g. nfcli fit u1_rotated."
         )
-    cfg = make_config(values)
-    device = values.get("device")
-    cfg = check_conditional_options(cfg, str(device) if device is not None else None)
+    cfg = check_conditional_options(make_config(values))
+    where = resolve_device(str(values.get("device") or "cpu"))
     names = _split_vars(values.get("vars"))
     constants = parse_constants(values.get("const"), "const: in the config file")
     energy = load_conditional_energy(
@@ -592,7 +591,7 @@ def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | No
     out_dir = check_output(Path(values.get("output") or "."), force)
     if threads is None and values.get("threads") is not None:
         threads = str(values["threads"])
-    _run_conditional(energy, cfg, out_dir, force, threads, resolve_device(str(device or "cpu")))
+    _run_conditional(energy, cfg, out_dir, force, threads, where)
 
 
 def _resume_conditional(

@@ -45,9 +45,10 @@ def default_grid(conditions: list[Condition]) -> Tensor:
     return torch.cartesian_prod(*axes).reshape(-1, len(conditions))
 
 
-def check_conditional_options(config: FitConfig, device: str | None = None) -> FitConfig:
+def check_conditional_options(config: FitConfig) -> FitConfig:
     """Refuse what a conditional fit does not support yet (one paragraph each), and return the
-    config with ``converge`` and ``start`` set to what it does (every step, from the origin)."""
+    config with ``converge`` and ``start`` set to what it does (every step, from the origin).
+    --dtype and --device work as for a fit to one target (``fit_conditional``)."""
     unsupported = []
     if config.restarts > 1:
         unsupported.append(f"--restarts {config.restarts} (one conditional flow is fitted)")
@@ -55,10 +56,6 @@ def check_conditional_options(config: FitConfig, device: str | None = None) -> F
         unsupported.append("--start mode (one Gaussian at p's mode would serve every c)")
     if config.converge:
         unsupported.append("--converge (a conditional fit runs every step of --iters)")
-    if config.dtype != "float32":
-        unsupported.append(f"--dtype {config.dtype} (conditional fits run in float32)")
-    if device is not None and str(device).strip() != "cpu":
-        unsupported.append(f"--device {device} (conditional fits run on the CPU)")
     if unsupported:
         raise NfcliError(
             "A conditional fit (--condition, or a family of targets) does not support "

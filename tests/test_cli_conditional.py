@@ -120,7 +120,8 @@ def test_refusals_with_a_model(fit1d, args, fragment):
     [
         (("--restarts", 2), "does not support --restarts 2"),
         (("--start", "mode"), "does not support --start mode"),
-        (("--device", "cuda"), "--device cuda (conditional fits run on the CPU)"),
+        (("--device", "tpu"), "--device 'tpu' is not a device"),
+        (("--dtype", "half"), "--dtype 'half' is not supported"),
         (("--resume", ONE_TARGET), "--condition cannot be given with it"),
     ],
 )
@@ -275,3 +276,20 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(tmp_path):
     longer = load_conditional_checkpoint(model)
     assert longer.training.step == 250 and longer.config.iters == 250
     assert torch.equal(longer.history["loss"][:200], resumed.history["loss"])
+
+
+def test_a_float64_fit_is_float64_through_the_checkpoint_and_samples(tmp_path):
+    """--dtype float64: the hypernetwork is fitted, stored and reloaded in float64, and its
+    samples at a condition are float64 and N(m, 1)-like."""
+    args = ["(x - m)**2/2", "--condition", "m=-1:1", "--iters", 300, "--batch", 64]
+    r = run("fit", *args, "--dtype", "float64", "--device", "cpu", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    ckpt = load_conditional_checkpoint(tmp_path / "model.pt")
+    assert ckpt.config.dtype == "float64"
+    assert all(p.dtype == torch.float64 for p in ckpt.flow.parameters())
+    assert ckpt.training.flow["net.0.weight"].dtype == torch.float64
+    out = tmp_path / "s.npy"
+    r = run("sample", tmp_path / "model.pt", "--at", "m=0.5", "-n", 4000, "-o", out)
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    assert z.dtype == np.float64 and abs(z.mean() - 0.5) < 0.2
