@@ -33,7 +33,12 @@ Format 3 is a conditional fit, q(z | c) for a family of targets (``nfcli fit --c
       "history": {"loss": tensor, "loss_beta1": tensor},
       "metrics": {...},                   # ConditionalReport.to_dict(): what metrics.json holds
       "versions": {...},
+      "training": {...},                  # nfcli.train_conditional.ConditionalTrainingState
     }
+
+``training`` is what ``nfcli fit --resume`` needs to go on with a conditional fit; a format-3
+file without it (from before it was stored) loads, but cannot be resumed. The flow is rebuilt in
+the config's dtype.
 
 Unconditional fits are still written as format 2, which older nfcli reads; an older nfcli
 given a format-3 file says it is newer than it reads. ``load_any`` reads either kind;
@@ -66,6 +71,7 @@ from nfcli.flows import Flow
 from nfcli.io import atomic_write
 from nfcli.report import TrustReport
 from nfcli.train import TrainingState
+from nfcli.train_conditional import ConditionalTrainingState
 
 FORMAT = "nfcli-checkpoint"
 FORMAT_VERSION = 2  # what an unconditional fit is written as
@@ -100,6 +106,7 @@ class ConditionalCheckpoint:
     history: dict[str, Tensor]
     report: ConditionalReport  # saved as its to_dict(), under "metrics"
     versions: dict[str, str]
+    training: ConditionalTrainingState | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -155,6 +162,8 @@ def save_conditional_checkpoint(path: str | Path, ckpt: ConditionalCheckpoint) -
         "metrics": ckpt.report.to_dict(),
         "versions": dict(ckpt.versions),
     }
+    if ckpt.training is not None:
+        data["training"] = ckpt.training.to_dict()
     buf = io.BytesIO()
     torch.save(data, buf)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
@@ -265,7 +274,9 @@ def _conditional_from_data(path: Path, data: dict[str, Any]) -> ConditionalCheck
             Condition(c["name"], float(c["lo"]), float(c["hi"])) for c in data["conditions"]
         ]
         flow = ConditionalFlow.from_spec(data["conditional_flow"])
+        flow = flow.to(resolve_dtype(config.dtype))
         flow.load_state_dict(data["state_dict"])
+        training = data.get("training")
         return ConditionalCheckpoint(
             flow.eval(),
             config,
@@ -275,6 +286,7 @@ def _conditional_from_data(path: Path, data: dict[str, Any]) -> ConditionalCheck
             data["history"],
             ConditionalReport.from_dict(data["metrics"]),
             data["versions"],
+            ConditionalTrainingState.from_dict(training) if training is not None else None,
         )
     except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
         raise NfcliError(

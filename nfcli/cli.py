@@ -68,6 +68,7 @@ from nfcli.summary import (
 from nfcli.targets import FAMILIES, TARGETS
 from nfcli.threads import Work, use_threads
 from nfcli.train import TrainingState
+from nfcli.train_conditional import ConditionalTrainingState
 
 app = typer.Typer(
     add_completion=False,
@@ -489,11 +490,6 @@ def fit(
         force=force,
         const=parse_constants([*bindings, *(const or [])]) or None,
     )
-    if resume is not None and condition:
-        raise NfcliError(
-            "--resume does not support conditional fits (--condition) yet: a conditional fit "
-            "runs all its --iters at once. Start a new conditional fit with more --iters."
-        )
     if resume is None:
         values = merge_config(flags, load_yaml(config) if config is not None else {})
         conditions = _condition_texts(condition, values.get("condition"))
@@ -501,8 +497,13 @@ def fit(
             _fit_conditional(values, conditions, threads)
             return
     if resume is not None:
-        energy, cfg, state, out_dir, force = _resume_plan(resume, flags, config, trust)
+        _refuse_kept_settings(flags, config, condition)
+        stored = load_any(resume)
         where = resolve_device(str(device or "cpu"))
+        if isinstance(stored, ConditionalCheckpoint):
+            _resume_conditional(resume, stored, flags, trust, threads, where)
+            return
+        energy, cfg, state, out_dir, force = _resume_plan(resume, stored, flags, trust)
     else:
         if not values.get("target"):
             raise NfcliError(
@@ -578,9 +579,8 @@ def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | No
             "No target given. Pass an expression with --condition NAME=LO:HI, or a family of "
             f"targets ({', '.join(FAMILIES)}), e.g. nfcli fit u1_rotated."
         )
-    cfg = make_config(values)
-    device = values.get("device")
-    cfg = check_conditional_options(cfg, str(device) if device is not None else None)
+    cfg = check_conditional_options(make_config(values))
+    where = resolve_device(str(values.get("device") or "cpu"))
     names = _split_vars(values.get("vars"))
     constants = parse_constants(values.get("const"), "const: in the config file")
     energy = load_conditional_energy(
@@ -591,25 +591,104 @@ def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | No
     out_dir = check_output(Path(values.get("output") or "."), force)
     if threads is None and values.get("threads") is not None:
         threads = str(values["threads"])
+    _run_conditional(energy, cfg, out_dir, force, threads, where)
+
+
+def _resume_conditional(
+    model: Path,
+    ckpt: ConditionalCheckpoint,
+    flags: dict[str, Any],
+    trust: bool,
+    threads: str | None,
+    where: Any,
+) -> None:
+    """``nfcli fit --resume MODEL`` of a conditional fit: its energy, its config extended to
+    --iters (``nfcli.config.extend``), its training state, written to MODEL's folder unless -o."""
+    state = ckpt.training
+    if state is None:
+        raise NfcliError(
+            f"{model} holds no training state (written by an older nfcli), so it cannot be "
+            "resumed. Start a new conditional fit; one written by this version can be."
+        )
+    iters = _resume_iters(model, flags["iters"], state.step, ckpt.config.iters)
+    energy = _resume_conditional_energy(ckpt, flags["target"], flags["const"], trust, model)
+    out_dir, force = _resume_output(model, flags)
+    cfg = extend(ckpt.config, iters)
+    _run_conditional(energy, cfg, out_dir, force, threads, where, state)
+
+
+def _resume_conditional_energy(
+    ckpt: ConditionalCheckpoint,
+    target: str | None,
+    constants: dict[str, float] | None,
+    trust: bool,
+    model: Path,
+) -> ConditionalEnergy:
+    """The conditional checkpoint's energy over (z, c), as ``_resume_energy`` decides for a fit
+    to one target: a stored Python file runs only if given again or with --trust, and a TARGET
+    given must be the family the checkpoint was fitted to."""
+    source = ckpt.energy_source
+    if target is None:
+        if source["kind"] == "file" and not trust:
+            raise NfcliError(
+                f"{model} was fitted to the Python file {source['path']}, and resuming runs "
+                f"its code. Pass the file again (nfcli fit {source['path']} --resume {model}) "
+                "or --trust to run the copy stored in the checkpoint."
+            )
+        return ConditionalEnergy(energy_from_source(source, trust), ckpt.conditions)
+    energy = load_conditional_energy(target, ckpt.conditions, ckpt.names, constants)
+    same = ("kind", "text", "name", "constants")
+    if any(energy.energy.source.get(k) != source.get(k) for k in same):
+        stored = source["name"] or source["path"] or source["text"]
+        raise NfcliError(
+            f"{energy.energy.label} is not the family {model} was fitted to ({source['kind']} "
+            f"{stored!r}, conditions {ckpt.describe_conditions()}). Resume with the same energy, "
+            "or leave TARGET out to use the checkpoint's."
+        )
+    return energy
+
+
+def _run_conditional(
+    energy: ConditionalEnergy,
+    cfg: FitConfig,
+    out_dir: Path,
+    force: bool,
+    threads: str | None,
+    where: Any,
+    state: ConditionalTrainingState | None = None,
+) -> None:
+    """``run_conditional_fit`` (from ``state`` if resuming) with a progress bar, its table, and
+    Ctrl-C → the fit so far written and exit code 130."""
     cfg = cfg.resolve(energy.dim)
     use_threads(threads, Work(cfg.batch, energy.dim))
     ranges = ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in energy.conditions)
+    done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
             f"fitting {energy.energy.label} over ({', '.join(energy.names)}), D = {energy.dim}, "
-            f"for every {ranges}: {cfg.flow} K={cfg.K}, {cfg.iters} steps on cpu; Ctrl-C stops "
-            "after the current step and keeps the fit so far",
+            f"for every {ranges}: {cfg.flow} K={cfg.K}, "
+            + (f"steps {done}→" if done else "")
+            + f"{cfg.iters} steps on {where}; Ctrl-C stops after the current step and keeps the "
+            "fit so far",
             soft_wrap=True,
         )
         _, report = run_conditional_fit(
-            energy, cfg, out_dir, force, progress("fit", cfg.iters), stop
+            energy,
+            cfg,
+            out_dir,
+            force,
+            progress("fit", cfg.iters, done),
+            stop,
+            resume=state,
+            device=where,
         )
     written = f"{out_dir}/ model.pt metrics.json loss.png"
     err.print(conditional_table(report, report.points, report.summary, written))
     if report.stopped == "interrupted":
         err.print(
             f"[bold yellow]{stop.name or 'interrupted'}[/]: stopped after step "
-            f"{report.steps_done} of {report.iters}; wrote the fit so far to {out_dir}/.",
+            f"{report.steps_done} of {report.iters}; wrote the fit so far to {out_dir}/. "
+            f"Continue it with: nfcli fit --resume {out_dir / 'model.pt'}",
             soft_wrap=True,
         )
         raise typer.Exit(130)
@@ -736,13 +815,13 @@ def parse_constants(values: Any, where: str = "the command line") -> dict[str, f
     return constants
 
 
-def _resume_plan(
-    model: Path, flags: dict[str, Any], config: Path | None, trust: bool
-) -> tuple[Energy, FitConfig, TrainingState, Path, bool]:
-    """What ``fit --resume MODEL`` runs: the checkpoint's energy (or TARGET, if given, which
-    must be the same), its config extended to --iters, its training state, and the folder to
-    write (MODEL's unless -o; overwriting MODEL itself needs no --force)."""
+def _refuse_kept_settings(
+    flags: dict[str, Any], config: Path | None, condition: list[str] | None
+) -> None:
+    """--resume keeps the settings a fit was started with: refuse any given with it."""
     given = [f"--{k}" for k in RESUME_KEEPS if flags[k] is not None]
+    if condition:
+        given.append("--condition")
     if flags["const"] is not None and flags["target"] is None:
         given.append("constants")
     if given or config is not None:
@@ -751,7 +830,14 @@ def _resume_plan(
             f"{', '.join(given) or '--config'} cannot be given with it (only --iters, -o, "
             "--force, --device and --trust can). Start a new fit to change them."
         )
-    ckpt = load_checkpoint(model)
+
+
+def _resume_plan(
+    model: Path, ckpt: Checkpoint, flags: dict[str, Any], trust: bool
+) -> tuple[Energy, FitConfig, TrainingState, Path, bool]:
+    """What ``fit --resume MODEL`` runs: the checkpoint's energy (or TARGET, if given, which
+    must be the same), its config extended to --iters, its training state, and the folder to
+    write (MODEL's unless -o; overwriting MODEL itself needs no --force)."""
     energy = _resume_energy(ckpt, flags["target"], flags["const"], trust, model)
     state = ckpt.training
     if state is None:
@@ -766,20 +852,34 @@ def _resume_plan(
             f"at most {ckpt.config.iters}. Pass --iters N to train it longer from there, e.g. "
             f"--iters {state.step + max(1, state.step // 2)}."
         )
-    if iters <= state.step:
+    _resume_iters(model, flags["iters"], state.step, iters)
+    out_dir, force = _resume_output(model, flags)
+    return energy, extend(ckpt.config, iters), state, out_dir, force
+
+
+def _resume_iters(model: Path, given: int | None, step: int, planned: int) -> int:
+    """The steps a resumed fit goes on to: --iters (``given``), else the ``planned`` steps (the
+    checkpoint's); refused when that is no more than the ``step``s done."""
+    iters = given if given is not None else planned
+    if iters <= step:
         raise NfcliError(
-            f"{model} has done {state.step} steps"
+            f"{model} has done {step} steps"
             + (
                 f", and --iters {iters} asks for no more. Give a larger --iters"
-                if flags["iters"] is not None
-                else f", all it was asked for. Pass --iters N with N > {state.step} to train longer"
+                if given is not None
+                else f", all it was asked for. Pass --iters N with N > {step} to train longer"
             )
-            + f", e.g. --iters {state.step + max(1, state.step // 2)}."
+            + f", e.g. --iters {step + max(1, step // 2)}."
         )
-    out_dir = Path(flags["output"]) if flags["output"] is not None else model.parent
-    out_dir = ensure_dir(out_dir)
+    return iters
+
+
+def _resume_output(model: Path, flags: dict[str, Any]) -> tuple[Path, bool]:
+    """The folder a resumed fit writes (MODEL's unless -o) and whether it may overwrite
+    model.pt there (--force, or MODEL itself)."""
+    out_dir = ensure_dir(Path(flags["output"]) if flags["output"] is not None else model.parent)
     force = bool(flags["force"]) or (out_dir / "model.pt").resolve() == model.resolve()
-    return energy, extend(ckpt.config, iters), state, check_output(out_dir, force), force
+    return check_output(out_dir, force), force
 
 
 def _resume_energy(

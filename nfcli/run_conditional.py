@@ -25,7 +25,11 @@ from nfcli.io import atomic_write
 from nfcli.plots import loss_figure, save_figure
 from nfcli.run import check_output, summary_metrics
 from nfcli.train import Progress, Stop, beta_schedule
-from nfcli.train_conditional import CONDITIONS_PER_STEP, fit_conditional
+from nfcli.train_conditional import (
+    CONDITIONS_PER_STEP,
+    ConditionalTrainingState,
+    fit_conditional,
+)
 
 REPORT_DRAWS = 20_000  # draws of q(·|c) per condition of the report's grid
 GRID_PER_AXIS = {1: 16, 2: 5}  # the report's grid: values per condition, by the number of them
@@ -41,9 +45,10 @@ def default_grid(conditions: list[Condition]) -> Tensor:
     return torch.cartesian_prod(*axes).reshape(-1, len(conditions))
 
 
-def check_conditional_options(config: FitConfig, device: str | None = None) -> FitConfig:
+def check_conditional_options(config: FitConfig) -> FitConfig:
     """Refuse what a conditional fit does not support yet (one paragraph each), and return the
-    config with ``converge`` and ``start`` set to what it does (every step, from the origin)."""
+    config with ``converge`` and ``start`` set to what it does (every step, from the origin).
+    --dtype and --device work as for a fit to one target (``fit_conditional``)."""
     unsupported = []
     if config.restarts > 1:
         unsupported.append(f"--restarts {config.restarts} (one conditional flow is fitted)")
@@ -51,10 +56,6 @@ def check_conditional_options(config: FitConfig, device: str | None = None) -> F
         unsupported.append("--start mode (one Gaussian at p's mode would serve every c)")
     if config.converge:
         unsupported.append("--converge (a conditional fit runs every step of --iters)")
-    if config.dtype != "float32":
-        unsupported.append(f"--dtype {config.dtype} (conditional fits run in float32)")
-    if device is not None and str(device).strip() != "cpu":
-        unsupported.append(f"--device {device} (conditional fits run on the CPU)")
     if unsupported:
         raise NfcliError(
             "A conditional fit (--condition, or a family of targets) does not support "
@@ -76,15 +77,21 @@ def run_conditional_fit(
     stop: Stop | None = None,
     per_step: int = CONDITIONS_PER_STEP,
     draws: int = REPORT_DRAWS,
+    resume: ConditionalTrainingState | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[ConditionalCheckpoint, ConditionalReport]:
-    """Fit q(z | c) to ``energy`` (``fit_conditional``), evaluate it at ``default_grid`` and write
-    model.pt, metrics.json and loss.png in ``output``. A fit stopped by ``stop`` writes the same
-    files for the steps it did, its report's ``stopped`` saying so."""
-    config = check_conditional_options(config, None).resolve(energy.dim)
+    """Fit q(z | c) to ``energy`` on ``device`` (``fit_conditional``; ``resume``: the training
+    state of a stopped or finished fit, to go on to ``config.iters`` steps), evaluate it on the
+    CPU at ``default_grid`` and write model.pt (with the training state), metrics.json and
+    loss.png in ``output``. A fit stopped by ``stop`` writes the same files for the steps it did,
+    its report's ``stopped`` saying so."""
+    config = check_conditional_options(config).resolve(energy.dim)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
-    result = fit_conditional(energy, config, per_step, progress=progress, stop=stop)
-    flow = result.flow.eval()
+    result = fit_conditional(
+        energy, config, per_step, progress=progress, stop=stop, resume=resume, device=device
+    )
+    flow = result.flow.to("cpu").eval()  # evaluated and saved on the CPU
     grid = default_grid(energy.conditions)
     points = evaluate_at(flow, energy, grid, draws, config.seed)
     steps = len(result.loss)
@@ -123,6 +130,7 @@ def run_conditional_fit(
         history,
         report,
         versions(),
+        result.state,
     )
     save_conditional_checkpoint(out / "model.pt", ckpt)
     write_conditional_metrics(out / "metrics.json", report)

@@ -9,13 +9,20 @@ whose expectation over c is E_c[KL(q(·|c) ‖ p(·|c))] − E_c[ln Z(c)] at β 
 variational inference: one network of c in place of one fit per c). β follows the same annealing
 schedule as an unconditional fit, the learning rate the same cosine decay, Adam the same step,
 and a step whose gradient is not finite is skipped.
+
+A fit runs on the CPU or a GPU in float32 or float64 (``config.dtype``); the conditions are drawn
+on the CPU by their own generator and moved to the flow's device and dtype, so that a seed draws
+the same conditions everywhere. ``ConditionalTrainingState`` (the step, the hypernetwork's and
+Adam's states, both random states and the loss histories) lets a stopped fit go on exactly as one
+uninterrupted run would (``fit_conditional(..., resume=state)``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +30,9 @@ from torch import Tensor
 from nfcli.conditional import ConditionalFlow
 from nfcli.conditions import ConditionalEnergy
 from nfcli.config import FitConfig
-from nfcli.train import beta_schedule, lr_factor
+from nfcli.devices import resolve_dtype
+from nfcli.errors import NfcliError
+from nfcli.train import _get_rng, _set_rng, _to_cpu, beta_schedule, lr_factor
 
 CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split between them)
 # The hypernetwork's last weight moves every flow parameter by Σ_j ΔW_ij h_j: with Adam's
@@ -32,6 +41,32 @@ CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split bet
 # modes over a range of θ (mean KL 0.69 at seed 2); at 0.1 × lr every seed had mean KL < 0.03;
 # at 0.3, seed 2 lost the mode again; at 1/64, the fits had not converged (mean KL 0.24-0.48).
 OUTPUT_LR_SCALE = 0.1
+
+
+@dataclass
+class ConditionalTrainingState:
+    """Everything a conditional fit needs to go on exactly where it stopped (saved in its
+    checkpoint): ``fit_conditional(..., resume=state)`` with the same config, or the config
+    ``nfcli.config.extend``-ed to more steps, continues as if it had never stopped."""
+
+    step: int  # steps done
+    flow: dict[str, Tensor]  # ConditionalFlow.state_dict(): the hypernetwork and fixed buffers
+    optimizer: dict[str, Any]  # Adam's state_dict: moments, step counts, the groups' lr scales
+    generator: Tensor  # the condition generator's state (a CPU torch.Generator)
+    rng: dict[str, Tensor]  # torch's global random state: "cpu", and "cuda" on a GPU
+    loss: Tensor  # (step,) F_β per step
+    loss_beta1: Tensor  # (step,) F at β = 1
+    seconds: float  # the optimisation's wall time so far, all sessions
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
+        d = asdict(self)
+        return {k: _to_cpu(v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConditionalTrainingState:
+        """From ``to_dict``'s dict."""
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -45,6 +80,7 @@ class ConditionalFitResult:
     loss_beta1: Tensor  # (steps,) F at β = 1 on the same draws: −(mean ELBO over c)
     seconds: float
     stopped: str | None = None  # None, or "interrupted"
+    state: ConditionalTrainingState | None = None  # what ``resume`` needs to go on
 
 
 def draw_conditions(energy: ConditionalEnergy, m: int, generator: torch.Generator) -> Tensor:
@@ -61,30 +97,63 @@ def fit_conditional(
     hidden: tuple[int, ...] = (64, 64),
     progress: Callable[[int, float, float, int], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    resume: ConditionalTrainingState | None = None,
+    device: str | torch.device = "cpu",
 ) -> ConditionalFitResult:
     """Fit q(z | c) to ``energy`` with ``config`` (resolved for z's dimension; its batch is split
     into ``per_step`` conditions of batch // per_step draws each), ``hidden`` the hypernetwork's
-    hidden sizes. ``progress(done, F_1, β, iters)`` every 1% of the steps; ``stop()`` after each
-    step ends the fit there."""
+    hidden sizes, on ``device`` in ``config.dtype``. ``progress(done, F_1, β, iters)`` every 1% of
+    the steps; ``stop()`` after each step ends the fit there. ``resume``: a ``state`` of an
+    earlier result, to go on to ``config.iters`` steps exactly as one run would have. The caller's
+    global random state is left as it was; the returned flow and losses are on ``device``."""
     # from the origin: a start at p's mode would be one Gaussian for every c
     config = replace(config, start="origin").resolve(energy.dim)
-    D = energy.dim
-    torch.manual_seed(config.seed)
+    if resume is not None and resume.step > config.iters:
+        raise NfcliError(
+            f"The conditional fit to resume has done {resume.step} steps already; ask for more "
+            f"(--iters {resume.step + max(1, resume.step // 2)}) to continue it."
+        )
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _fit_conditional(energy, config, per_step, hidden, progress, stop, resume, device)
+
+
+def _fit_conditional(
+    energy: ConditionalEnergy,
+    config: FitConfig,
+    per_step: int,
+    hidden: tuple[int, ...],
+    progress: Callable[[int, float, float, int], None] | None,
+    stop: Callable[[], bool] | None,
+    resume: ConditionalTrainingState | None,
+    device: torch.device,
+) -> ConditionalFitResult:
+    D, dtype = energy.dim, resolve_dtype(config.dtype)
     flow = ConditionalFlow(
         D, config.architecture(D), energy.lo.tolist(), energy.hi.tolist(), hidden
-    )
+    ).to(device=device, dtype=dtype)
     n = max(config.batch // per_step, 1)
-    g = torch.Generator().manual_seed(config.seed + 1)
+    g = torch.Generator().manual_seed(config.seed + 1)  # on the CPU, whatever the device
     opt = torch.optim.Adam(_groups(flow, OUTPUT_LR_SCALE), lr=config.lr)
-    loss_hist = torch.full((config.iters,), float("nan"))
-    loss1_hist = torch.full((config.iters,), float("nan"))
+    loss_hist = torch.full((config.iters,), float("nan"), device=device)
+    loss1_hist = torch.full((config.iters,), float("nan"), device=device)
+    start_step, before = 0, 0.0
+    if resume is not None:
+        flow.load_state_dict(resume.flow)
+        opt.load_state_dict(resume.optimizer)
+        g.set_state(resume.generator)
+        _set_rng(resume.rng, device)
+        start_step, before = resume.step, resume.seconds
+        loss_hist[:start_step] = resume.loss.to(device)
+        loss1_hist[:start_step] = resume.loss_beta1.to(device)
     anneal, every = config.anneal_steps, max(config.iters // 100, 1)
-    stopped, t, start = None, -1, time.perf_counter()
-    for t in range(config.iters):
+    stopped, t, start = None, start_step - 1, time.perf_counter()
+    for t in range(start_step, config.iters):
         beta = beta_schedule(t, anneal)
         for group in opt.param_groups:
             group["lr"] = group["scale"] * config.lr * lr_factor(t, config.iters, config.decay)
-        c = draw_conditions(energy, per_step, g).float()
+        c = draw_conditions(energy, per_step, g).to(device=device, dtype=dtype)
         z, log_q = flow.rsample(c, n)
         u = energy(z, c)
         finite = (u + log_q).isfinite()
@@ -106,15 +175,23 @@ def fit_conditional(
         if stop is not None and stop():
             stopped = "interrupted"
             break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
+    seconds = before + time.perf_counter() - start
     steps = t + 1
+    loss, loss1 = loss_hist[:steps].cpu(), loss1_hist[:steps].cpu()
+    state = ConditionalTrainingState(
+        steps,
+        {k: v.detach().clone() for k, v in flow.state_dict().items()},
+        opt.state_dict(),
+        g.get_state(),
+        _get_rng(device),
+        loss,
+        loss1,
+        seconds,
+    )
     return ConditionalFitResult(
-        flow,
-        replace(config),
-        per_step,
-        loss_hist[:steps],
-        loss1_hist[:steps],
-        time.perf_counter() - start,
-        stopped,
+        flow, replace(config), per_step, loss, loss1, seconds, stopped, state
     )
 
 

@@ -120,8 +120,9 @@ def test_refusals_with_a_model(fit1d, args, fragment):
     [
         (("--restarts", 2), "does not support --restarts 2"),
         (("--start", "mode"), "does not support --start mode"),
-        (("--device", "cuda"), "--device cuda (conditional fits run on the CPU)"),
-        (("--resume", ONE_TARGET), "--resume does not support conditional fits"),
+        (("--device", "tpu"), "--device 'tpu' is not a device"),
+        (("--dtype", "half"), "--dtype 'half' is not supported"),
+        (("--resume", ONE_TARGET), "--condition cannot be given with it"),
     ],
 )
 def test_unsupported_options_are_refused(tmp_path, args, fragment):
@@ -239,3 +240,56 @@ def test_a_python_file_family_fits_and_its_stored_code_needs_trust(tmp_path):
     assert_refused(run("report", model, "--at", "m=0,s=1"), "--trust")
     r = run("report", model, "--at", "m=0,s=1", "--trust", "-n", 2000)
     assert r.exit_code == 0, r.output
+
+
+def test_resume_through_the_cli_equals_an_uninterrupted_run(tmp_path):
+    """A fit of 200 steps stopped after 100 (as Ctrl-C does), then nfcli fit --resume: the same
+    q(z | c) and losses as one run of 200 steps; --iters 250 then extends it."""
+    from nfcli.conditions import load_conditional_energy, parse_conditions
+    from nfcli.run_conditional import run_conditional_fit
+
+    args = ["(x - m)**2/2", "--condition", "m=-1:1", "--iters", 200, "--batch", 64]
+    assert run("fit", *args, "-o", tmp_path / "whole").exit_code == 0
+    energy = load_conditional_energy("(x - m)**2/2", parse_conditions(["m=-1:1"]))
+    steps = iter(range(1, 1000))
+    _, report = run_conditional_fit(
+        energy, FitConfig(iters=200, batch=64), tmp_path / "cut", stop=lambda: next(steps) >= 100
+    )
+    assert report.stopped == "interrupted" and report.steps_done == 100
+    model = tmp_path / "cut" / "model.pt"
+    assert load_conditional_checkpoint(model).training.step == 100
+    r = run("fit", "--resume", model)
+    assert r.exit_code == 0, r.output
+    whole = load_conditional_checkpoint(tmp_path / "whole" / "model.pt")
+    resumed = load_conditional_checkpoint(model)
+    assert resumed.training.step == 200 and resumed.config.iters == whole.config.iters
+    assert resumed.config.anneal_steps == whole.config.anneal_steps  # fixed in steps by extend
+    for name, value in whole.flow.state_dict().items():
+        torch.testing.assert_close(resumed.flow.state_dict()[name], value, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(resumed.history["loss"], whole.history["loss"])
+    assert resumed.report.summary == whole.report.summary
+    assert_refused(run("fit", "--resume", model), "Pass --iters N with N > 200")
+    assert_refused(run("fit", "--resume", model, "--K", 8), "--K cannot be given with it")
+    assert_refused(run("fit", "(x - m)**2/3", "--resume", model, "--iters", 300), "not the family")
+    r = run("fit", "--resume", model, "--iters", 250)
+    assert r.exit_code == 0, r.output
+    longer = load_conditional_checkpoint(model)
+    assert longer.training.step == 250 and longer.config.iters == 250
+    assert torch.equal(longer.history["loss"][:200], resumed.history["loss"])
+
+
+def test_a_float64_fit_is_float64_through_the_checkpoint_and_samples(tmp_path):
+    """--dtype float64: the hypernetwork is fitted, stored and reloaded in float64, and its
+    samples at a condition are float64 and N(m, 1)-like."""
+    args = ["(x - m)**2/2", "--condition", "m=-1:1", "--iters", 300, "--batch", 64]
+    r = run("fit", *args, "--dtype", "float64", "--device", "cpu", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    ckpt = load_conditional_checkpoint(tmp_path / "model.pt")
+    assert ckpt.config.dtype == "float64"
+    assert all(p.dtype == torch.float64 for p in ckpt.flow.parameters())
+    assert ckpt.training.flow["net.0.weight"].dtype == torch.float64
+    out = tmp_path / "s.npy"
+    r = run("sample", tmp_path / "model.pt", "--at", "m=0.5", "-n", 4000, "-o", out)
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    assert z.dtype == np.float64 and abs(z.mean() - 0.5) < 0.2

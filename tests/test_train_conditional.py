@@ -1,6 +1,7 @@
 """One conditional fit for a family: its KL against quadrature at several conditions, the
 per-condition report, and a stop."""
 
+import io
 import math
 
 import pytest
@@ -9,8 +10,9 @@ from test_interrupt import stop_after
 
 from nfcli.conditional_report import evaluate_at, summarise
 from nfcli.conditions import load_conditional_energy, parse_conditions
-from nfcli.config import FitConfig
-from nfcli.train_conditional import fit_conditional
+from nfcli.config import FitConfig, extend
+from nfcli.errors import NfcliError
+from nfcli.train_conditional import ConditionalTrainingState, fit_conditional
 
 FAMILY = "(x - m)**2/(2*s**2)"  # N(m, s²): ln Z = ln(s√(2π)) changes with s
 
@@ -36,3 +38,49 @@ def test_a_stop_ends_the_fit_at_that_step():
     energy = load_conditional_energy(FAMILY, parse_conditions(["m=-2:2", "s=0.5:2"]))
     result = fit_conditional(energy, FitConfig(K=2, iters=500, batch=64), stop=stop_after(37))
     assert result.stopped == "interrupted" and len(result.loss) == 37
+
+
+def through_checkpoint(state: ConditionalTrainingState) -> ConditionalTrainingState:
+    """The state as it comes back from a checkpoint: plain types, loaded with weights_only."""
+    buf = io.BytesIO()
+    torch.save(state.to_dict(), buf)
+    buf.seek(0)
+    return ConditionalTrainingState.from_dict(torch.load(buf, weights_only=True))
+
+
+def assert_same_flow(a, b):
+    for name, value in a.flow.state_dict().items():
+        torch.testing.assert_close(b.flow.state_dict()[name], value, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_resumed_fit_equals_one_uninterrupted_run(dtype):
+    """Stopped at step 70 of 200 (while annealing), then resumed from the checkpoint's state:
+    the same hypernetwork, losses and random streams as one run of 200 steps."""
+    energy = load_conditional_energy(FAMILY, parse_conditions(["m=-2:2", "s=0.5:2"]))
+    config = FitConfig(K=2, iters=200, batch=64, dtype=dtype)
+    whole = fit_conditional(energy, config)
+    first = fit_conditional(energy, config, stop=stop_after(70))
+    assert first.stopped == "interrupted" and first.state.step == 70
+    rest = fit_conditional(energy, config, resume=through_checkpoint(first.state))
+    assert rest.stopped is None and rest.state.step == 200
+    assert_same_flow(whole, rest)
+    torch.testing.assert_close(rest.loss, whole.loss)
+    assert rest.seconds >= first.seconds
+    # resumed without the random states, the steps after 70 differ: the test can tell
+    lost = ConditionalTrainingState(
+        **{**vars(first.state), "generator": torch.Generator().get_state()}
+    )
+    other = fit_conditional(energy, config, resume=through_checkpoint(lost))
+    assert not torch.equal(other.loss[70:], whole.loss[70:])
+
+
+def test_extending_a_finished_fit_keeps_its_first_steps_and_refuses_fewer():
+    energy = load_conditional_energy(FAMILY, parse_conditions(["m=-2:2", "s=0.5:2"]))
+    config = FitConfig(K=2, iters=100, batch=64)
+    done = fit_conditional(energy, config)
+    more = fit_conditional(energy, extend(done.config, 150), resume=done.state)
+    assert more.state.step == 150 and torch.equal(more.loss[:100], done.loss)
+    assert more.config.anneal_steps == done.config.anneal_steps
+    with pytest.raises(NfcliError, match="has done 150 steps already"):
+        fit_conditional(energy, extend(done.config, 120), resume=more.state)
