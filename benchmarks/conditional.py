@@ -32,7 +32,11 @@ from nfcli.config import FitConfig
 from nfcli.run import evaluate
 from nfcli.targets import FAMILIES
 from nfcli.train import fit
-from nfcli.train_conditional import CONDITIONS_PER_STEP, fit_conditional
+from nfcli.train_conditional import (
+    CONDITIONS_PER_STEP,
+    fit_conditional,
+    fit_conditional_restarts,
+)
 
 GRID = 16
 
@@ -57,7 +61,10 @@ def main() -> None:
         energy = load_conditional_energy(name, [])
         config = FitConfig(**parse_settings(args.set))
         t0 = time.perf_counter()
-        result = fit_conditional(energy, config, per_step=args.per_step)
+        if config.restarts > 1:  # R fits to the end of annealing, the best by mean ELBO on
+            result = fit_conditional_restarts(energy, config, per_step=args.per_step).result
+        else:
+            result = fit_conditional(energy, config, per_step=args.per_step)
         seconds = time.perf_counter() - t0
         grid = torch.linspace(energy.lo.item(), energy.hi.item(), GRID, dtype=torch.float64)
         points = evaluate_at(result.flow, energy, grid[:, None])
@@ -66,7 +73,8 @@ def main() -> None:
         tv = max(p.tv for p in points if p.tv is not None)
         print(
             f"| {name} | conditional, {result.config.flow} K={result.config.K}, seed "
-            f"{result.config.seed} | {GRID} | "
+            f"{config.seed}{f', restarts {config.restarts}' if config.restarts > 1 else ''} | "
+            f"{GRID} | "
             f"{s.mean_kl_qp:.4f} | {s.worst_kl_qp:.4f} ({s.worst_kl_at[0]:.2f}) | {kl_pq:.4f} | "
             f"{tv:.3f} | {s.worst_khat:.2f} | {seconds:.0f} |",
             flush=True,

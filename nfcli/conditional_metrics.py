@@ -37,6 +37,10 @@ class ConditionalReport:
     points: list[ConditionPoint] = field(default_factory=list)
     summary: ConditionalSummary | None = None
     warnings: list[str] = field(default_factory=list)
+    # --restarts R: each restart's mean ELBO over the conditions at the end of annealing, and
+    # the one kept (its seed: the fit's seed + restart_kept); None for a single fit
+    restarts: list[float] | None = None
+    restart_kept: int | None = None
 
     @property
     def condition_names(self) -> list[str]:

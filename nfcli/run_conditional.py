@@ -29,6 +29,7 @@ from nfcli.train_conditional import (
     CONDITIONS_PER_STEP,
     ConditionalTrainingState,
     fit_conditional,
+    fit_conditional_restarts,
 )
 
 REPORT_DRAWS = 20_000  # draws of q(·|c) per condition of the report's grid
@@ -50,8 +51,6 @@ def check_conditional_options(config: FitConfig) -> FitConfig:
     config with ``converge`` and ``start`` set to what it does (every step, from the origin).
     --dtype and --device work as for a fit to one target (``fit_conditional``)."""
     unsupported = []
-    if config.restarts > 1:
-        unsupported.append(f"--restarts {config.restarts} (one conditional flow is fitted)")
     if config.start == "mode":
         unsupported.append("--start mode (one Gaussian at p's mode would serve every c)")
     if config.converge:
@@ -88,9 +87,16 @@ def run_conditional_fit(
     config = check_conditional_options(config).resolve(energy.dim)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
-    result = fit_conditional(
-        energy, config, per_step, progress=progress, stop=stop, resume=resume, device=device
-    )
+    scores, kept = None, None
+    if config.restarts > 1 and resume is None:  # R fits to the end of annealing, the best on
+        explored = fit_conditional_restarts(
+            energy, config, per_step, progress=progress, stop=stop, device=device
+        )
+        result, scores, kept = explored.result, explored.scores, explored.kept
+    else:
+        result = fit_conditional(
+            energy, config, per_step, progress=progress, stop=stop, resume=resume, device=device
+        )
     flow = result.flow.to("cpu").eval()  # evaluated and saved on the CPU
     grid = default_grid(energy.conditions)
     points = evaluate_at(flow, energy, grid, draws, config.seed)
@@ -113,6 +119,8 @@ def run_conditional_fit(
         draws=draws,
         points=points,
         summary=summarise(points),
+        restarts=scores,
+        restart_kept=kept,
     )
     beta_end = beta_schedule(steps - 1, result.config.anneal_steps)
     if beta_end < 1:

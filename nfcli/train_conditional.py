@@ -19,6 +19,7 @@ uninterrupted run would (``fit_conditional(..., resume=state)``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -201,3 +202,84 @@ def _groups(flow: ConditionalFlow, output_scale: float) -> list[dict]:
     last = flow.net[-1].weight
     rest = [p for p in flow.parameters() if p is not last]
     return [{"params": rest, "scale": 1.0}, {"params": [last], "scale": output_scale}]
+
+
+SELECT_CONDITIONS, SELECT_DRAWS = 16, 2048  # how restarts are compared (``mean_elbo``)
+
+
+@torch.no_grad()
+def mean_elbo(
+    flow: ConditionalFlow, energy: ConditionalEnergy, conditions: Tensor, n: int
+) -> float:
+    """The ELBO E_q[−U − ln q] averaged over ``conditions`` (M, C), from n draws at each. ln Z(c)
+    does not depend on the fit, so between fits of one family the higher mean ELBO is the lower
+    mean KL(q(·|c) ‖ p(·|c))."""
+    c = conditions.to(device=flow.lo.device, dtype=flow.lo.dtype)
+    z, log_q = flow.rsample(c, n)
+    log_w = -energy(z, c) - log_q
+    finite = log_w.isfinite()
+    return (
+        float(log_w.where(finite, 0.0).sum() / finite.sum().clamp(min=1))
+        if finite.all()
+        else -math.inf
+    )
+
+
+@dataclass
+class RestartsResult:
+    """``fit_conditional_restarts``: the kept fit, every restart's mean ELBO at the choice, and
+    which was kept (its seed is the config's seed + kept)."""
+
+    result: ConditionalFitResult
+    scores: list[float]
+    kept: int
+
+
+def fit_conditional_restarts(
+    energy: ConditionalEnergy,
+    config: FitConfig,
+    per_step: int = CONDITIONS_PER_STEP,
+    hidden: tuple[int, ...] = (64, 64),
+    progress: Callable[[int, float, float, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    device: str | torch.device = "cpu",
+) -> RestartsResult:
+    """``config.restarts`` = R conditional fits, with seeds seed, seed + 1, …, one after another,
+    each to the end of its annealing (``nfcli.train.select_step``, where an unconditional fit's
+    restarts are compared too), compared by ``mean_elbo`` on SELECT_CONDITIONS conditions drawn
+    once; the best then goes on alone to ``config.iters``. The kept fit is exactly the one fit of
+    its seed (a resumed fit equals an uninterrupted one); the cost is R × the annealing steps plus
+    the rest once. A stop while exploring returns that restart's steps, with no state to resume."""
+    from nfcli.train import select_step  # the same choice point as unconditional restarts
+
+    single = replace(config, restarts=1)
+    choose = select_step(replace(single, start="origin").resolve(energy.dim))
+    g = torch.Generator().manual_seed(config.seed)
+    conditions = draw_conditions(energy, SELECT_CONDITIONS, g)
+    done, interrupted = [0], [False]
+
+    def at_choice() -> bool:  # the restart's stop: the choice point, or the caller's stop
+        done[0] += 1
+        if stop is not None and stop():
+            interrupted[0] = True
+            return True
+        return done[0] >= choose
+
+    explored: list[tuple[float, FitConfig, ConditionalFitResult]] = []
+    for r in range(config.restarts):
+        cfg = replace(single, seed=config.seed + r)
+        done[0] = 0
+        res = fit_conditional(energy, cfg, per_step, hidden, progress, at_choice, device=device)
+        if interrupted[0]:  # stopped while exploring: no state resumes all R restarts
+            res.state = None
+            return RestartsResult(res, [s for s, _, _ in explored], r)
+        res.stopped = None  # stopped at the choice point, by design
+        explored.append((mean_elbo(res.flow, energy, conditions, SELECT_DRAWS), cfg, res))
+    scores = [s for s, _, _ in explored]
+    kept = max(range(len(scores)), key=lambda i: scores[i])
+    _, cfg, best = explored[kept]
+    if len(best.loss) < cfg.iters:
+        best = fit_conditional(
+            energy, cfg, per_step, hidden, progress, stop, resume=best.state, device=device
+        )
+    return RestartsResult(best, scores, kept)
