@@ -607,8 +607,9 @@ def _resume_conditional(
     state = ckpt.training
     if state is None:
         raise NfcliError(
-            f"{model} holds no training state (written by an older nfcli), so it cannot be "
-            "resumed. Start a new conditional fit; one written by this version can be."
+            f"{model} holds no training state (written by an older nfcli, or stopped while its "
+            "--restarts were still exploring), so it cannot be resumed. Start a new conditional "
+            "fit; a finished or single fit of this version can be resumed."
         )
     iters = _resume_iters(model, flags["iters"], state.step, ckpt.config.iters)
     energy = _resume_conditional_energy(ckpt, flags["target"], flags["const"], trust, model)

@@ -103,3 +103,13 @@ def test_restarts_keep_the_best_fit_which_equals_the_one_fit_of_its_seed():
     for name, value in single.flow.state_dict().items():
         assert torch.equal(value, kept[name]), name
     assert explored.result.stopped is None and explored.result.state is not None
+
+
+def test_a_stop_while_restarts_explore_leaves_nothing_to_resume():
+    from nfcli.train_conditional import fit_conditional_restarts
+
+    energy = load_conditional_energy(FAMILY, parse_conditions(["m=-2:2", "s=0.5:2"]))
+    config = FitConfig(K=2, iters=200, batch=64, anneal=80, restarts=3)
+    explored = fit_conditional_restarts(energy, config, stop=stop_after(100))  # in restart 2
+    assert explored.result.stopped == "interrupted" and explored.result.state is None
+    assert explored.kept == 1 and len(explored.scores) == 1
