@@ -128,42 +128,53 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
-    data = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": ckpt.flow.architecture,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.flow.state_dict().items()},
-        "dim": ckpt.flow.dim,
-        "config": ckpt.config.to_dict(),
-        "energy": dict(ckpt.energy_source),
-        "history": {k: v.detach().cpu().clone() for k, v in ckpt.history.items()},
-        "metrics": ckpt.report.to_dict(),
-        "versions": dict(ckpt.versions),
-    }
-    if ckpt.training is not None:
-        data["training"] = ckpt.training.to_dict()
-    buf = io.BytesIO()
-    torch.save(data, buf)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    _write(
+        path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": ckpt.flow.architecture,
+            "state_dict": _cpu(ckpt.flow.state_dict()),
+            "dim": ckpt.flow.dim,
+            "config": ckpt.config.to_dict(),
+            "energy": dict(ckpt.energy_source),
+            "history": _cpu(ckpt.history),
+            "metrics": ckpt.report.to_dict(),
+            "versions": dict(ckpt.versions),
+        },
+        ckpt.training,
+    )
 
 
 def save_conditional_checkpoint(path: str | Path, ckpt: ConditionalCheckpoint) -> None:
-    data = {
-        "format": FORMAT,
-        "format_version": CONDITIONAL_FORMAT_VERSION,
-        "kind": "conditional",
-        "conditional_flow": ckpt.flow.spec(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.flow.state_dict().items()},
-        "config": ckpt.config.to_dict(),
-        "per_step": int(ckpt.per_step),
-        "energy": dict(ckpt.energy_source),
-        "conditions": [{"name": c.name, "lo": c.lo, "hi": c.hi} for c in ckpt.conditions],
-        "history": {k: v.detach().cpu().clone() for k, v in ckpt.history.items()},
-        "metrics": ckpt.report.to_dict(),
-        "versions": dict(ckpt.versions),
-    }
-    if ckpt.training is not None:
-        data["training"] = ckpt.training.to_dict()
+    _write(
+        path,
+        {
+            "format": FORMAT,
+            "format_version": CONDITIONAL_FORMAT_VERSION,
+            "kind": "conditional",
+            "conditional_flow": ckpt.flow.spec(),
+            "state_dict": _cpu(ckpt.flow.state_dict()),
+            "config": ckpt.config.to_dict(),
+            "per_step": int(ckpt.per_step),
+            "energy": dict(ckpt.energy_source),
+            "conditions": [{"name": c.name, "lo": c.lo, "hi": c.hi} for c in ckpt.conditions],
+            "history": _cpu(ckpt.history),
+            "metrics": ckpt.report.to_dict(),
+            "versions": dict(ckpt.versions),
+        },
+        ckpt.training,
+    )
+
+
+def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in tensors.items()}
+
+
+def _write(path: str | Path, data: dict[str, Any], training: Any) -> None:
+    """``data`` (and the training state, where there is one) to ``path``, atomically."""
+    if training is not None:
+        data["training"] = training.to_dict()
     buf = io.BytesIO()
     torch.save(data, buf)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
