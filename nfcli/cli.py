@@ -630,13 +630,7 @@ def _resume_conditional_energy(
     given must be the family the checkpoint was fitted to."""
     source = ckpt.energy_source
     if target is None:
-        if source["kind"] == "file" and not trust:
-            raise NfcliError(
-                f"{model} was fitted to the Python file {source['path']}, and resuming runs "
-                f"its code. Pass the file again (nfcli fit {source['path']} --resume {model}) "
-                "or --trust to run the copy stored in the checkpoint."
-            )
-        return ConditionalEnergy(energy_from_source(source, trust), ckpt.conditions)
+        return ConditionalEnergy(_stored_energy(source, trust, model), ckpt.conditions)
     energy = load_conditional_energy(target, ckpt.conditions, ckpt.names, constants)
     same = ("kind", "text", "name", "constants")
     if any(energy.energy.source.get(k) != source.get(k) for k in same):
@@ -895,13 +889,7 @@ def _resume_energy(
     it is loaded on its own terms first, so a different one is named as such."""
     source = ckpt.energy_source
     if target is None:
-        if source["kind"] == "file" and not trust:
-            raise NfcliError(
-                f"{model} was fitted to the Python file {source['path']}, and resuming runs "
-                f"its code. Pass the file again (nfcli fit {source['path']} --resume {model}) "
-                "or --trust to run the copy stored in the checkpoint."
-            )
-        return energy_from_source(source, trust)
+        return _stored_energy(source, trust, model)
     energy = load_energy(target, None, constants, check_proper=False)
     same = ("kind", "text", "name", "constants")
     if any(energy.source[k] != source.get(k, {}) for k in same) or energy.dim != len(ckpt.names):
@@ -917,6 +905,18 @@ def _resume_energy(
         names = list(ckpt.names)
         return dataclasses.replace(energy, names=tuple(names), source={**source, "vars": names})
     return load_energy(target, ckpt.names, constants, check_proper=False)
+
+
+def _stored_energy(source: dict[str, Any], trust: bool, model: Path) -> Energy:
+    """The energy stored in a checkpoint, to resume it: a Python file's stored code runs only
+    with --trust (or when the file is given again, which the callers load instead)."""
+    if source["kind"] == "file" and not trust:
+        raise NfcliError(
+            f"{model} was fitted to the Python file {source['path']}, and resuming runs "
+            f"its code. Pass the file again (nfcli fit {source['path']} --resume {model}) "
+            "or --trust to run the copy stored in the checkpoint."
+        )
+    return energy_from_source(source, trust)
 
 
 @contextlib.contextmanager
