@@ -9,7 +9,6 @@ known up to the Monte-Carlo error of the ELBO, which is reported with it.
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from dataclasses import dataclass
@@ -116,7 +115,7 @@ def _zoom_1d(g: Grid, energy: Energy, n: int | None, tol: float, tail: float = 1
 
 def log_prob(flow: Flow, points: Tensor) -> Tensor:
     """ln q(x) of a fitted flow at each row of ``points``, exact, computed in float64."""
-    return copy.deepcopy(flow).double().log_prob(points.double())
+    return flow.float64().log_prob(points.double())
 
 
 # --- importance sampling with q as the proposal ---------------------------------------------------

@@ -236,6 +236,13 @@ class Flow(nn.Module):
         last.shift.copy_(mean.to(last.shift).expand_as(last.shift))
         last.scale_tril.copy_(L.expand_as(last.scale_tril))
 
+    def float64(self) -> Flow:
+        """This flow in float64, for exact densities: itself if it already is, else a float64
+        copy (the flow it was called on is left as it was)."""
+        if self.base.loc.dtype == torch.float64:
+            return self
+        return copy.deepcopy(self).double()
+
     def select(self, r: int) -> Flow:
         """Restart r as a single flow (a copy)."""
         flow = Flow(self.dim, self.architecture, restarts=1).to(self.base.loc)

@@ -17,7 +17,6 @@ settings, the output files (the draws with a chain column, and a JSON summary be
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -166,7 +165,7 @@ def starting_points(
     """Each chain's start (chains, D), float64, and where it came from (see the module's doc)."""
     g = torch.Generator().manual_seed(seed)
     if flow is not None:
-        q = copy.deepcopy(flow).double()
+        q = flow.float64()
         with torch.no_grad():
             z, _ = q.rsample(chains, g)
         return z, "q"

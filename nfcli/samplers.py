@@ -33,7 +33,6 @@ says True the kernel returns the draws kept so far (Ctrl-C keeps what is done).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,7 +226,7 @@ def independence(
     min(1, exp(ln w(z') − ln w(z))), ln w = −U − ln q (−∞ outside the support)."""
     watch = watch or Watch()
     g = torch.Generator().manual_seed(seed)
-    q = copy.deepcopy(flow).double()
+    q = flow.float64()
 
     def propose(m: int) -> tuple[Tensor, Tensor]:
         """m proposals per chain: z (chains, m, D) and ln w (chains, m)."""
@@ -271,7 +270,7 @@ def _from_base(q: Flow, eps: Tensor) -> tuple[Tensor, Tensor]:
 def pulled_back(flow: Flow, energy: Energy) -> Energy:
     """The energy of p pulled back to the flow's standardised base coordinates ε (float64 copy):
     U_f(ε) = U(f(ε)) − Σ_d ln σ_d − ln|det ∂T/∂z₀|, f(ε) = T(m + σ·ε). ε (N, D) → (N,)."""
-    q = copy.deepcopy(flow).double()
+    q = flow.float64()
 
     def u(eps: Tensor) -> Tensor:
         z, log_det = _from_base(q, eps)
@@ -282,7 +281,7 @@ def pulled_back(flow: Flow, energy: Energy) -> Energy:
 
 def push_forward(flow: Flow, eps: Tensor) -> Tensor:
     """f(ε) for ε of shape (..., D), float64, without gradients."""
-    q = copy.deepcopy(flow).double()
+    q = flow.float64()
     with torch.no_grad():
         return _from_base(q, eps.reshape(-1, eps.shape[-1]))[0].reshape(eps.shape)
 
@@ -301,5 +300,6 @@ def neutra(
     (q's draws, in base coordinates), the kept draws mapped back to z by ``push_forward``."""
     g = torch.Generator().manual_seed(seed)
     init = torch.randn(chains, flow.dim, generator=g, dtype=torch.float64)
-    run = hmc(pulled_back(flow, energy), init, n, warmup, seed + 1, steps, watch=watch)
-    return Chains(push_forward(flow, run.draws), run.accept, run.step, run.warmup_done)
+    q = flow.float64()  # one copy for both maps
+    run = hmc(pulled_back(q, energy), init, n, warmup, seed + 1, steps, watch=watch)
+    return Chains(push_forward(q, run.draws), run.accept, run.step, run.warmup_done)
