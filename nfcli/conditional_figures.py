@@ -29,15 +29,13 @@ from nfcli.conditional_report import ConditionPoint
 from nfcli.conditions import Condition, ConditionalEnergy
 from nfcli.diagnostics import Window, choose_window, log_prob
 from nfcli.errors import NfcliError
-from nfcli.figures import GRID, FigureOptions, range_1d
+from nfcli.figures import GRID, FigureOptions, range_1d, window_2d
 from nfcli.plots import (
     _image,
     density_grid,
     fit_title,
-    mass_window,
-    sample_window,
+    normalised_curve,
     save_figure,
-    union,
 )
 
 N_DRAWS = 5_000  # draws of q(·|c) that place the window
@@ -50,18 +48,18 @@ def at_label(conditions: Sequence[Condition], c: Sequence[float]) -> str:
 
 
 def _panel_2d(flow_q, energy_p, window: Window | None, seed: int) -> tuple[Window, Tensor, Tensor]:
-    """The window, and q's and p's densities (normalised) on it, as (GRID, GRID) images."""
+    """The window (``nfcli.figures.window_2d`` unless given), and q's and p's densities
+    (normalised) on it, as (GRID, GRID) images."""
     with torch.no_grad():
         samples = flow_q.sample(N_DRAWS, torch.Generator().manual_seed(seed)).double()
-    grid = choose_window(samples, energy_p)
-    if window is None:
-        window = sample_window(samples)
-        if math.isfinite(grid.log_z):
-            window = union(window, mass_window(grid))
+    drawn, log_z = window_2d(samples, energy_p, None)
+    window = window or drawn
     q = density_grid(flow_q.log_prob, window, GRID, torch.float64)
-    log_z = grid.log_z if math.isfinite(grid.log_z) else 0.0
-    p = density_grid(lambda x: -energy_p(x) - log_z, window, GRID, torch.float64)
-    if not math.isfinite(grid.log_z):  # no quadrature: normalise on the drawn window itself
+    finite = log_z is not None and math.isfinite(log_z)
+    p = density_grid(
+        lambda x: -energy_p(x) - (log_z if finite else 0.0), window, GRID, torch.float64
+    )
+    if not finite:  # no quadrature: normalise on the drawn window itself
         (x0, x1), (y0, y1) = window
         p = p / (p.sum() * (x1 - x0) * (y1 - y0) / GRID**2).clamp_min(1e-300)
     return window, q, p
@@ -72,21 +70,18 @@ def _curves_1d(flow_q, energy_p, window: Window | None, seed: int) -> tuple[Tens
     with torch.no_grad():
         samples = flow_q.sample(N_DRAWS, torch.Generator().manual_seed(seed)).double()
     grid = choose_window(samples, energy_p)
+    finite = math.isfinite(grid.log_z)
     if window is not None:
         lo, hi = window[0]
     else:
         lo, hi = range_1d(samples)
-        if math.isfinite(grid.log_z):
+        if finite:
             lo, hi = min(lo, grid.window[0][0]), max(hi, grid.window[0][1])
     xs = torch.linspace(lo, hi, 1000, dtype=torch.float64)
     q = log_prob(flow_q, xs[:, None]).exp()
     with torch.no_grad():
-        neg_u = torch.nan_to_num(-energy_p(xs[:, None]).double(), nan=-math.inf)
-    if math.isfinite(grid.log_z):
-        log_z = grid.log_z
-    else:
-        log_z = torch.logsumexp(neg_u, 0).item() + math.log((xs[1] - xs[0]).item())
-    return xs, q, (neg_u - log_z).exp()
+        neg_u = -energy_p(xs[:, None])
+    return xs, q, normalised_curve(neg_u, xs, grid.log_z if finite else None)
 
 
 def conditional_density_figure(
