@@ -217,12 +217,8 @@ def mean_elbo(
     c = conditions.to(device=flow.lo.device, dtype=flow.lo.dtype)
     z, log_q = flow.rsample(c, n)
     log_w = -energy(z, c) - log_q
-    finite = log_w.isfinite()
-    return (
-        float(log_w.where(finite, 0.0).sum() / finite.sum().clamp(min=1))
-        if finite.all()
-        else -math.inf
-    )
+    # −∞ where U or ln q is not finite at some draw, as the ELBO of an unconditional report
+    return float(log_w.mean()) if bool(log_w.isfinite().all()) else -math.inf
 
 
 @dataclass
