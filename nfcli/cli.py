@@ -49,9 +49,15 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
-from nfcli.mcmc import DEFAULT_WARMUP, McmcSettings, default_method, run_mcmc, write_mcmc
-from nfcli.mcmc import check_output as mcmc_output
-from nfcli.mcmc import table as mcmc_table
+from nfcli.mcmc import (
+    DEFAULT_WARMUP,
+    McmcSettings,
+    chains_table,
+    check_draws_path,
+    default_method,
+    run_mcmc,
+    write_mcmc,
+)
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
 from nfcli.run_conditional import REPORT_DRAWS, check_conditional_options, run_conditional_fit
@@ -1552,7 +1558,7 @@ def mcmc(
     stops after the current iteration and writes the draws kept so far."""
     bindings, rest = split_bindings(ctx.args)
     refuse_unknown(ctx, target, rest)
-    path, _ = mcmc_output(output, force)
+    path, _ = check_draws_path(output, force)
     flow, verdict = None, None
     if target.strip().lower().endswith(".pt"):
         if vars or const or bindings:
@@ -1596,7 +1602,7 @@ def mcmc(
         )
         raise typer.Exit(130)
     summary = write_mcmc(run, path)
-    err.print(mcmc_table(run))
+    err.print(chains_table(run))
     for w in run.worries:
         err.print(Text.assemble(("warning: ", "yellow"), w), soft_wrap=True)
     err.print(f"wrote {settings.chains} chains × {run.kept} draws to {path} and {summary}")

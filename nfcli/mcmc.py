@@ -232,7 +232,7 @@ def run_mcmc(
     )
 
 
-def check_output(path: str, force: bool) -> tuple[str, Path]:
+def check_draws_path(path: str, force: bool) -> tuple[str, Path]:
     """The draws file's path and its JSON summary's (same name, .json), checked before any
     sampling: a known extension, a writable folder, nothing replaced without ``force``."""
     if path == "-":
@@ -263,7 +263,7 @@ def write_mcmc(run: McmcRun, path: str) -> Path:
     return summary
 
 
-def table(run: McmcRun) -> Table:
+def chains_table(run: McmcRun) -> Table:
     """The run's per-variable summary (mean, sd, MCSE, R-hat, ESS) as a rich table, with each
     chain's acceptance rate in the caption."""
     s = run.settings
