@@ -35,6 +35,7 @@ from nfcli.train import fit
 from nfcli.train_conditional import (
     CONDITIONS_PER_STEP,
     fit_conditional,
+    default_config,
     fit_conditional_restarts,
 )
 
@@ -59,7 +60,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.only.split(","):
         energy = load_conditional_energy(name, [])
-        config = FitConfig(**parse_settings(args.set))
+        config = default_config(**parse_settings(args.set))
         t0 = time.perf_counter()
         if config.restarts > 1:  # R fits to the end of annealing, the best by mean ELBO on
             result = fit_conditional_restarts(energy, config, per_step=args.per_step).result

@@ -74,7 +74,7 @@ from nfcli.summary import (
 from nfcli.targets import FAMILIES, TARGETS
 from nfcli.threads import Work, use_threads
 from nfcli.train import TrainingState
-from nfcli.train_conditional import ConditionalTrainingState
+from nfcli.train_conditional import CONDITIONAL_ITERS, ConditionalTrainingState
 
 app = typer.Typer(
     add_completion=False,
@@ -252,7 +252,12 @@ TargetArg = Annotated[
     ),
 ]
 IterOpt = Annotated[
-    int | None, typer.Option("--iters", help=f"Optimisation steps. (default: {FitConfig.iters})")
+    int | None,
+    typer.Option(
+        "--iters",
+        help=f"Optimisation steps. (default: {FitConfig.iters}; "
+        f"{CONDITIONAL_ITERS} for a conditional fit)",
+    ),
 ]
 K_HELP = (
     f"Number of flow layers. (default: {DEFAULT_K['planar']} for planar and radial, "
@@ -585,7 +590,8 @@ def _fit_conditional(values: dict[str, Any], texts: list[str], threads: str | No
             "No target given. Pass an expression with --condition NAME=LO:HI, or a family of "
             f"targets ({', '.join(FAMILIES)}), e.g. nfcli fit u1_rotated."
         )
-    cfg = check_conditional_options(make_config(values))
+    given = {k: v for k, v in values.items() if v is not None}
+    cfg = check_conditional_options(make_config({"iters": CONDITIONAL_ITERS, **given}))
     where = resolve_device(str(values.get("device") or "cpu"))
     names = _split_vars(values.get("vars"))
     constants = parse_constants(values.get("const"), "const: in the config file")

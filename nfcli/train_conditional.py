@@ -42,6 +42,19 @@ CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split bet
 # modes over a range of θ (mean KL 0.69 at seed 2); at 0.1 × lr every seed had mean KL < 0.03;
 # at 0.3, seed 2 lost the mode again; at 1/64, the fits had not converged (mean KL 0.24-0.48).
 OUTPUT_LR_SCALE = 0.1
+# A conditional fit's steps when --iters is not given: twice an unconditional fit's. One network
+# serves every c, and each step gives each c a 16th of the draws; on u1_rotated
+# (benchmarks/conditional.py, seeds 0-5) 8,000 steps left the worst of 16 angles at 0.035-0.107
+# nats (0.088-0.107 at 2 of 6 seeds), 16,000 at 0.018-0.037 (every seed), in about 2.2× the
+# time of one unconditional fit. A wider hypernetwork (128, 128) or more draws at the ends of the
+# range did not fix the worst angle across seeds.
+CONDITIONAL_ITERS = 2 * FitConfig.iters
+
+
+def default_config(**settings: Any) -> FitConfig:
+    """The FitConfig of a conditional fit: ``settings`` over FitConfig's defaults, with
+    CONDITIONAL_ITERS steps unless ``iters`` is among them."""
+    return FitConfig(**{"iters": CONDITIONAL_ITERS, **settings})
 
 
 @dataclass
