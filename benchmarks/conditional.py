@@ -4,14 +4,14 @@
     python benchmarks/conditional.py --only u1_rotated --separate 16
     python benchmarks/conditional.py --set iters=4000 --per-step 8
 
-For each built-in family (nfcli.targets.FAMILIES) one conditional flow is fitted at FitConfig's
-defaults (changed by --set) with ``nfcli.train_conditional.fit_conditional``, then evaluated at 16
-evenly spaced conditions (ends included) by ``nfcli.conditional_report.evaluate_at``: KL(q‖p) =
-ln Z − ELBO with ln Z by quadrature at each c (independent of nfcli's fit), KL(p‖q), TV, k̂.
-With --separate N, N unconditional default fits (``nfcli.train.fit`` on ``ConditionalEnergy.at``)
-at the first N of those conditions give the price of fitting each c alone: their KL and their
-total time. Prints the command line, the commit and one Markdown row per family (and per
-separate set).
+For each built-in family (nfcli.targets.FAMILIES) one conditional flow is fitted at the conditional
+defaults (``default_config``, changed by --set) with ``nfcli.train_conditional.fit_conditional``,
+then evaluated at 16 evenly spaced conditions (ends included) by
+``nfcli.conditional_report.evaluate_at``: KL(q‖p) = ln Z − ELBO with ln Z by quadrature at each c
+(independent of nfcli's fit), KL(p‖q), TV, k̂. With --separate N, N unconditional default fits
+(``nfcli.train.fit`` on ``ConditionalEnergy.at``) at the first N of those conditions give the price
+of fitting each c alone: their KL and their total time. Prints the command line, the commit and one
+Markdown row per family (and per separate set).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from provenance import nfcli_commit
 
 from nfcli.conditional_report import evaluate_at, summarise
 from nfcli.conditions import load_conditional_energy
-from nfcli.config import FitConfig
 from nfcli.run import evaluate
 from nfcli.targets import FAMILIES
 from nfcli.train import fit
 from nfcli.train_conditional import (
     CONDITIONS_PER_STEP,
-    fit_conditional,
     default_config,
+    fit_conditional,
     fit_conditional_restarts,
 )
 
