@@ -166,3 +166,27 @@ def test_resuming_a_python_file_energy_needs_the_file_or_trust(tmp_path):
     assert run("fit", "--resume", model, "--iters", "50", "--trust").exit_code == 0
     path.write_text(path.read_text() + "# changed\n")
     assert_refused(run("fit", path, "--resume", model, "--iters", "60"), "has changed since")
+
+
+def test_ctrl_c_in_a_conditional_fit_writes_the_fit_so_far_and_resumes(tmp_path):
+    """SIGINT in ``nfcli fit EXPR --condition`` (at its default steps, CONDITIONAL_ITERS): exit
+    130, the checkpoint, metrics.json and loss.png of the steps done; --resume goes on."""
+    from nfcli.checkpoint import load_conditional_checkpoint
+    from nfcli.train_conditional import CONDITIONAL_ITERS
+
+    out, log = tmp_path / "rot", tmp_path / "log"
+    proc = start(["(x - m)**2/2", "--condition", "m=-1:1", "--batch", "64", "-o", str(out)], log)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    text = " ".join(log.read_text().split())
+    assert "SIGINT: stopped after step" in text and "nfcli fit --resume" in text
+    assert f"of {CONDITIONAL_ITERS}" in text and "Traceback" not in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    done = metrics["steps_done"]
+    assert metrics["stopped"] == "interrupted" and metrics["iters"] == CONDITIONAL_ITERS
+    assert 0 < done < CONDITIONAL_ITERS and (out / "loss.png").stat().st_size > 0
+    assert load_conditional_checkpoint(out / "model.pt").training.step == done
+    result = run("fit", "--resume", out / "model.pt", "--iters", done + 5)
+    assert result.exit_code == 0, result.output
+    assert load_conditional_checkpoint(out / "model.pt").training.step == done + 5
