@@ -46,32 +46,31 @@ class _Template(Flow):
         return fn(self, *args)
 
 
-class ConditionalFlow(nn.Module):
-    """q(z | c) (Rezende & Mohamed 2015 §4 amortisation / hypernetworks, Ha et al. 2016): the flow
-    of ``architecture`` whose every parameter is h_φ(c), an MLP of the standardised condition
-    (see the module docstring).
+class AmortisedFlow(nn.Module):
+    """q(z | x): the flow of ``architecture`` whose every parameter ψ is h_φ(features(x)), an MLP
+    of an input x (C,) per row (the amortisation of Rezende & Mohamed 2015 §4; a hypernetwork, Ha
+    et al. 2016). ``ConditionalFlow`` is one whose input is a condition c standardised by its
+    range; a VAE's encoder (``nfcli.vae``) is one whose input is an image.
 
-    ``lo``, ``hi``: the trained range of each of the C condition variables (buffers); the MLP sees
-    (c − mid)/half-width, in [−1, 1] on that range. ``hidden``: the MLP's hidden layer sizes
-    (none: ψ is affine in c). The learnt parameters are the MLP's alone (``parameters()``); the
-    flow's fixed buffers are in ``state_dict`` under ``flow.``, and ``spec()`` with the state
-    dict rebuilds the module (``from_spec``).
+    ``inputs``: C, the input's size; ``hidden``: the MLP's hidden layer sizes (none: ψ is affine in
+    the input); ``activation``: between its layers (SiLU: ψ varies smoothly). Its last layer starts
+    with weight 0 and bias ψ_0, the initial parameters of ``Flow(dim, architecture)``. The learnt
+    parameters are the MLP's alone (``parameters()``); the flow's fixed buffers are in
+    ``state_dict`` under ``flow.``.
 
-    Shapes: c (M, C), one condition per row; samples and points (M, N, D), row m under c_m.
+    Shapes: inputs (M, C), one per row; samples and points (M, N, D), row m under input m.
     """
 
     def __init__(
         self,
         dim: int,
         architecture: dict[str, Any],
-        lo: Sequence[float],
-        hi: Sequence[float],
+        inputs: int,
         hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
-        lo, hi = [float(v) for v in lo], [float(v) for v in hi]
-        _check_range(lo, hi)
-        self.dim, self.conditions = dim, len(lo)
+        self.dim, self.inputs = dim, inputs
         self.architecture = copy.deepcopy(architecture)
         self.hidden = [int(h) for h in hidden]
         # built first, so that under one seed the initial ψ_0 is an unconditional fit's init
@@ -83,35 +82,45 @@ class ConditionalFlow(nn.Module):
         self._sizes = [math.prod(s) for s in self._shapes]
         initial = torch.cat([p.detach().reshape(-1) for _, p in named])
         _parameters_to_buffers(self.flow)
-        self.register_buffer("lo", torch.tensor(lo))
-        self.register_buffer("hi", torch.tensor(hi))
-        sizes = [self.conditions, *self.hidden, len(initial)]
+        sizes = [inputs, *self.hidden, len(initial)]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
-                layers.append(nn.SiLU())
+                layers.append(activation())
         self.net = nn.Sequential(*layers)
         with torch.no_grad():
             self.net[-1].weight.zero_()
             self.net[-1].bias.copy_(initial)
 
-    # --- the map c ↦ ψ(c) ---------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """P: the number of flow parameters ψ that the MLP produces per input."""
+        return sum(self._sizes)
 
-    def parameters_at(self, c: Tensor) -> dict[str, Tensor]:
-        """ψ(c): c (M, C) → {name of a parameter of ``Flow(dim, architecture)``: (M, *shape)},
+    # --- the map x ↦ ψ(x) ---------------------------------------------------------------------
+
+    def features(self, x: Tensor) -> Tensor:
+        """What the MLP sees of inputs x (M, C): x itself (``ConditionalFlow`` standardises)."""
+        if x.dim() != 2 or x.shape[1] != self.inputs:
+            raise ValueError(
+                f"inputs must have shape (M, {self.inputs}), one per row; got {tuple(x.shape)}"
+            )
+        return x.to(self.net[-1].bias)
+
+    def parameters_at(self, x: Tensor) -> dict[str, Tensor]:
+        """ψ(x): x (M, C) → {name of a parameter of ``Flow(dim, architecture)``: (M, *shape)},
         differentiable in φ."""
-        c = self._check_conditions(c)
-        x = (c - (self.lo + self.hi) / 2) / ((self.hi - self.lo) / 2)
-        flat = self.net(x)
+        flat = self.net(self.features(x))
         parts = flat.split(self._sizes, dim=-1)
         return {
-            name: part.reshape(len(c), *shape)
+            name: part.reshape(len(x), *shape)
             for name, shape, part in zip(self._names, self._shapes, parts, strict=True)
         }
 
     def _call(self, c: Tensor, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(flow, *args) on the M flows ψ(c_1) … ψ(c_M), the fixed buffers shared by all."""
+        """fn(flow, *args) on the M flows ψ(c_1) … ψ(c_M) (c: the inputs, (M, C)), the fixed
+        buffers shared by all."""
         tensors: dict[str, Tensor] = self.parameters_at(c)
         M = len(c)
         for name in self._fixed:
@@ -152,7 +161,7 @@ class ConditionalFlow(nn.Module):
         return torch.cat(parts, dim=1) if parts else y.new_zeros(len(c), 0)
 
     def at(self, c: Tensor) -> Flow:
-        """q(·|c) for one condition c (C,) as a plain ``Flow`` (restarts 1): ψ(c) and the fixed
+        """q(·|c) for one input c (C,) as a plain ``Flow`` (restarts 1): ψ(c) and the fixed
         buffers copied in, detached, so that everything nfcli does with a fitted flow (sample,
         logprob, the report, the plots) works on it unchanged."""
         params = self.parameters_at(c.reshape(1, -1))
@@ -160,7 +169,8 @@ class ConditionalFlow(nn.Module):
         state |= {name: self.flow.get_buffer(name).clone() for name in self._fixed}
         with torch.random.fork_rng(devices=[]):  # the throwaway init leaves the RNG as it was
             flow = Flow(self.dim, self.architecture, restarts=1)
-        flow = flow.to(device=self.lo.device, dtype=self.lo.dtype)
+        bias = self.net[-1].bias
+        flow = flow.to(device=bias.device, dtype=bias.dtype)
         flow.load_state_dict(state)
         return flow
 
@@ -169,6 +179,47 @@ class ConditionalFlow(nn.Module):
         """Set the flow's last transform, a fixed affine y = Lz + m (architecture with start
         "mode"), to N(``mean``, ``covariance``) for every c (``Flow.start_at``)."""
         self.flow.start_at(mean, covariance)
+
+    def _check_points(self, c: Tensor, y: Tensor) -> Tensor:
+        if y.dim() != 3 or y.shape[0] != len(c) or y.shape[2] != self.dim:
+            raise ValueError(
+                f"points must have shape (M, N, {self.dim}) with M = {len(c)}, the number of "
+                f"inputs; got {tuple(y.shape)}"
+            )
+        return y
+
+
+class ConditionalFlow(AmortisedFlow):
+    """q(z | c) (Rezende & Mohamed 2015 §4 amortisation / hypernetworks, Ha et al. 2016): the flow
+    of ``architecture`` whose every parameter is h_φ(c), an MLP of the standardised condition
+    (see the module docstring): an ``AmortisedFlow`` whose input is c.
+
+    ``lo``, ``hi``: the trained range of each of the C condition variables (buffers); the MLP sees
+    (c − mid)/half-width, in [−1, 1] on that range. ``hidden``: the MLP's hidden layer sizes
+    (none: ψ is affine in c). ``spec()`` with the state dict rebuilds the module (``from_spec``).
+
+    Shapes: c (M, C), one condition per row; samples and points (M, N, D), row m under c_m.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        architecture: dict[str, Any],
+        lo: Sequence[float],
+        hi: Sequence[float],
+        hidden: Sequence[int] = (64, 64),
+    ) -> None:
+        lo, hi = [float(v) for v in lo], [float(v) for v in hi]
+        _check_range(lo, hi)
+        super().__init__(dim, architecture, len(lo), hidden)
+        self.conditions = len(lo)
+        self.register_buffer("lo", torch.tensor(lo))
+        self.register_buffer("hi", torch.tensor(hi))
+
+    def features(self, c: Tensor) -> Tensor:
+        """x = (c − mid)/half ∈ [−1, 1]^C on the trained range, for c (M, C)."""
+        c = self._check_conditions(c)
+        return (c - (self.lo + self.hi) / 2) / ((self.hi - self.lo) / 2)
 
     # --- rebuilding -------------------------------------------------------------------------
 
@@ -197,14 +248,6 @@ class ConditionalFlow(nn.Module):
                 f"got {tuple(c.shape)}"
             )
         return c.to(self.lo)
-
-    def _check_points(self, c: Tensor, y: Tensor) -> Tensor:
-        if y.dim() != 3 or y.shape[0] != len(c) or y.shape[2] != self.dim:
-            raise ValueError(
-                f"points must have shape (M, N, {self.dim}) with M = {len(c)}, the number of "
-                f"conditions; got {tuple(y.shape)}"
-            )
-        return y
 
 
 def _log_prob_all(flow: Flow, y: Tensor) -> Tensor:
