@@ -134,7 +134,9 @@ def _load_mnist(path: Path, where: str) -> ImageData:
     """The deeplearning.net layout: ((x, y), (x, y), (x, y)) for train, valid, test; the
     labels y are not used. ``where`` completes the source line."""
     if not path.is_file():
-        raise NfcliError(f"The MNIST pickle {path} does not exist. Check the path.")
+        raise NfcliError(
+            f"The MNIST pickle {path} does not exist or is not a file. Check the path."
+        )
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -143,7 +145,7 @@ def _load_mnist(path: Path, where: str) -> ImageData:
         raise NfcliError(f"Cannot read {path}: {e}") from None
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
         raise NfcliError(
-            f"Cannot read {path} as a gzipped MNIST pickle ({type(e).__name__}: {e}). "
+            f"Cannot read {path} as an MNIST pickle ({type(e).__name__}: {e}). "
             f"Reinstall it with `make mnist`, or check that the file is the deeplearning.net "
             "mnist.pkl.gz."
         ) from None
@@ -173,10 +175,11 @@ def _load_mnist(path: Path, where: str) -> ImageData:
 def _load_arrays(path: Path, seed: int, valid_fraction: float, test_fraction: float) -> ImageData:
     """A .npy (one array, split at random) or a .npz (train, optionally valid and test)."""
     if not path.is_file():
-        raise NfcliError(f"The image file {path} does not exist. Check the path.")
+        raise NfcliError(f"The image file {path} does not exist or is not a file. Check the path.")
     try:
         loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
+        npz = isinstance(loaded, np.lib.npyio.NpzFile)
+        if npz:
             with loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
         else:
@@ -194,10 +197,14 @@ def _load_arrays(path: Path, seed: int, valid_fraction: float, test_fraction: fl
             f"optionally 'valid' and 'test', and nothing else. Save it with "
             "numpy.savez(path, train=..., valid=..., test=...), or as one .npy array."
         )
+
+    def where(split: str) -> str:
+        return f"{path} ({split})" if npz else str(path)
+
     shape = None
     images: dict[str, np.ndarray] = {}
     for split, a in arrays.items():
-        flat, split_shape = _flatten(a, f"{path} ({split})" if len(arrays) > 1 else str(path))
+        flat, split_shape = _flatten(a, where(split))
         if shape is not None and split_shape != shape:
             raise NfcliError(
                 f"The arrays of {path} have different image shapes: {shape} and {split_shape} "
@@ -206,7 +213,7 @@ def _load_arrays(path: Path, seed: int, valid_fraction: float, test_fraction: fl
         shape = split_shape
         images[split] = flat
     assert shape is not None
-    xs = {k: _as_intensities(a, f"{path} ({k})") for k, a in images.items()}
+    xs = {k: _as_intensities(a, where(k)) for k, a in images.items()}
     missing = [s for s in _SPLITS[1:] if s not in xs]
     if missing:
         fractions = {"valid": valid_fraction, "test": test_fraction}
@@ -245,15 +252,13 @@ def _as_intensities(a: np.ndarray, where: str) -> Tensor:
                 "uint8 0..255."
             )
         a = a.astype(np.float32) / np.float32(255)
-    elif np.issubdtype(a.dtype, np.floating):
-        a = a.astype(np.float32, copy=False)
-    else:
+    elif not np.issubdtype(a.dtype, np.floating):
         raise NfcliError(
             f"{where} has dtype {a.dtype}; nfcli reads float intensities in [0, 1], bool, or "
             "uint8 grey levels 0..255. Convert it, e.g. (x / 255).astype('float32') for 0..255 "
             "integers."
         )
-    finite = np.isfinite(a)
+    finite = np.isfinite(a)  # checked before the cast to float32, which could overflow
     if not finite.all():
         raise NfcliError(
             f"{where} has {int((~finite).sum())} values that are NaN or infinite. Pixel "
@@ -270,7 +275,7 @@ def _as_intensities(a: np.ndarray, where: str) -> Tensor:
             f"{where} has values outside [0, 1] (from {low:g} to {high:g}); pixel intensities "
             f"must lie in [0, 1]: {hint}."
         )
-    if not a.flags.writeable or not a.flags.c_contiguous:
+    if a.dtype != np.float32 or not a.flags.writeable or not a.flags.c_contiguous:
         a = np.array(a, dtype=np.float32, order="C")
     return torch.from_numpy(a)
 
@@ -291,7 +296,7 @@ def _random_split(
     if min(sizes_all.values()) < MIN_SPLIT:
         need = math.ceil(MIN_SPLIT / min(min(fractions.values()), 1 - total))
         raise NfcliError(
-            f"{path} has {n} training images, too few to split into "
+            f"{path} has {n} images to split, too few for "
             + ", ".join(f"{k} {v}" for k, v in sizes_all.items())
             + f": every split needs at least {MIN_SPLIT} images. Give at least {need} images, "
             "or larger fractions, or save the splits yourself as a .npz (train, valid, test)."
@@ -407,10 +412,16 @@ def synthetic_images(n: int, shape: tuple[int, int] = (14, 14), seed: int = 0) -
     """``n`` generated digit-like images (n, H·W), float32 grey levels in [0, 1].
 
     Each image is one of four stroke classes (a ring, a bar, a "7", a "4"), drawn with a random
-    class, scale (0.75-1), rotation (±0.25 rad), shift (±10 % of the side), stroke half-width
-    (0.5-1 pixel) and brightness (0.8-1): pixel value = brightness·clamp(1 + w − d, 0, 1)
-    where d is the pixel's distance to the nearest segment, so the background is exactly 0 and
-    strokes have grey edges. Deterministic given ``seed``."""
+    class, scale (0.75-1), rotation (±0.25 rad), shift (±0.15 in a frame [-1, 1]² that covers
+    the central 90 % of the image), stroke half-width w (0.5-1 pixel) and brightness (0.8-1):
+    pixel value = brightness·clamp(1 + w − d, 0, 1) where d is the pixel's distance to the
+    nearest segment, so the background is exactly 0 and strokes have grey edges. Deterministic
+    given ``seed``."""
+    return _synthetic(n, shape, seed)[0]
+
+
+def _synthetic(n: int, shape: tuple[int, int], seed: int) -> tuple[Tensor, Tensor]:
+    """synthetic_images and each image's class (n,), 0-3: ring, bar, "7", "4"."""
     if n < 1:
         raise ValueError("n must be at least 1")
     H, W = shape
@@ -421,7 +432,7 @@ def synthetic_images(n: int, shape: tuple[int, int] = (14, 14), seed: int = 0) -
     u = torch.rand(n, 6, generator=g)
     scale = 0.75 + 0.25 * u[:, 0]
     angle = 0.5 * (u[:, 1] - 0.5)
-    shift = 0.2 * (u[:, 2:4] - 0.5)  # unit frame
+    shift = 0.3 * (u[:, 2:4] - 0.5)  # unit frame
     half_width = 0.5 + 0.5 * u[:, 4]  # pixels
     brightness = 0.8 + 0.2 * u[:, 5]
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -440,7 +451,7 @@ def synthetic_images(n: int, shape: tuple[int, int] = (14, 14), seed: int = 0) -
     nearest = a + t.clamp(0, 1)[..., None] * ab
     d = (grid - nearest).norm(dim=-1).amin(dim=1)  # (n, H·W)
     images = brightness[:, None] * (1 + half_width[:, None] - d).clamp(0, 1)
-    return images.float().contiguous()
+    return images.float().contiguous(), cls
 
 
 def fixture(seed: int = 0) -> ImageData:
