@@ -36,6 +36,20 @@ Format 3 is a conditional fit, q(z | c) for a family of targets (``nfcli fit --c
       "training": {...},                  # nfcli.train_conditional.ConditionalTrainingState
     }
 
+Format 4 is a VAE with a flow posterior (``nfcli vae``, ``nfcli.vae``):
+
+    {
+      "format": "nfcli-checkpoint", "format_version": 4, "kind": "vae",
+      "spec": {...},                      # VaeSpec.to_dict(): pixels, latent, hidden, flow, K
+      "state_dict": {name: tensor},       # VAE.state_dict(): encoder and decoder
+      "config": {...},                    # VaeConfig.to_dict()
+      "data": {"name", "source", "shape", "binary"},   # what it was trained on
+      "history": {...},                   # VaeHistory.to_dict(): per epoch
+      "evaluation": {...} or None,        # VaeEvaluation.to_dict(): the test −ln p(x)
+      "versions": {...},
+      "training": {...},                  # nfcli.train_vae.VaeTrainingState
+    }
+
 ``training`` is what ``nfcli fit --resume`` needs to go on with a conditional fit; a format-3
 file without it (from before it was stored) loads, but cannot be resumed. The flow is rebuilt in
 the config's dtype.
@@ -72,10 +86,13 @@ from nfcli.io import atomic_write
 from nfcli.report import TrustReport
 from nfcli.train import TrainingState
 from nfcli.train_conditional import ConditionalTrainingState
+from nfcli.train_vae import VaeConfig, VaeEvaluation, VaeHistory, VaeTrainingState
+from nfcli.vae import VAE, VaeSpec
 
 FORMAT = "nfcli-checkpoint"
 FORMAT_VERSION = 2  # what an unconditional fit is written as
-CONDITIONAL_FORMAT_VERSION = 3  # a conditional fit (the newest format this nfcli reads)
+CONDITIONAL_FORMAT_VERSION = 3  # a conditional fit
+VAE_FORMAT_VERSION = 4  # a VAE (the newest format this nfcli reads)
 
 
 @dataclass
@@ -116,6 +133,68 @@ class ConditionalCheckpoint:
     def describe_conditions(self) -> str:
         """'theta in [-3.14159, 3.14159]' for each condition, for messages."""
         return ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in self.conditions)
+
+
+@dataclass
+class VaeCheckpoint:
+    """A trained VAE (``nfcli vae``): the model, how it was trained and on what, its learning
+    curves, its test evaluation (None until evaluated) and where training stands."""
+
+    model: VAE
+    config: VaeConfig
+    data: dict[str, Any]  # name, source, shape, binary
+    history: VaeHistory
+    evaluation: VaeEvaluation | None
+    versions: dict[str, str]
+    training: VaeTrainingState | None = None
+
+
+def save_vae_checkpoint(path: str | Path, ckpt: VaeCheckpoint) -> None:
+    _write(
+        path,
+        {
+            "format": FORMAT,
+            "format_version": VAE_FORMAT_VERSION,
+            "kind": "vae",
+            "spec": ckpt.model.spec.to_dict(),
+            "state_dict": _cpu(ckpt.model.state_dict()),
+            "config": ckpt.config.to_dict(),
+            "data": dict(ckpt.data),
+            "history": ckpt.history.to_dict(),
+            "evaluation": ckpt.evaluation.to_dict() if ckpt.evaluation is not None else None,
+            "versions": dict(ckpt.versions),
+        },
+        ckpt.training,
+    )
+
+
+def load_vae_checkpoint(path: str | Path) -> VaeCheckpoint:
+    """Load and check a VAE's checkpoint; a flow fit's file is refused in one paragraph."""
+    data = _read(path)
+    if data.get("kind") != "vae":
+        raise NfcliError(
+            f"{path} is a flow fitted by nfcli fit, not a VAE trained by nfcli vae. Give the "
+            "model.pt that nfcli vae wrote (e.g. runs/vae-k10/model.pt)."
+        )
+    try:
+        model = VAE(VaeSpec.from_dict(data["spec"]))
+        model.load_state_dict(data["state_dict"])
+        evaluation = data.get("evaluation")
+        training = data.get("training")
+        return VaeCheckpoint(
+            model.eval(),
+            VaeConfig.from_dict(data["config"]),
+            dict(data["data"]),
+            VaeHistory.from_dict(data["history"]),
+            VaeEvaluation.from_dict(evaluation) if evaluation is not None else None,
+            data["versions"],
+            VaeTrainingState.from_dict(training) if training is not None else None,
+        )
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
+        raise NfcliError(
+            f"{path} is an nfcli VAE checkpoint with missing or inconsistent contents ({e}). "
+            "Train it again with nfcli vae."
+        ) from None
 
 
 def versions() -> dict[str, str]:
@@ -214,6 +293,42 @@ def _example_at(conditions: list[Condition]) -> str:
 def load_any(path: str | Path) -> Checkpoint | ConditionalCheckpoint:
     """Load and check a checkpoint of either kind (its ``kind`` says which); every way it can
     be wrong is a one-paragraph NfcliError."""
+    data = _read(path)
+    path = Path(path)
+    version = data["format_version"]
+    if data.get("kind") == "vae":
+        raise NfcliError(
+            f"{path} is a VAE trained by nfcli vae, not a flow fitted to a target. Evaluate it "
+            "with nfcli vae-eval (nfcli vae --resume goes on training it)."
+        )
+    if data.get("kind", "flow") == "conditional":
+        return _conditional_from_data(path, data)
+    try:
+        check_source(data.get("energy"))
+        config = stored_config(data["config"])
+        if version == 1:
+            data = upgrade_format_1(data)
+        flow = Flow(data["dim"], data["architecture"]).to(resolve_dtype(config.dtype))
+        flow.load_state_dict(data["state_dict"])
+        return Checkpoint(
+            flow.eval(),
+            config,
+            data["energy"],
+            data["history"],
+            TrustReport.from_dict(data["metrics"]),
+            data["versions"],
+            TrainingState.from_dict(data["training"]) if "training" in data else None,
+        )
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
+        raise NfcliError(
+            f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
+            "Re-run nfcli fit to make a new one."
+        ) from None
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file's dict, loaded with weights_only and checked to be an nfcli checkpoint of
+    a format this nfcli reads; every way it can be wrong is a one-paragraph NfcliError."""
     path = Path(path)
     if not path.is_file():
         raise NfcliError(
@@ -247,34 +362,12 @@ def load_any(path: str | Path) -> Checkpoint | ConditionalCheckpoint:
             "fit wrote."
         )
     version = data.get("format_version")
-    if not isinstance(version, int) or version > CONDITIONAL_FORMAT_VERSION:
+    if not isinstance(version, int) or version > VAE_FORMAT_VERSION:
         raise NfcliError(
             f"{path} has checkpoint format version {version}, newer than this nfcli reads "
-            f"({CONDITIONAL_FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
+            f"({VAE_FORMAT_VERSION}). Upgrade nfcli (pip install -U nfcli)."
         )
-    if data.get("kind", "flow") == "conditional":
-        return _conditional_from_data(path, data)
-    try:
-        check_source(data.get("energy"))
-        config = stored_config(data["config"])
-        if version == 1:
-            data = upgrade_format_1(data)
-        flow = Flow(data["dim"], data["architecture"]).to(resolve_dtype(config.dtype))
-        flow.load_state_dict(data["state_dict"])
-        return Checkpoint(
-            flow.eval(),
-            config,
-            data["energy"],
-            data["history"],
-            TrustReport.from_dict(data["metrics"]),
-            data["versions"],
-            TrainingState.from_dict(data["training"]) if "training" in data else None,
-        )
-    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, NfcliError) as e:
-        raise NfcliError(
-            f"{path} is an nfcli checkpoint with missing or inconsistent contents ({e}). "
-            "Re-run nfcli fit to make a new one."
-        ) from None
+    return data
 
 
 def _conditional_from_data(path: Path, data: dict[str, Any]) -> ConditionalCheckpoint:

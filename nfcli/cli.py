@@ -48,7 +48,7 @@ from nfcli.energy import Energy, energy_from_source, load_energy
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
-from nfcli.io import check_sample_path, ensure_dir, load_points, save_samples
+from nfcli.io import atomic_write, check_sample_path, ensure_dir, load_points, save_samples
 from nfcli.mcmc import (
     DEFAULT_WARMUP,
     McmcSettings,
@@ -1688,6 +1688,246 @@ def plain_help() -> None:
 
 
 plain_help()
+
+
+# --- nfcli vae, nfcli vae-eval: the paper's MNIST experiment (nfcli.run_vae) --------------------
+
+
+@contextlib.contextmanager
+def vae_progress() -> Iterator[Callable[[str, int], Callable[..., None]]]:
+    """Rich progress bars on stderr: a factory of callbacks, one bar per label (training or
+    evaluation)."""
+    with Progress(
+        TextColumn("[bold]{task.description}[/] {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+
+        def start(label: str, total: int, done0: int = 0) -> Callable[..., None]:
+            task = bar.add_task(label, total=total, completed=done0, note="")
+
+            def update(done: int, *rest: Any) -> None:
+                """(done, total) from an evaluation, (done, ELBO, total) from training."""
+                note = f"ELBO {rest[0]:9.2f}" if len(rest) == 2 else ""
+                bar.update(task, completed=done, total=rest[-1], note=note)
+
+            return update
+
+        yield start
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or any(k < 0 for k in ks) or len(set(ks)) != len(ks):
+        raise NfcliError(
+            f"--K {text!r}: give the flow's length, 0 (no flow: the diagonal Gaussian "
+            "posterior) or more, or a list of distinct lengths for a table, e.g. --K 0,10,20,40,80."
+        )
+    return ks
+
+
+@app.command()
+@user_errors
+def vae(
+    data: str = option(
+        "mnist",
+        "--data",
+        help="mnist (after make mnist), synthetic (a small generated set), or a .npy/.npz of "
+        "images with values in [0, 1] (uint8 0..255 is divided by 255).",
+    ),
+    flow: str = option("planar", "--flow", help="The posterior's layers: planar or radial."),
+    K: str = option(
+        "10", "--K", help="Flow length (0: diagonal Gaussian), or a list such as 0,10,20,40,80."
+    ),
+    budget: str = option(
+        "cpu",
+        "--budget",
+        help="cpu (15,000 Adam updates, lr 1e-3) or paper (500,000 RMSprop updates, lr 1e-5, "
+        "momentum 0.9: for a GPU); --updates and --lr override it.",
+    ),
+    updates: Annotated[
+        int | None, typer.Option("--updates", help="Updates (mini-batches).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    latent: int = option(40, "--latent", help="Latent variables."),
+    hidden: str = option("400,400", "--hidden", help="Hidden units of encoder and decoder."),
+    batch: int = option(100, "--batch", help="Images per update."),
+    anneal: int = option(10000, "--anneal", help="Updates of β from 0.01 to 1 (0: none)."),
+    binarize: str = option(
+        "dynamic", "--binarize", help="dynamic (a fresh draw every update) or fixed (once)."
+    ),
+    seed: int = option(0, "--seed", help="Random seed."),
+    samples: int = option(200, "--samples", help="Importance samples per test image."),
+    test_images: Annotated[
+        int | None, typer.Option("--test-images", help="Evaluate on the first N test images.")
+    ] = None,
+    output: str = option("runs/vae", "--output", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing model.pt."),
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="A model.pt of nfcli vae to go on training (to --updates)."),
+    ] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train a VAE whose posterior q(z | x) is a normalizing flow amortised by the encoder (the
+    paper's MNIST experiment, Table 2), then estimate the test −ln p(x) by importance sampling.
+
+    Writes model.pt, metrics.json, curves.png, samples.png and reconstructions.png; with a list
+    of K, one folder per K plus summary.csv and nll.png. Ctrl-C stops after the current update
+    and writes the model so far (go on with --resume)."""
+    from nfcli.checkpoint import load_vae_checkpoint
+    from nfcli.datasets import load_images
+    from nfcli.run_vae import run_vae, run_vae_table
+    from nfcli.train_vae import VaeConfig, with_budget
+
+    if resume is not None:
+        ckpt = load_vae_checkpoint(resume)
+        if ckpt.training is None:
+            raise NfcliError(f"{resume} holds no training state, so it cannot be resumed.")
+        cfg = dataclasses.replace(ckpt.config, updates=updates or ckpt.config.updates)
+        if cfg.updates <= ckpt.training.step:
+            raise NfcliError(
+                f"{resume} has done {ckpt.training.step} of its {ckpt.config.updates} updates. "
+                f"Pass --updates N with N above {ckpt.training.step} to train it longer."
+            )
+        images = load_images(ckpt.data["spec"], int(ckpt.data["seed"]))
+        ks, out_dir, force = [cfg.K], Path(output) if output != "runs/vae" else resume.parent, True
+    else:
+        ckpt, ks = None, _parse_ks(K)
+        cfg = with_budget(VaeConfig(), budget)
+        cfg = dataclasses.replace(
+            cfg,
+            flow=flow,
+            K=ks[0],
+            latent=latent,
+            hidden=tuple(parse_hidden(hidden)),
+            batch=batch,
+            anneal=anneal,
+            binarize=binarize,
+            seed=seed,
+            updates=updates if updates is not None else cfg.updates,
+            lr=lr if lr is not None else cfg.lr,
+        )
+        for k in ks:
+            dataclasses.replace(cfg, K=k).validate()
+        images = load_images(data, seed)
+        out_dir = Path(output)
+    use_threads(threads, Work(cfg.batch, cfg.hidden[0]))
+    err.print(
+        f"training a VAE on {images.name} ({len(images.train)} training images of "
+        f"{images.shape[0]}×{images.shape[1]}): {cfg.latent} latents, "
+        f"{'K = ' + ','.join(map(str, ks))} {cfg.flow}, {cfg.updates:,} {cfg.optimizer} updates; "
+        "Ctrl-C stops after the current update and keeps the model so far",
+        soft_wrap=True,
+    )
+    with stop_on_signals() as stop, vae_progress() as progress:
+
+        def one(config: VaeConfig, folder: Path) -> Any:
+            done = ckpt.training.step if ckpt is not None and ckpt.training else 0
+            return run_vae(
+                images,
+                config,
+                folder,
+                force,
+                progress(f"K={config.K} train", config.updates, done),
+                stop,
+                samples,
+                test_images,
+                progress(f"K={config.K} test −ln p(x)", 1),
+                resume=ckpt,
+                data_spec=ckpt.data["spec"] if ckpt is not None else data,
+            )
+
+        if len(ks) == 1:
+            one(cfg, out_dir)
+        else:
+            run_vae_table(images, cfg, ks, out_dir, force, one)
+    table = Table(title=f"nfcli vae: {images.name}, {cfg.updates:,} updates")
+    for col in ("K", "test −ln p(x)", "± s.e.", "−ELBO", "valid bound", "train s", "folder"):
+        table.add_column(col, justify="right")
+    summary = _vae_rows(out_dir, ks)
+    for row in summary:
+        table.add_row(*row)
+    err.print(table)
+    if stop.name is not None:
+        err.print(
+            f"[bold yellow]{stop.name}[/]: stopped; wrote the model so far. Continue it with: "
+            f"nfcli vae --resume {_last_model(out_dir, ks)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+
+
+def _vae_rows(out_dir: Path, ks: list[int]) -> list[list[str]]:
+    """The table's rows from each model's metrics.json (the one place its numbers are)."""
+    import json as _json
+
+    rows = []
+    for k in ks:
+        folder = out_dir if len(ks) == 1 else out_dir / f"K{k}"
+        path = folder / "metrics.json"
+        if not path.is_file():
+            continue
+        m = _json.loads(path.read_text())
+        test = m.get("test") or {}
+        rows.append(
+            [
+                str(k),
+                f"{test['nll']:.2f}" if test else "—",
+                f"{test['nll_se']:.2f}" if test else "—",
+                f"{test['neg_elbo']:.2f}" if test else "—",
+                f"{m['valid_elbo']:.2f}" if m.get("valid_elbo") is not None else "—",
+                f"{m['train_seconds']:.0f}" if m.get("train_seconds") is not None else "—",
+                str(folder),
+            ]
+        )
+    return rows
+
+
+def _last_model(out_dir: Path, ks: list[int]) -> Path:
+    folders = [out_dir] if len(ks) == 1 else [out_dir / f"K{k}" for k in ks]
+    have = [f / "model.pt" for f in folders if (f / "model.pt").is_file()]
+    return have[-1] if have else out_dir / "model.pt"
+
+
+@app.command("vae-eval")
+@user_errors
+def vae_eval(
+    model: Annotated[Path, typer.Argument(help="A model.pt written by nfcli vae.")],
+    samples: int = option(200, "--samples", help="Importance samples per test image."),
+    test_images: Annotated[
+        int | None, typer.Option("--test-images", help="Evaluate on the first N test images.")
+    ] = None,
+    seed: int = option(0, "--seed", help="Seed of the test images' binarisation and draws."),
+    threads: ThreadsOpt = None,
+) -> None:
+    """The test −ln p(x) of a trained VAE by importance sampling (S draws of q(z | x) per test
+    image), with its standard error over the images; written to eval-S<samples>.json beside the
+    model."""
+    import json as _json
+
+    from nfcli.checkpoint import load_vae_checkpoint
+    from nfcli.datasets import load_images
+    from nfcli.train_vae import evaluate
+
+    ckpt = load_vae_checkpoint(model)
+    images = load_images(ckpt.data["spec"], int(ckpt.data["seed"]))
+    test = images.test[:test_images] if test_images is not None else images.test
+    use_threads(threads, Work(100, ckpt.config.hidden[0]))
+    with vae_progress() as progress:
+        ev = evaluate(ckpt.model, test, samples, seed, progress("test −ln p(x)", len(test)))
+    path = model.parent / f"eval-S{samples}.json"
+    text = _json.dumps(ev.to_dict(), indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    out.print(
+        f"test −ln p(x) = {ev.nll:.2f} ± {ev.nll_se:.2f} nats (S = {samples}, {ev.images} images "
+        f"of {images.name}; −ELBO {ev.neg_elbo:.2f}); wrote {path}"
+    )
 
 
 def main() -> None:

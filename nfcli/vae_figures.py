@@ -1,0 +1,80 @@
+"""The figures of a VAE (``nfcli vae``): learning curves, image grids, −ln p(x) against K."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from nfcli.plots import fit_title
+from nfcli.train_vae import VaeHistory
+
+
+def curves_figure(history: VaeHistory, title: str) -> Figure:
+    """The training ELBO (mean of each epoch's updates, one draw per image) and the validation
+    bound (after each epoch) against the updates done: the seed work's learning curves."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    ax.plot(history.updates, history.train_elbo, "-", color="C0", label="training ELBO")
+    ax.plot(history.updates, history.valid_elbo, "-", color="C1", label="validation bound")
+    finite = [v for v in history.train_elbo + history.valid_elbo if math.isfinite(v)]
+    if finite:  # the first epochs' bounds are far below the rest: show where the fit ends up
+        top, last = max(finite), min(history.valid_elbo[-1], history.train_elbo[-1])
+        ax.set_ylim(last - 3 * max(top - last, 1.0), top + 0.15 * max(top - last, 1.0))
+    ax.set_xlabel("updates")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    fit_title(fig, title, fontsize="large")
+    return fig
+
+
+def grid_figure(images: Tensor, shape: tuple[int, int], title: str, columns: int = 10) -> Figure:
+    """Images (N, H·W) with values in [0, 1] as a grid of ``columns`` per row (grey, 1 = black
+    ink on white, as MNIST is usually shown)."""
+    n = len(images)
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * 0.8, rows * 0.8 + 0.5), squeeze=False
+    )
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k].reshape(shape).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - 0.45 / (rows * 0.8 + 0.5))
+    fit_title(fig, title)
+    return fig
+
+
+def reconstruction_figure(
+    originals: Tensor, reconstructions: Tensor, shape: tuple[int, int], title: str
+) -> Figure:
+    """Pairs of rows: test images (binarised) above the decoder's means at one draw of q(·|x)."""
+    columns = min(10, len(originals))
+    rows = []
+    for i in range(0, len(originals), columns):
+        rows += [originals[i : i + columns], reconstructions[i : i + columns]]
+    return grid_figure(_stack(rows, columns), shape, title, columns)
+
+
+def _stack(rows: Sequence[Tensor], columns: int) -> Tensor:
+    padded = []
+    for r in rows:
+        if len(r) < columns:
+            r = torch.cat([r, r.new_zeros(columns - len(r), r.shape[1])])
+        padded.append(r)
+    return torch.cat(padded)
+
+
+def nll_figure(Ks: Sequence[int], nll: Sequence[float], se: Sequence[float], title: str) -> Figure:
+    """The test −ln p(x) (± 2 standard errors) against the flow's length K (K = 0: the diagonal
+    Gaussian posterior)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), layout="constrained")
+    ax.errorbar(list(Ks), list(nll), yerr=[2 * s for s in se], fmt="o-", capsize=3, color="C0")
+    ax.set_xlabel("K (flow layers; 0 = diagonal Gaussian)")
+    ax.set_ylabel("test −ln p(x), nats")
+    ax.set_xticks(list(Ks))
+    fit_title(fig, title, fontsize="large")
+    return fig
