@@ -171,7 +171,8 @@ def run_vae_table(
     and nll.png in ``output``. ``run_one(config, folder)`` trains and evaluates one (default:
     ``run_vae`` with its defaults); a stopped one ends the table there."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    for k in Ks:  # every folder checked before any training, so none is refused after hours
+        check_output(out / f"K{k}", force)
     run_one = run_one or (lambda cfg, folder: run_vae(data, cfg, folder, force))
     rows = []
     for k in Ks:

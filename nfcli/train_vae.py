@@ -68,7 +68,12 @@ class VaeConfig:
     def validate(self) -> None:
         """Refuse what cannot be trained, in one paragraph, before any work."""
         checks = [
-            (self.flow in VAE_FLOWS, f"--flow {self.flow}: choose {' or '.join(VAE_FLOWS)}"),
+            (
+                self.flow in VAE_FLOWS,
+                f"--flow {self.flow}: a VAE's posterior takes {' or '.join(VAE_FLOWS)} layers, "
+                "whose few parameters per latent the encoder produces for each image (a "
+                "coupling layer's network would be thousands of outputs per layer)",
+            ),
             (self.K >= 0, f"--K {self.K}: the flow's layers, 0 (no flow) or more"),
             (self.latent >= 1, f"--latent {self.latent}: at least 1 latent variable"),
             (
