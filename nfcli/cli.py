@@ -1772,6 +1772,7 @@ def vae(
         Path | None,
         typer.Option("--resume", help="A model.pt of nfcli vae to go on training (to --updates)."),
     ] = None,
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train a VAE whose posterior q(z | x) is a normalizing flow amortised by the encoder (the
@@ -1817,11 +1818,13 @@ def vae(
             dataclasses.replace(cfg, K=k).validate()
         images = load_images(data, seed)
         out_dir = Path(output)
+    where = resolve_device(device or "cpu")
     use_threads(threads, Work(cfg.batch, cfg.hidden[0]))
     err.print(
         f"training a VAE on {images.name} ({len(images.train)} training images of "
         f"{images.shape[0]}×{images.shape[1]}): {cfg.latent} latents, "
-        f"{'K = ' + ','.join(map(str, ks))} {cfg.flow}, {cfg.updates:,} {cfg.optimizer} updates; "
+        f"{'K = ' + ','.join(map(str, ks))} {cfg.flow}, {cfg.updates:,} {cfg.optimizer} "
+        f"updates on {where}; "
         "Ctrl-C stops after the current update and keeps the model so far",
         soft_wrap=True,
     )
@@ -1841,6 +1844,7 @@ def vae(
                 progress(f"K={config.K} test −ln p(x)", 1),
                 resume=ckpt,
                 data_spec=ckpt.data["spec"] if ckpt is not None else data,
+                device=where,
             )
 
         if len(ks) == 1:
@@ -1904,6 +1908,7 @@ def vae_eval(
         int | None, typer.Option("--test-images", help="Evaluate on the first N test images.")
     ] = None,
     seed: int = option(0, "--seed", help="Seed of the test images' binarisation and draws."),
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """The test −ln p(x) of a trained VAE by importance sampling (S draws of q(z | x) per test
@@ -1920,7 +1925,14 @@ def vae_eval(
     test = images.test[:test_images] if test_images is not None else images.test
     use_threads(threads, Work(100, ckpt.config.hidden[0]))
     with vae_progress() as progress:
-        ev = evaluate(ckpt.model, test, samples, seed, progress("test −ln p(x)", len(test)))
+        ev = evaluate(
+            ckpt.model,
+            test,
+            samples,
+            seed,
+            progress("test −ln p(x)", len(test)),
+            device=resolve_device(device or "cpu"),
+        )
     path = model.parent / f"eval-S{samples}.json"
     text = _json.dumps(ev.to_dict(), indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

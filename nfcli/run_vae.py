@@ -74,21 +74,25 @@ def run_vae(
     eval_progress: Callable[[int, int], None] | None = None,
     resume: VaeCheckpoint | None = None,
     data_spec: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> VaeRun:
     """Train a VAE of ``config`` on ``data`` (``fit_vae``; ``resume``: a checkpoint to go on
     from, to ``config.updates``), then, unless stopped, evaluate −ln p(x) on the first
     ``test_images`` test images (all by default) with ``samples`` draws each, and write the
     folder's files (see the module docstring). ``data_spec``: what ``load_images`` was given
-    (stored, so that nfcli vae-eval and --resume load the same images; default the data's name)."""
+    (stored, so that nfcli vae-eval and --resume load the same images; default the data's name).
+    ``device``: where it trains and is evaluated (the files are written from the CPU)."""
     out = check_output(Path(output), force)
     config.validate()
     state: VaeTrainingState | None = resume.training if resume is not None else None
     history = VaeHistory.from_dict(resume.history.to_dict()) if resume is not None else None
-    result = fit_vae(data, config, progress, stop, state, history)
+    result = fit_vae(data, config, progress, stop, state, history, device)
     evaluation = None
     if result.stopped is None:
         test = data.test[:test_images] if test_images is not None else data.test
-        evaluation = evaluate(result.model, test, samples, config.seed, eval_progress)
+        evaluation = evaluate(
+            result.model, test, samples, config.seed, eval_progress, device=device
+        )
     ckpt = VaeCheckpoint(
         result.model,
         result.config,

@@ -195,10 +195,13 @@ def fit_vae(
     stop: Callable[[], bool] | None = None,
     resume: VaeTrainingState | None = None,
     history: VaeHistory | None = None,
+    device: str | torch.device = "cpu",
 ) -> VaeFitResult:
     """Train a VAE of ``config`` on ``data`` for ``config.updates`` updates (see the module
     docstring); ``progress`` every 1% of them, ``stop()`` polled after each. ``resume`` (with the
-    ``history`` so far) goes on from a stopped or finished fit exactly as one run would."""
+    ``history`` so far) goes on from a stopped or finished fit exactly as one run would. It runs
+    on ``device`` (the images are binarised on the CPU, so a seed draws the same ones anywhere);
+    the returned model is on the CPU."""
     config.validate()
     if resume is not None and resume.step > config.updates:
         raise NfcliError(
@@ -210,9 +213,10 @@ def fit_vae(
             f"The training set has {len(data.train)} images, fewer than one batch of "
             f"{config.batch}. Lower --batch or give more images."
         )
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _fit(data, config, progress, stop, resume, history or VaeHistory())
+        return _fit(data, config, progress, stop, resume, history or VaeHistory(), device)
 
 
 def _fit(
@@ -222,19 +226,20 @@ def _fit(
     stop: Callable[[], bool] | None,
     resume: VaeTrainingState | None,
     history: VaeHistory,
+    device: torch.device,
 ) -> VaeFitResult:
-    model = VAE(config.spec(data.pixels))
+    model = VAE(config.spec(data.pixels)).to(device)
     opt = _optimizer(model, config)
     train = data.train
     if config.binarize == "fixed":
         train = fixed_binarization(data, config.seed).train
-    valid = binarize(data.valid, _generator(config.seed, -1))  # one draw, for every epoch
+    valid = binarize(data.valid, _generator(config.seed, -1)).to(device)  # one draw, every epoch
     per_epoch = len(train) // config.batch
     start_step, before, epoch_elbo = 0, 0.0, []
     if resume is not None:
         model.load_state_dict(resume.model)
         opt.load_state_dict(resume.optimizer)
-        _set_rng(resume.rng, torch.device("cpu"))
+        _set_rng(resume.rng, device)
         start_step, before, epoch_elbo = resume.step, resume.seconds, list(resume.epoch_elbo)
     every = max(config.updates // 100, 1)
     stopped, t, start = None, start_step - 1, time.perf_counter()
@@ -245,6 +250,7 @@ def _fit(
             order = torch.randperm(len(train), generator=_generator(config.seed, epoch))
         x = train[order[i * config.batch : (i + 1) * config.batch]]
         x = binarize(x, _generator(config.seed, t)) if config.binarize == "dynamic" else x
+        x = x.to(device, non_blocking=True)
         log_joint, log_q = model.log_weights(x, 1)
         beta = beta_schedule(t, config.anneal)
         loss = (log_q - beta * log_joint).mean()
@@ -264,17 +270,20 @@ def _fit(
         if stop is not None and stop():
             stopped = "interrupted"
             break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
     seconds = before + time.perf_counter() - start
     steps = t + 1
     state = VaeTrainingState(
         steps,
         {k: v.detach().clone() for k, v in model.state_dict().items()},
         opt.state_dict(),
-        _get_rng(torch.device("cpu")),
+        _get_rng(device),
         epoch_elbo,
         seconds,
     )
-    return VaeFitResult(model.eval(), config, history, steps, seconds, stopped, state)
+    model = model.to("cpu").eval()
+    return VaeFitResult(model, config, history, steps, seconds, stopped, state)
 
 
 @torch.no_grad()
@@ -314,24 +323,29 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 100,
+    device: str | torch.device = "cpu",
 ) -> VaeEvaluation:
     """−ln p(x) of the test ``images`` (N, P) by importance sampling with ``samples`` draws each
     (see ``VAE.log_likelihood``), on one binarisation of them seeded by ``seed`` (binary images
-    are their own); ``progress(done, N)`` after each chunk of images."""
+    are their own); ``progress(done, N)`` after each chunk of images; on ``device`` (the model is
+    left where it was)."""
     if samples < 1:
         raise NfcliError(f"--samples {samples}: at least 1 draw of q(·|x) per test image.")
     t0 = time.perf_counter()
-    model = model.eval()
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    home = next(model.parameters()).device
+    model = model.to(device).eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         x = binarize(images, _generator(seed, -2))
         lls, elbos = [], []
         for i in range(0, len(x), chunk):
-            part = x[i : i + chunk]
-            lls.append(model.log_likelihood(part, samples))
-            elbos.append(model.elbo(part))
+            part = x[i : i + chunk].to(device)
+            lls.append(model.log_likelihood(part, samples).cpu())
+            elbos.append(model.elbo(part).cpu())
             if progress is not None:
                 progress(min(i + chunk, len(x)), len(x))
+    model.to(home)
     ll, elbo = torch.cat(lls).double(), torch.cat(elbos).double()
     se = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else math.nan
     return VaeEvaluation(

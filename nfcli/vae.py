@@ -139,7 +139,7 @@ class VAE(nn.Module):
         """The decoder's Bernoulli means σ(f_θ(z)) at n draws z of the prior: (n, P)."""
         ref = self.decoder[0].weight
         z = torch.randn(n, self.spec.latent, generator=generator, dtype=ref.dtype)
-        return torch.sigmoid(self.decoder(z.to(ref.device)))
+        return torch.sigmoid(self.decoder(z.to(ref.device))).cpu()
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
