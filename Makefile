@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
-	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist
+	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist bench-vae
 
 setup: $(VENV)/.installed
 
@@ -102,3 +102,8 @@ format: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+
+# README, "A VAE on MNIST": the paper's Table 2 at the cpu budget, K = 0,10,20,40,80 two at a time
+# (~30 min on 2 cores), into runs/bench-vae/ (summary.csv, nll.png, one folder per K).
+bench-vae: mnist
+	$(BIN)/python benchmarks/vae.py --jobs 2 -o runs/bench-vae

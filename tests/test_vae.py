@@ -238,3 +238,36 @@ def test_a_table_refuses_an_existing_model_before_training_any(tmp_path):
     r = run("vae", "--data", "synthetic", "--K", "0,2", "--updates", 5, "-o", tmp_path)
     assert_refused(r, "already exists")
     assert not (tmp_path / "K0" / "model.pt").exists()
+
+
+def test_a_users_npy_trains_and_vae_eval_finds_the_same_images_again(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "mine.npy", rng.random((200, 6, 6)) < 0.3)  # bool images
+    out = tmp_path / "run"
+    r = run(
+        "vae",
+        "--data",
+        tmp_path / "mine.npy",
+        "--K",
+        1,
+        "--latent",
+        2,
+        "--hidden",
+        8,
+        "--updates",
+        10,
+        "--batch",
+        20,
+        "--samples",
+        3,
+        "-o",
+        out,
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["data"]["spec"] == str(tmp_path / "mine.npy") and m["data"]["shape"] == [6, 6]
+    assert m["test"]["images"] == 20  # a tenth of 200, split by --seed
+    r = run("vae-eval", out / "model.pt", "--samples", 3)
+    assert r.exit_code == 0 and "20 images" in r.output, r.output
