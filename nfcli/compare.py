@@ -30,6 +30,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,9 @@ def fit_in_workers(
     ``worker_threads`` threads each; ``on_finished(k)`` here as ``jobs[k]`` ends (in the order
     they end). Any exception (a worker's NfcliError, KeyboardInterrupt here) cancels the fits not
     yet started and ends the running ones at their next step without writing anything (a fit
-    already evaluating finishes), waits for the workers to end, and is raised here."""
+    already evaluating finishes), waits for the workers to end, and is raised here; a worker that
+    died (killed) is an NfcliError. As with any spawned process, a script calling this must guard
+    its own work with ``if __name__ == "__main__":`` (the workers import the script's module)."""
     ctx = multiprocessing.get_context("spawn")  # not fork: torch's threads may be running here
     cancel = ctx.Event()
     count = min(workers, len(jobs))
@@ -391,7 +394,16 @@ def fit_in_workers(
                     task = WorkerFit(dict(job.energy.source), job.config, job.folder, str(device))
                     futures[pool.submit(_fit_in_worker, task)] = k
             for future in as_completed(futures):
-                future.result()  # a worker's exception is raised here
+                try:
+                    future.result()  # a worker's exception is raised here
+                except BrokenProcessPool:
+                    raise NfcliError(
+                        f"A worker process of --jobs {workers} ended abruptly (it was killed, "
+                        "perhaps for want of memory: each worker holds its own copy of torch), "
+                        "so the fits still to finish were stopped; those that had finished are "
+                        "in their folders. Run again with fewer --jobs, adding --reuse to keep "
+                        "the finished fits."
+                    ) from None
                 if on_finished:
                     on_finished(futures[future])
         except BaseException:
