@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from clitools import assert_refused, run
 
+import nfcli.compare
 from nfcli.checkpoint import load_checkpoint
+from nfcli.compare import worker_threads
 
 # 2-D, a built-in and an expression (rebuilt in the workers from their source), 2 K each
 TINY = ["u1,x**2/2 + (2*y - x)**2", "--K", "1,2", "--iters", "200", "--batch", "64"]
@@ -50,6 +52,13 @@ def test_two_jobs_give_the_fits_of_one_at_a_time(tmp_path):
     again = run("compare", *TINY, "--dpi", "30", "--jobs", "2", "--reuse", "-o", two)
     assert again.exit_code == 0, again.output
     assert all(r["reused"] == "True" for r in rows(two))
+
+
+def test_each_worker_gets_the_threads_of_one_fit_at_most_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(nfcli.compare, "allowed_cpus", lambda: list(range(8)))
+    assert [worker_threads(n, 8) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert [worker_threads(n, 1) for n in (1, 2)] == [1, 1]  # a fit that wants one keeps one
+    assert worker_threads(2, 3) == 3  # never more than one fit would use
 
 
 def test_jobs_must_be_positive(tmp_path):
