@@ -987,6 +987,12 @@ def compare(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     threads: ThreadsOpt = None,
+    jobs: int = option(
+        1,
+        "--jobs",
+        help="Fits to run at once, each in its own worker process with its share of the threads "
+        "(same results as one at a time; a line per finished fit instead of progress bars).",
+    ),
     config: ConfigOpt = None,
     output: Path = option(
         Path("compare"), "--output", "-o", help="Folder for the fits, figure and summary.csv."
@@ -1047,12 +1053,16 @@ def compare(
     widest = max(e.dim for e in energies)
     use_threads(threads, Work(cfg.resolve(widest).batch * cfg.restarts, widest))
 
+    finished = []  # with --jobs, fits end in any order: each line says how many have
+
     def done(job: Any, r: TrustReport) -> None:
         kl = f", KL(q‖p) {r.kl_qp:.4f}" if r.kl_qp is not None else ""
         how = "reused" if job.reuse else f"{r.wall_time_s:.0f} s"
+        finished.append(job)
+        count = f"done {len(finished)}/{len(energies) * len(flows) * len(Ks)}: " if jobs > 1 else ""
         err.print(
-            f"{job.energy.label} {job.config.flow} K={job.config.K}: −ELBO {-r.elbo:.4f}{kl}, "
-            f"{r.verdict} ({how}) → {job.folder}",
+            f"{count}{job.energy.label} {job.config.flow} K={job.config.K}: −ELBO {-r.elbo:.4f}"
+            f"{kl}, {r.verdict} ({how}) → {job.folder}",
             soft_wrap=True,
         )
 
@@ -1065,7 +1075,15 @@ def compare(
             soft_wrap=True,
         )
 
-    with fit_progress() as progress:
+    bars = fit_progress()
+    if jobs > 1:  # the workers' steps cannot be shown here
+        bars = contextlib.nullcontext(None)
+        err.print(
+            f"--jobs {jobs}: up to {jobs} fits at a time, each in its own process; a line as each "
+            "one ends (no progress bars)",
+            soft_wrap=True,
+        )
+    with bars as progress:
         figure, summary, _ = run_compare(
             energies,
             Ks,
@@ -1080,6 +1098,7 @@ def compare(
             where,
             mcmc=mcmc,
             on_mcmc=sampled,
+            jobs=jobs,
             **per_flow,
         )
     err.print(f"wrote {figure} and {summary}")

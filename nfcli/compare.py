@@ -10,15 +10,27 @@ With ``mcmc`` (a plain sampler of ``nfcli.mcmc``: rwmh or hmc) each target is al
 MCMC without any flow, as a reference drawn next to the target (the seed work's figure: target |
 MH samples | flow K = 4 | flow K = 16); its draws and summary go to
 ``OUTPUT/<target>/mcmc-<method>.npy`` and ``.json``.
+
+With ``jobs`` = N > 1 the fits run in N worker processes (``fit_in_workers``), each one
+``run_fit`` call writing its own folder as one at a time would, and each worker using its share of
+the threads a single fit would use (``worker_threads``). The figure and summary.csv are then made
+from the checkpoints the workers wrote, in the same order. A fit depends only on its seed (``fit``
+seeds itself and leaves the global random state alone), so the results are those of ``jobs`` = 1
+bit for bit when the thread counts match; only wall times differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import multiprocessing
 import re
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +40,7 @@ import torch
 from nfcli.checkpoint import Checkpoint, load_checkpoint
 from nfcli.config import FitConfig
 from nfcli.diagnostics import choose_window, log_prob
-from nfcli.energy import Energy
+from nfcli.energy import Energy, energy_from_source
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, preset_window, range_1d
 from nfcli.flows import COUPLING_TYPES, FLOW_TYPES
@@ -46,6 +58,7 @@ from nfcli.plots import (
 )
 from nfcli.report import TrustReport
 from nfcli.run import run_fit
+from nfcli.threads import allowed_cpus
 from nfcli.train import Progress
 
 GRID = 200
@@ -186,13 +199,25 @@ def run_compare(
     bins: int | None = None,
     mcmc: str | None = None,
     on_mcmc: Callable[[Energy, McmcRun, Path], None] | None = None,
+    jobs: int = 1,
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Fit (or reuse) every combination, then write compare.<format> and summary.csv.
 
     ``progress(label, steps)`` may return a per-step callback for the fit called ``label``;
     ``on_done`` is called with each finished fit's trust report; with ``mcmc``, ``on_mcmc`` with
     each target's chains and where they were written. Returns the figure's path, the table's
-    path and its rows."""
+    path and its rows.
+
+    ``jobs`` > 1 runs that many fits at once in worker processes (``fit_in_workers``): there is
+    no per-step ``progress`` then, and ``on_done`` is called as each fit ends, in the order they
+    end. The workers rebuild each energy from ``energy.source`` (as a checkpoint's is), so the
+    energies must be ``load_energy``'s; the MCMC references still run here, one after another."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise NfcliError(
+            f"--jobs {jobs!r} is not a number of fits to run at once: give a positive integer, "
+            "e.g. --jobs 2 to fit two at a time in separate processes, or leave it out (1: one "
+            "fit after another, with a progress bar each)."
+        )
     opts = options or FigureOptions()
     opts.validate()
     plain = [m for m in METHODS if m not in FLOW_METHODS]
@@ -211,19 +236,10 @@ def run_compare(
                 f"{', '.join(there)} already exist(s) and would be overwritten; nothing was "
                 "fitted. Pass --reuse or --force to sample again, or choose another folder."
             )
-    fits: list[tuple[Planned, Checkpoint]] = []
-    for i, job in enumerate(planned):
-        if job.reuse:
-            ckpt = load_checkpoint(job.folder / "model.pt")
-        else:
-            label = (
-                f"{job.energy.label} {job.config.flow} K={job.config.K} ({i + 1}/{len(planned)})"
-            )
-            step = progress(label, job.config.iters) if progress else None
-            ckpt, _ = run_fit(job.energy, job.config, job.folder, True, step, device)
-        fits.append((job, ckpt))
-        if on_done:
-            on_done(job, ckpt.report)
+    if jobs > 1:
+        fits = _fit_all_in_workers(planned, jobs, device, on_done)
+    else:
+        fits = _fit_all_here(planned, device, progress, on_done)
     references: dict[int, McmcRun] = {}
     if mcmc is not None:
         for i, energy in enumerate(energies):
@@ -244,6 +260,157 @@ def run_compare(
         compare_figure(figure_rows, title), out / f"compare.{opts.format}", opts.dpi
     )
     return figure, summary, rows
+
+
+def _fit_all_here(
+    planned: list[Planned],
+    device: str | torch.device,
+    progress: Callable[[str, int], Progress | None] | None,
+    on_done: Callable[[Planned, TrustReport], None] | None,
+) -> list[tuple[Planned, Checkpoint]]:
+    """Each planned fit with its checkpoint, in plan order, fitted (or loaded) one at a time."""
+    fits: list[tuple[Planned, Checkpoint]] = []
+    for i, job in enumerate(planned):
+        if job.reuse:
+            ckpt = load_checkpoint(job.folder / "model.pt")
+        else:
+            label = (
+                f"{job.energy.label} {job.config.flow} K={job.config.K} ({i + 1}/{len(planned)})"
+            )
+            step = progress(label, job.config.iters) if progress else None
+            ckpt, _ = run_fit(job.energy, job.config, job.folder, True, step, device)
+        fits.append((job, ckpt))
+        if on_done:
+            on_done(job, ckpt.report)
+    return fits
+
+
+def _fit_all_in_workers(
+    planned: list[Planned],
+    jobs: int,
+    device: str | torch.device,
+    on_done: Callable[[Planned, TrustReport], None] | None,
+) -> list[tuple[Planned, Checkpoint]]:
+    """Each planned fit with its checkpoint, in plan order: the reused ones loaded here, the
+    others fitted in up to ``jobs`` workers and loaded from the model.pt each one wrote."""
+    ckpts: dict[int, Checkpoint] = {}
+
+    def finished(i: int) -> None:
+        ckpts[i] = load_checkpoint(planned[i].folder / "model.pt")
+        if on_done:
+            on_done(planned[i], ckpts[i].report)
+
+    todo = [i for i, job in enumerate(planned) if not job.reuse]
+    for i in (i for i, job in enumerate(planned) if job.reuse):
+        finished(i)
+    if todo:
+        fit_in_workers([planned[i] for i in todo], jobs, device, lambda k: finished(todo[k]))
+    return [(job, ckpts[i]) for i, job in enumerate(planned)]
+
+
+class CancelledError(Exception):
+    """Raised inside a worker's fit once the parent has asked the workers to stop."""
+
+
+_cancel: Any = None  # in a worker process: the parent's cancel Event, set by _start_worker
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """The CPU threads of each of ``workers`` worker processes: what one fit here would use
+    (``threads``; default torch.get_num_threads(), as ``nfcli.threads`` set it), but at most an
+    equal share of this process's CPUs (``allowed_cpus``), and at least 1."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return max(1, min(threads, len(allowed_cpus()) // workers))
+
+
+@dataclass(frozen=True)
+class WorkerFit:
+    """One fit as a worker gets it (picklable): the energy as its source, rebuilt there."""
+
+    source: dict[str, Any]
+    config: FitConfig
+    folder: Path
+    device: str
+
+
+def _start_worker(cancel: Any, threads: int) -> None:
+    """A worker's setup: Ctrl-C is the parent's to handle (it sets ``cancel``); its threads."""
+    global _cancel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _cancel = cancel
+
+
+def _stop_if_cancelled() -> bool:
+    """``fit``'s stop callback in a worker: raises CancelledError once the parent asked, so that
+    the fit ends at this step and ``run_fit`` writes nothing (rather than a fit cut short)."""
+    if _cancel is not None and _cancel.is_set():
+        raise CancelledError
+    return False
+
+
+def _fit_in_worker(job: WorkerFit) -> None:
+    _stop_if_cancelled()  # cancelled while queued
+    energy = energy_from_source(job.source, trust=True)  # a file's code: the parent ran it already
+    run_fit(energy, job.config, job.folder, True, None, job.device, stop=_stop_if_cancelled)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Block SIGINT while worker processes start (a Ctrl-C meanwhile is delivered on leaving): a
+    process inherits its parent's signal mask, so the workers start with Ctrl-C blocked and a
+    Ctrl-C in the terminal reaches this process alone, never a worker half-way through starting."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def fit_in_workers(
+    jobs: Sequence[Planned],
+    workers: int,
+    device: str | torch.device = "cpu",
+    on_finished: Callable[[int], None] | None = None,
+) -> None:
+    """``run_fit`` of each job into its folder, in up to ``workers`` spawned processes of
+    ``worker_threads`` threads each; ``on_finished(k)`` here as ``jobs[k]`` ends (in the order
+    they end). Any exception (a worker's NfcliError, KeyboardInterrupt here) cancels the fits not
+    yet started and ends the running ones at their next step without writing anything (a fit
+    already evaluating finishes), waits for the workers to end, and is raised here; a worker that
+    died (killed) is an NfcliError. As with any spawned process, a script calling this must guard
+    its own work with ``if __name__ == "__main__":`` (the workers import the script's module)."""
+    ctx = multiprocessing.get_context("spawn")  # not fork: torch's threads may be running here
+    cancel = ctx.Event()
+    count = min(workers, len(jobs))
+    futures: dict[Future[None], int] = {}
+    with ProcessPoolExecutor(count, ctx, _start_worker, (cancel, worker_threads(count))) as pool:
+        try:
+            with _sigint_held():
+                for k, job in enumerate(jobs):
+                    task = WorkerFit(dict(job.energy.source), job.config, job.folder, str(device))
+                    futures[pool.submit(_fit_in_worker, task)] = k
+            for future in as_completed(futures):
+                try:
+                    future.result()  # a worker's exception is raised here
+                except BrokenProcessPool:
+                    raise NfcliError(
+                        f"A worker process of --jobs {workers} ended abruptly (it was killed, "
+                        "perhaps for want of memory: each worker holds its own copy of torch), "
+                        "so the fits still to finish were stopped; those that had finished are "
+                        "in their folders. Run again with fewer --jobs, adding --reuse to keep "
+                        "the finished fits."
+                    ) from None
+                if on_finished:
+                    on_finished(futures[future])
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _summary_row(job: Planned, ckpt: Checkpoint) -> dict[str, Any]:
