@@ -326,8 +326,8 @@ def test_plot_writes_images_of_the_requested_size(fitted, tmp_path):
     assert result.exit_code == 0, result.output
     # density: 3 panels of 4.2 in + 1 in wide, (−4, 4)² is square: 4 + 0.7 in high
     assert png_size(tmp_path / "density.png") == (round(13.6 * 50), round(4.7 * 50))
-    # layers: 3 panels on a 2 × 2 grid of 2.1 in cells, + 1.2 in and 0.7 in of margins
-    assert png_size(tmp_path / "layers.png") == (round(5.4 * 50), round(4.9 * 50))
+    # layers: 3 panels on a 2 × 2 grid of 2.1 in cells, + 1.75 in and 1.3 in of margins
+    assert png_size(tmp_path / "layers.png") == (int(5.95 * 50), round(5.5 * 50))
     assert png_size(tmp_path / "loss.png") == (350, 200)
     assert (tmp_path / "layers.png").read_bytes()[25] == 3  # PNG colour type 3: indexed colours
 
