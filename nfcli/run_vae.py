@@ -117,7 +117,8 @@ def write_vae(ckpt: VaeCheckpoint, data: ImageData, out: Path) -> list[Path]:
     h = ckpt.history
     paths = [out / "model.pt", out / "metrics.json"]
     if h.updates:
-        paths.append(save_figure(curves_figure(h, what), out / "curves.png"))
+        fig = curves_figure(h, what, cfg.anneal)
+        paths.append(save_figure(fig, out / "curves.png"))
     g = torch.Generator().manual_seed(cfg.seed)
     drawn = ckpt.model.generate(GRID_IMAGES, g)
     paths.append(

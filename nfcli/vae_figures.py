@@ -14,16 +14,24 @@ from nfcli.plots import fit_title
 from nfcli.train_vae import VaeHistory
 
 
-def curves_figure(history: VaeHistory, title: str) -> Figure:
+def curves_figure(history: VaeHistory, title: str, anneal: int = 0) -> Figure:
     """The training ELBO (mean of each epoch's updates, one draw per image) and the validation
-    bound (after each epoch) against the updates done: the seed work's learning curves."""
+    bound (after each epoch) against the updates done: the seed work's learning curves, on the
+    range of their last three quarters; a dotted line where β reaches 1 (``anneal`` updates)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     ax.plot(history.updates, history.train_elbo, "-", color="C0", label="training ELBO")
     ax.plot(history.updates, history.valid_elbo, "-", color="C1", label="validation bound")
-    finite = [v for v in history.train_elbo + history.valid_elbo if math.isfinite(v)]
-    if finite:  # the first epochs' bounds are far below the rest: show where the fit ends up
-        top, last = max(finite), min(history.valid_elbo[-1], history.train_elbo[-1])
-        ax.set_ylim(last - 3 * max(top - last, 1.0), top + 0.15 * max(top - last, 1.0))
+    quarter = len(history.updates) // 4  # the first epochs (β still small) are far below
+    later = [
+        v for v in history.train_elbo[quarter:] + history.valid_elbo[quarter:] if math.isfinite(v)
+    ]
+    if later:
+        lo, hi = min(later), max(later)
+        pad = 0.05 * max(hi - lo, 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    if 0 < anneal < (history.updates[-1] if history.updates else 0):
+        ax.axvline(anneal, color="0.6", ls=":", lw=1)
+        ax.text(anneal, 0.02, " β = 1", transform=ax.get_xaxis_transform(), color="0.4")
     ax.set_xlabel("updates")
     ax.set_ylabel("nats per image")
     ax.legend()
