@@ -1128,7 +1128,8 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
         steps = f"{done} of {r.iters} ({r.stopped})"
     if r.start == "mode":
         steps += f", from the mode ({r.start_source} Gaussian)"
-    t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s)")
+    share = f"; U and ∇U {r.energy_share:.0%} of it" if r.energy_share is not None else ""
+    t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s{share})")
     t.add_row("final loss (β = 1)", f"{r.final_loss_beta1:.4f}")
     if r.restarts:
         scores = [s["score"] for s in r.restarts]

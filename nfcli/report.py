@@ -74,6 +74,7 @@ class TrustReport:
     final_loss_beta1: float | None = None  # the same at β = 1: the negative ELBO
     wall_time_s: float | None = None
     iters_per_s: float | None = None
+    energy_share: float | None = None  # of the optimisation's time, in U and ∇U (CPU fits only)
     # importance sampling with q's draws (evaluate)
     elbo: float | None = None
     elbo_se: float | None = None
@@ -127,7 +128,10 @@ class TrustReport:
         for key in _START_KEYS:
             put(key, getattr(self, key), always=False)
         d.update(self.counts)
-        for key in _LOSS_KEYS + _IS_KEYS:
+        for key in _LOSS_KEYS:
+            put(key, getattr(self, key))
+        put("energy_share", self.energy_share, always=False)
+        for key in _IS_KEYS:
             put(key, getattr(self, key))
         for key in _IS_OPTIONAL_KEYS:
             put(key, getattr(self, key), always=False)
@@ -165,6 +169,7 @@ class TrustReport:
         values["counts"] = {k: rest.pop(k) for k in list(rest) if k in COUNTS}
         for key in _LOSS_KEYS + _IS_KEYS:
             values[key] = take(key)
+        values["energy_share"] = take("energy_share", always=False)
         for key in _IS_OPTIONAL_KEYS + _RESTART_KEYS:
             values[key] = take(key, always=False)
         if any(k in rest for k in (*_QUADRATURE_KEYS, "quadrature_edge_mass", "quadrature_note")):

@@ -247,6 +247,7 @@ def run_fit(
         start_elbo=result.start.elbo if result.start is not None else None,
         converged_step=result.converged,
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
+        energy_share=result.energy_share,
     )
     report.verdict, report.verdict_reasons = verdict(report)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}

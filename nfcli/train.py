@@ -127,6 +127,8 @@ class FitResult:
     counts: dict[str, int] = field(default_factory=dict)
     start: GaussianStart | None = None  # where q started (config.start "mode")
     converged: int | None = None  # the step at which the loss levelled off (config.converge)
+    # the share of this session's optimisation time spent in U and its gradient (CPU only)
+    energy_share: float | None = None
 
     @property
     def steps(self) -> int:
@@ -315,7 +317,19 @@ def _fit(
     anneal, choose_at = config.anneal_steps, select_step(config) if R > 1 else -1
     stopped, message, z, t = None, "", None, start_step - 1
 
+    # the energy's share of the steps' time (on the CPU, where the clock sees the work done):
+    # its forward call, and its backward from ∂F/∂U's arrival to ∂F/∂z's (``finite_rows``)
+    timed = device.type == "cpu"
+    energy_time, backward_from = [0.0], [0.0]
+
+    def mark_backward(g: Tensor) -> Tensor:
+        backward_from[0] = time.perf_counter()
+        return g
+
     def finite_rows(g: Tensor) -> Tensor:  # ∂F/∂z: zero the rows that are not finite
+        if timed and backward_from[0]:
+            energy_time[0] += time.perf_counter() - backward_from[0]
+            backward_from[0] = 0.0
         ok = g.isfinite().all(-1, keepdim=True)
         bad_rows.add_(ok.numel() - ok.sum())
         return g.where(ok, 0.0)
@@ -337,7 +351,12 @@ def _fit(
         z, log_q = flow.rsample_all(B)
         z_u = z.reshape(-1, D)
         z_u.register_hook(finite_rows)  # U's own gradient; the wall's reaches z beside it
-        u = energy(z_u).reshape(-1, B)
+        called = time.perf_counter()
+        u = energy(z_u)
+        energy_time[0] += time.perf_counter() - called
+        if timed and u.requires_grad:
+            u.register_hook(mark_backward)
+        u = u.reshape(-1, B)
         # the means over the samples where both U and ln q are finite; NaN (0/0) where none is,
         # with a zero gradient: ``where`` passes none back to the samples it left out
         finite = (u + log_q).isfinite()
@@ -408,6 +427,8 @@ def _fit(
         torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
     seconds = before + time.perf_counter() - start
     done = t + 1
+    ran = seconds - before
+    energy_share = energy_time[0] / ran if timed and ran > 0 and done > start_step else None
     state = TrainingState(
         done,
         {k: v.detach().clone() for k, v in flow.state_dict().items()},
@@ -448,6 +469,7 @@ def _fit(
         state.counts,
         start_at,
         converged,
+        energy_share,
     )
 
 

@@ -116,3 +116,29 @@ def test_the_library_exports_what_it_lists():
     namespace: dict = {}
     exec("from nfcli import *", namespace)  # the documented import works
     assert "log_prob" in namespace and "fit" in namespace
+
+
+def test_the_energys_share_of_the_steps_is_measured_and_grows_with_its_cost():
+    """A slow energy (U plus a wait of 10 ms per call, several times a whole step of this tiny
+    fit even on a loaded machine) takes most of the steps' time; the cheap one less. Measured on
+    the CPU only (where the clock sees the work); no speed is asserted, only the shares' order."""
+    import time as _time
+
+    from nfcli.energy import load_energy
+
+    cheap = load_energy("u1")
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(cheap, name)
+
+        def __call__(self, z):
+            t = _time.perf_counter()
+            while _time.perf_counter() - t < 0.01:
+                pass
+            return cheap(z)
+
+    config = FitConfig(K=2, iters=20, batch=64)
+    fast = fit(cheap, config).energy_share
+    slow = fit(Slow(), config).energy_share
+    assert 0 < fast < slow <= 1 and slow > 0.5
