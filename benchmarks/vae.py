@@ -16,6 +16,7 @@ estimates are on the same test images, so the paired differences' spread is used
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import shlex
 import sys
@@ -54,8 +55,12 @@ def one(data: str, config: VaeConfig, folder: str, samples: int, images: int | N
     )
 
 
-def paired_se(a: Path, b: Path, samples: int, images: int | None, data: str, seed: int) -> float:
-    """The standard error of mean(ln p_a(x) − ln p_b(x)) over the same test images."""
+@functools.cache
+def _test_log_likelihoods(
+    path: Path, samples: int, images: int | None, data: str, seed: int
+) -> torch.Tensor:
+    """ln p(x) of each test image under the model in ``path`` (as ``evaluate`` estimates it: the
+    same binarisation and seed), float64 (N,)."""
     from nfcli.checkpoint import load_vae_checkpoint
     from nfcli.datasets import binarize
     from nfcli.train_vae import _generator
@@ -63,17 +68,18 @@ def paired_se(a: Path, b: Path, samples: int, images: int | None, data: str, see
     test = load_images(data, seed).test
     test = test[:images] if images is not None else test
     x = binarize(test, _generator(seed, -2))  # the binarisation ``evaluate`` used
-    diffs = []
-    for path in (a, b):
-        model = load_vae_checkpoint(path / "model.pt").model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            diffs.append(
-                torch.cat(
-                    [model.log_likelihood(x[i : i + 100], samples) for i in range(0, len(x), 100)]
-                ).double()
-            )
-    d = diffs[0] - diffs[1]
+    model = load_vae_checkpoint(path / "model.pt").model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = [model.log_likelihood(x[i : i + 100], samples) for i in range(0, len(x), 100)]
+    return torch.cat(parts).double()
+
+
+def paired_se(a: Path, b: Path, samples: int, images: int | None, data: str, seed: int) -> float:
+    """The standard error of mean(ln p_a(x) − ln p_b(x)) over the same test images."""
+    d = _test_log_likelihoods(a, samples, images, data, seed) - _test_log_likelihoods(
+        b, samples, images, data, seed
+    )
     return float(d.std() / math.sqrt(len(d)))
 
 
