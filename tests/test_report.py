@@ -21,8 +21,8 @@ KEYS = [
     "target", "dim", "vars", "K", "flow", "restarts_fitted", "device", "threads", "dtype", "iters",
     "anneal", "steps_done", "stopped", "stop_message", "start", "nonfinite_energies",
     "nonfinite_gradients", "skipped_steps", "final_loss", "final_loss_beta1", "wall_time_s",
-    "iters_per_s", "energy_share", "elbo", "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction", "khat",
-    "khat_verdict", "monte_carlo_samples", "nonfinite_samples", "replicate_sets",
+    "iters_per_s", "energy_share", "elbo", "elbo_se", "log_z_is", "log_z_is_se", "ess_fraction",
+    "khat", "khat_verdict", "monte_carlo_samples", "nonfinite_samples", "replicate_sets",
     "khat_replicates", "ess_fraction_replicates", "log_z_is_replicates", "log_z_quadrature",
     "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window", "quadrature_edge_mass", "warnings",
 ]  # fmt: skip
