@@ -1963,4 +1963,18 @@ def vae_eval(
 
 
 def main() -> None:
-    app(args=protect_expressions(sys.argv[1:]), prog_name="nfcli")
+    """The console script (and ``python -m nfcli``): the app, then a fast exit. Everything nfcli
+    writes is written, flushed and closed (atomically) before the app returns; the interpreter's
+    teardown of torch's modules after that took about 1 s of every command (0.7 s of it for
+    torch alone; benchmarks/overhead.py), so the process ends by os._exit once stdout and stderr
+    are flushed, with the app's exit code."""
+    try:
+        app(args=protect_expressions(sys.argv[1:]), prog_name="nfcli")
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
