@@ -1803,7 +1803,7 @@ def vae(
     and writes the model so far (go on with --resume)."""
     from nfcli.checkpoint import load_vae_checkpoint
     from nfcli.datasets import load_images
-    from nfcli.run_vae import run_vae, run_vae_table
+    from nfcli.run_vae import check_evaluation, run_vae, run_vae_table
     from nfcli.train_vae import VaeConfig, with_budget
 
     if resume is not None:
@@ -1836,6 +1836,7 @@ def vae(
         )
         for k in ks:
             dataclasses.replace(cfg, K=k).validate()
+        check_evaluation(samples, test_images)
         images = load_images(data, seed)
         out_dir = Path(output)
     where = resolve_device(device or "cpu")
@@ -1938,8 +1939,10 @@ def vae_eval(
 
     from nfcli.checkpoint import load_vae_checkpoint
     from nfcli.datasets import load_images
+    from nfcli.run_vae import check_evaluation
     from nfcli.train_vae import evaluate
 
+    check_evaluation(samples, test_images)
     ckpt = load_vae_checkpoint(model)
     images = load_images(ckpt.data["spec"], int(ckpt.data["seed"]))
     test = images.test[:test_images] if test_images is not None else images.test

@@ -22,6 +22,7 @@ import torch
 
 from nfcli.checkpoint import VaeCheckpoint, save_vae_checkpoint, versions
 from nfcli.datasets import ImageData, binarize
+from nfcli.errors import NfcliError
 from nfcli.io import atomic_write
 from nfcli.plots import save_figure
 from nfcli.run import check_output
@@ -82,8 +83,9 @@ def run_vae(
     folder's files (see the module docstring). ``data_spec``: what ``load_images`` was given
     (stored, so that nfcli vae-eval and --resume load the same images; default the data's name).
     ``device``: where it trains and is evaluated (the files are written from the CPU)."""
-    out = check_output(Path(output), force)
     config.validate()
+    check_evaluation(samples, test_images)
+    out = check_output(Path(output), force)
     state: VaeTrainingState | None = resume.training if resume is not None else None
     history = VaeHistory.from_dict(resume.history.to_dict()) if resume is not None else None
     result = fit_vae(data, config, progress, stop, state, history, device)
@@ -104,6 +106,17 @@ def run_vae(
     )
     write_vae(ckpt, data, out)
     return VaeRun(ckpt, out, result.stopped)
+
+
+def check_evaluation(samples: int, test_images: int | None) -> None:
+    """Refuse an evaluation that cannot be made, in one paragraph, before any training."""
+    if samples < 1 or (test_images is not None and test_images < 1):
+        raise NfcliError(
+            f"--samples {samples}"
+            + (f" --test-images {test_images}" if test_images is not None else "")
+            + ": the test −ln p(x) needs at least 1 draw of q(·|x) per image and at least 1 "
+            "test image (the paper's: --samples 200 on all 10,000). Give positive numbers."
+        )
 
 
 def write_vae(ckpt: VaeCheckpoint, data: ImageData, out: Path) -> list[Path]:

@@ -182,6 +182,10 @@ def test_resume_goes_on_to_more_updates(table, tmp_path):
     )
 
 
+def test_vae_eval_refuses_an_evaluation_it_cannot_make(table):
+    assert_refused(run("vae-eval", table / "K0" / "model.pt", "--test-images", 0), "at least 1")
+
+
 def test_a_vae_is_refused_where_a_flow_fit_is_expected_and_the_other_way(table):
     assert_refused(run("sample", table / "K0" / "model.pt"), "is a VAE trained by nfcli vae")
     assert_refused(run("vae-eval", "tests/data/format1_planar.pt"), "not a VAE")
@@ -198,6 +202,8 @@ def test_a_vae_is_refused_where_a_flow_fit_is_expected_and_the_other_way(table):
         (["--data", "missing.npy"], "missing.npy"),
         (["--data", "cifar"], "Cannot tell what data set 'cifar' is"),
         (["--updates", "0"], "--updates 0: at least 1"),
+        (["--samples", "0"], "at least 1 draw of q(·|x) per image"),
+        (["--test-images", "-5"], "--test-images -5"),
     ],
 )
 def test_bad_input_is_refused_in_one_paragraph(tmp_path, args, fragment):
