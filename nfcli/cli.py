@@ -1790,7 +1790,11 @@ def vae(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model.pt."),
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", help="A model.pt of nfcli vae to go on training (to --updates)."),
+        typer.Option(
+            "--resume",
+            help="A model.pt of nfcli vae to go on training, to --updates; its data and other "
+            "settings are the checkpoint's.",
+        ),
     ] = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
