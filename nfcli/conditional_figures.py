@@ -6,6 +6,11 @@ maximum); in 1-D one panel per c with both curves. p(·|c) = exp(−U(z; c) − 
 quadrature (``nfcli.diagnostics.choose_window``) on a window that holds q's draws and p's mass;
 q(·|c) is exact (``ConditionalFlow.at(c)``).
 
+Above 2-D there is no quadrature: one row per c, one panel per variable (the first
+MARGINALS_SHOWN), q's marginal as a histogram of its draws and p's as the same draws weighted by
+their Pareto-smoothed importance weights p/q (the estimate the trust report's k̂ qualifies; it
+only sees where q goes), k̂ in the row's title.
+
 kl.png (one condition, D ≤ 2): KL(q‖p) and KL(p‖q) against the condition, from
 ``nfcli.conditional_report.evaluate_at``.
 """
@@ -27,8 +32,7 @@ from torch import Tensor
 from nfcli.checkpoint import ConditionalCheckpoint
 from nfcli.conditional_report import ConditionPoint
 from nfcli.conditions import Condition, ConditionalEnergy
-from nfcli.diagnostics import Window, choose_window, log_prob
-from nfcli.errors import NfcliError
+from nfcli.diagnostics import Window, choose_window, log_prob, psis
 from nfcli.figures import GRID, FigureOptions, range_1d, window_2d
 from nfcli.plots import (
     _image,
@@ -40,6 +44,8 @@ from nfcli.plots import (
 
 N_DRAWS = 5_000  # draws of q(·|c) that place the window
 PANELS_PER_ROW_1D = 4
+MARGINALS_SHOWN = 4  # variables drawn per condition above 2-D
+MARGINAL_DRAWS, MARGINAL_BINS = 20_000, 50
 
 
 def at_label(conditions: Sequence[Condition], c: Sequence[float]) -> str:
@@ -137,13 +143,52 @@ def conditional_density_figure(
         for j in range(M, rows * cols):
             axes[j // cols][j % cols].axis("off")
     else:
-        raise NfcliError(
-            f"nfcli plot --at draws the target and q side by side in 1-D and 2-D; this fit has "
-            f"D = {flow.dim} ({', '.join(names)}). Use nfcli report --at for its numbers per "
-            "condition, or nfcli sample --at to draw from q at one condition."
+        shown = min(flow.dim, MARGINALS_SHOWN)
+        fig, axes = plt.subplots(
+            M, shown, figsize=(3.2 * shown, 2.6 * M + 0.6), squeeze=False, layout="constrained"
         )
+        for i, c in enumerate(grid):
+            q_flow = flow.at(c.float()).double()
+            z, w, khat = _reweighted(q_flow, energy.at(c), ckpt.config.seed + i)
+            for j in range(shown):
+                ax = axes[i][j]
+                x = z[:, j].numpy()
+                edges = torch.linspace(
+                    float(z[:, j].min()), float(z[:, j].max()), MARGINAL_BINS + 1
+                )
+                ax.hist(x, bins=edges.numpy(), density=True, color="C0", alpha=0.45, label="q")
+                if w is not None:
+                    ax.hist(
+                        x,
+                        bins=edges.numpy(),
+                        weights=w.numpy(),
+                        density=True,
+                        histtype="step",
+                        color="k",
+                        lw=1.2,
+                        label="p (q's draws reweighted)",
+                    )
+                ax.set_xlabel(names[j])
+                ax.set_yticks([])
+                if j == 0:
+                    k = f"k̂ = {khat:.2f}" if khat is not None else "p/q not finite"
+                    ax.set_title(f"{label(i)}   ({k})", fontsize=9, loc="left")
+                if i == 0 and j == shown - 1:
+                    ax.legend(fontsize=7)
     fit_title(fig, title, fontsize="large")
     return fig
+
+
+def _reweighted(flow_q, energy_p, seed: int) -> tuple[Tensor, Tensor | None, float | None]:
+    """MARGINAL_DRAWS draws of q (N, D), their Pareto-smoothed weights p/q (None where U or ln q
+    is not finite at some draw) and k̂."""
+    with torch.no_grad():
+        z, log_q = flow_q.rsample(MARGINAL_DRAWS, torch.Generator().manual_seed(seed))
+        log_w = (-energy_p(z) - log_q).double()
+    if not bool(log_w.isfinite().all()):
+        return z.double(), None, None
+    smoothed, khat = psis(log_w)
+    return z.double(), torch.exp(smoothed - smoothed.max()), float(khat)
 
 
 def kl_figure(points: Sequence[ConditionPoint], condition: Condition, title: str) -> Figure:

@@ -306,3 +306,39 @@ def test_restarts_keep_the_best_and_say_which(tmp_path):
     ckpt = load_any(tmp_path / "model.pt")
     assert ckpt.config.seed == kept and ckpt.config.restarts == 1
     assert len(ckpt.history["loss"]) == 120
+
+
+def test_plot_at_beyond_two_dimensions_draws_marginals_of_q_and_reweighted_p(tmp_path):
+    r = run(
+        "fit",
+        "(x - m)**2/2 + (y + m)**2/2 + w**2/8",
+        "--condition",
+        "m=-1:1",
+        "--iters",
+        60,
+        "--batch",
+        64,
+        "-o",
+        tmp_path,
+    )
+    assert r.exit_code == 0, r.output
+    r = run("plot", tmp_path / "model.pt", "--at", "m=-1:1:2", "-o", tmp_path / "plots")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "plots" / "conditional.png").stat().st_size > 0
+    assert not (tmp_path / "plots" / "kl.png").exists()  # no quadrature above 2-D
+
+
+def test_reweighted_draws_estimate_p_where_q_covers_it():
+    """q = N(0, 1.5²) in 3-D, p = N((1, 0, 0), I): the weighted mean of q's draws is p's."""
+    from nfcli.conditional_figures import _reweighted
+    from nfcli.flows import Flow
+
+    q = Flow.of(3, 1, "planar", base_scale=1.5).double()
+    with torch.no_grad():
+        q.transforms[0].u.zero_()  # the identity: q is its base
+    z, w, khat = _reweighted(q, lambda x: 0.5 * ((x - torch.tensor([1.0, 0, 0])) ** 2).sum(-1), 0)
+    mean = (w[:, None] * z).sum(0) / w.sum()
+    torch.testing.assert_close(
+        mean, torch.tensor([1.0, 0, 0], dtype=torch.float64), atol=0.05, rtol=0
+    )
+    assert khat < 0.5
