@@ -344,6 +344,14 @@ ConstOpt = Annotated[
         "nu=3 after the expression does the same.",
     ),
 ]
+CompileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compile-energy",
+        help="torch.compile U for the training loop: auto (a Python-file U whose eager calls "
+        "would cost more than compiling, ~1 min), on, or off. (default: auto)",
+    ),
+]
 ThreadsOpt = Annotated[
     str | None,
     typer.Option(
@@ -440,6 +448,7 @@ def fit(
     base: BaseOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    compile_energy: CompileOpt = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     force: Annotated[
@@ -496,6 +505,7 @@ def fit(
         base=base,
         dtype=dtype,
         device=device,
+        compile_energy=compile_energy,
         output=output,
         vars=vars,
         force=force,
@@ -772,6 +782,7 @@ RESUME_KEEPS = (
     "restarts",
     "dtype",
     "vars",
+    "compile_energy",
 )
 
 
@@ -1130,6 +1141,8 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
         steps += f", from the mode ({r.start_source} Gaussian)"
     share = f"; U and ∇U {r.energy_share:.0%} of it" if r.energy_share is not None else ""
     t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s{share})")
+    if r.energy_compiled is not None and "failed" not in r.energy_compiled:
+        t.add_row("energy", f"U {r.energy_compiled}")
     t.add_row("final loss (β = 1)", f"{r.final_loss_beta1:.4f}")
     if r.restarts:
         scores = [s["score"] for s in r.restarts]

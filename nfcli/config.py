@@ -57,6 +57,9 @@ class FitConfig:
     start: str = "auto"  # origin: q0 = N(0, base_scale²); mode: the Gaussian at the mode
     converge: bool | None = None  # stop when the loss has levelled off; None: auto
     base: str = "gaussian"  # or "student_t": heavier tails, learnt degrees of freedom
+    # torch.compile U for the training loop: auto (a Python-file U whose eager calls would cost
+    # more than compiling; nfcli.compiled.choose_energy), on, or off
+    compile_energy: str = "auto"
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -104,6 +107,11 @@ class FitConfig:
             raise NfcliError(
                 f"Unknown flow type {self.flow!r}. Choose one of: {', '.join(FLOW_CHOICES)} "
                 "(e.g. --flow radial)."
+            )
+        if self.compile_energy not in ("auto", "on", "off"):
+            raise NfcliError(
+                f"--compile-energy {self.compile_energy}: choose auto (compile a Python-file "
+                "energy when its eager calls would cost more than compiling), on or off."
             )
         if self.base not in BASE_TYPES:
             raise NfcliError(

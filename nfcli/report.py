@@ -75,6 +75,7 @@ class TrustReport:
     wall_time_s: float | None = None
     iters_per_s: float | None = None
     energy_share: float | None = None  # of the optimisation's time, in U and ∇U (CPU fits only)
+    energy_compiled: str | None = None  # how U was compiled for the fit, or why that failed
     # importance sampling with q's draws (evaluate)
     elbo: float | None = None
     elbo_se: float | None = None
@@ -131,6 +132,7 @@ class TrustReport:
         for key in _LOSS_KEYS:
             put(key, getattr(self, key))
         put("energy_share", self.energy_share, always=False)
+        put("energy_compiled", self.energy_compiled, always=False)
         for key in _IS_KEYS:
             put(key, getattr(self, key))
         for key in _IS_OPTIONAL_KEYS:
@@ -170,6 +172,7 @@ class TrustReport:
         for key in _LOSS_KEYS + _IS_KEYS:
             values[key] = take(key)
         values["energy_share"] = take("energy_share", always=False)
+        values["energy_compiled"] = take("energy_compiled", always=False)
         for key in _IS_OPTIONAL_KEYS + _RESTART_KEYS:
             values[key] = take(key, always=False)
         if any(k in rest for k in (*_QUADRATURE_KEYS, "quadrature_edge_mass", "quadrature_note")):

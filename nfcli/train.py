@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nfcli.compiled import choose_energy
 from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
@@ -129,6 +130,7 @@ class FitResult:
     converged: int | None = None  # the step at which the loss levelled off (config.converge)
     # the share of this session's optimisation time spent in U and its gradient (CPU only)
     energy_share: float | None = None
+    energy_compiled: str | None = None  # how U was compiled, or why compiling it failed
 
     @property
     def steps(self) -> int:
@@ -334,8 +336,14 @@ def _fit(
         bad_rows.add_(ok.numel() - ok.sum())
         return g.where(ok, 0.0)
 
+    # the U of the training loop: compiled where it pays (nfcli.compiled), probed at the batch's
+    # shape with points of its own generator, so that the fit's random stream is untouched
+    probe = torch.randn(
+        R * B, D, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype
+    )
+    chosen = choose_energy(energy, config.compile_energy, probe, config.iters - start_step)
     start = time.perf_counter()
-    before += start - began  # the Gaussian start's search
+    before += start - began  # the Gaussian start's search (and the energy's compilation)
     for t in range(start_step, config.iters):
         if t >= end:  # converged: the decay has run its course
             t -= 1  # the last step done
@@ -352,7 +360,7 @@ def _fit(
         z_u = z.reshape(-1, D)
         z_u.register_hook(finite_rows)  # U's own gradient; the wall's reaches z beside it
         called = time.perf_counter()
-        u = energy(z_u)
+        u = chosen.fn(z_u)
         energy_time[0] += time.perf_counter() - called
         if timed and u.requires_grad:
             u.register_hook(mark_backward)
@@ -470,6 +478,7 @@ def _fit(
         start_at,
         converged,
         energy_share,
+        chosen.note if chosen.compiled or "failed" in chosen.note else None,
     )
 
 
