@@ -31,6 +31,10 @@ COMPILE_MODES = ("auto", "on", "off")
 COMPILE_SECONDS = 60.0  # what one compilation of a loop-heavy U is expected to cost
 COMPILE_PAYS = 2.0  # compile when the eager U would cost this many times that over the fit
 TIMED_CALLS = 3  # eager calls timed (after one that warms up)
+# the steps a fit that stops once converged is expected to run (GARCH at the defaults stopped at
+# 2,000 of 8,000: benchmarks/compile_energy.py); a compilation that would pay over 8,000 steps
+# can cost more than it saves over those (82 s cold against 107 s eager for the whole GARCH run)
+CONVERGED_STEPS = 2000
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfcli.compiled import choose_energy
+from nfcli.compiled import CONVERGED_STEPS, choose_energy
 from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
@@ -341,7 +341,9 @@ def _fit(
     probe = torch.randn(
         R * B, D, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype
     )
-    chosen = choose_energy(energy, config.compile_energy, probe, config.iters - start_step)
+    planned = config.iters - start_step
+    expected = min(planned, CONVERGED_STEPS) if config.converge else planned
+    chosen = choose_energy(energy, config.compile_energy, probe, expected)
     start = time.perf_counter()
     before += start - began  # the Gaussian start's search (and the energy's compilation)
     for t in range(start_step, config.iters):
