@@ -104,6 +104,6 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
 
 # README, "A VAE on MNIST": the paper's Table 2 at the cpu budget, K = 0,10,20,40,80 two at a time
-# (~30 min on 2 cores), into runs/bench-vae/ (summary.csv, nll.png, one folder per K).
+# (~20 min on 2 cores), into runs/bench-vae/ (summary.csv, nll.png, one folder per K).
 bench-vae: mnist
 	$(BIN)/python benchmarks/vae.py --jobs 2 -o runs/bench-vae
