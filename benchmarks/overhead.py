@@ -52,12 +52,14 @@ timed(run, "write_figures", "figures, all")
 timed(figures, "save_figure", "figures: rendering and saving")
 sys.argv = ["nfcli", "fit", *sys.argv[2:]]
 began = time.perf_counter()
-try:
-    cli.main()
+try:  # cli.main's app, then its fast exit (os._exit) once the times are printed
+    cli.app(args=cli.protect_expressions(sys.argv[1:]), prog_name="nfcli")
 except SystemExit:
     pass
 times["the command inside python"] = time.perf_counter() - began
-print("TIMES " + json.dumps(times))
+print("TIMES " + json.dumps(times), flush=True)
+import os
+os._exit(0)
 """
 
 
