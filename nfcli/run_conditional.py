@@ -55,6 +55,8 @@ def check_conditional_options(config: FitConfig) -> FitConfig:
         unsupported.append("--start mode (one Gaussian at p's mode would serve every c)")
     if config.converge:
         unsupported.append("--converge (a conditional fit runs every step of --iters)")
+    if config.compile_energy == "on":
+        unsupported.append("--compile-energy on (a conditional fit calls U(z; c) eager)")
     if unsupported:
         raise NfcliError(
             "A conditional fit (--condition, or a family of targets) does not support "

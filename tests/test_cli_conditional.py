@@ -119,6 +119,7 @@ def test_refusals_with_a_model(fit1d, args, fragment):
     ("args", "fragment"),
     [
         (("--start", "mode"), "does not support --start mode"),
+        (("--compile-energy", "on"), "does not support --compile-energy on"),
         (("--device", "tpu"), "--device 'tpu' is not a device"),
         (("--dtype", "half"), "--dtype 'half' is not supported"),
         (("--resume", ONE_TARGET), "--condition cannot be given with it"),
