@@ -46,6 +46,17 @@ class _Template(Flow):
         return fn(self, *args)
 
 
+def mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
+    """Linear layers of ``sizes`` (in, hidden…, out) with ``activation`` between them (none after
+    the last): (…, sizes[0]) → (…, sizes[-1])."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
 class AmortisedFlow(nn.Module):
     """q(z | x): the flow of ``architecture`` whose every parameter ψ is h_φ(features(x)), an MLP
     of an input x (C,) per row (the amortisation of Rezende & Mohamed 2015 §4; a hypernetwork, Ha
@@ -82,13 +93,7 @@ class AmortisedFlow(nn.Module):
         self._sizes = [math.prod(s) for s in self._shapes]
         initial = torch.cat([p.detach().reshape(-1) for _, p in named])
         _parameters_to_buffers(self.flow)
-        sizes = [inputs, *self.hidden, len(initial)]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                layers.append(activation())
-        self.net = nn.Sequential(*layers)
+        self.net = mlp([inputs, *self.hidden, len(initial)], activation)
         with torch.no_grad():
             self.net[-1].weight.zero_()
             self.net[-1].bias.copy_(initial)

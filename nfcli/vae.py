@@ -22,9 +22,7 @@ a lower bound in expectation that tightens as S grows (the paper's S = 200).
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 (torch's own name)
 
-from nfcli.conditional import AmortisedFlow
+from nfcli.conditional import AmortisedFlow, mlp
 from nfcli.errors import NfcliError
 from nfcli.flows import architecture as flow_architecture
 
@@ -58,15 +56,6 @@ def posterior_architecture(flow: str, K: int, init_scale: float = 0.25) -> dict[
         raise NfcliError(f"--K {K}: the number of flow layers is 0 (no flow) or more.")
     spec = flow_architecture(flow, max(K, 1), init_scale, base_scale=1.0)
     return spec if K else {"base": spec["base"], "transforms": []}
-
-
-def _mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 @dataclass(frozen=True)
@@ -129,7 +118,7 @@ class VAE(nn.Module):
             ]
         )
         self.encoder.net[-1] = RowScaledLinear(self.encoder.net[-1], scale)
-        self.decoder = _mlp([spec.latent, *reversed(spec.hidden), spec.pixels], nn.ELU)
+        self.decoder = mlp([spec.latent, *reversed(spec.hidden), spec.pixels], nn.ELU)
 
     def log_weights(self, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """n draws of q(·|x_m) for each image x (M, P) with values in {0, 1}: ln p(x, z) (M, n)
