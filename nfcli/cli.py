@@ -1820,7 +1820,7 @@ def vae(
     and writes the model so far (go on with --resume)."""
     from nfcli.checkpoint import load_vae_checkpoint
     from nfcli.datasets import load_images
-    from nfcli.run_vae import check_evaluation, run_vae, run_vae_table
+    from nfcli.run_vae import check_evaluation, run_vae, run_vae_table, table_row
     from nfcli.train_vae import VaeConfig, with_budget
 
     if resume is not None:
@@ -1886,55 +1886,31 @@ def vae(
             )
 
         if len(ks) == 1:
-            one(cfg, out_dir)
+            rows = [table_row(cfg.K, one(cfg, out_dir))]
         else:
-            run_vae_table(images, cfg, ks, out_dir, force, one)
+            rows = run_vae_table(images, cfg, ks, out_dir, force, one)
     table = Table(title=f"nfcli vae: {images.name}, {cfg.updates:,} updates")
     for col in ("K", "test −ln p(x)", "± s.e.", "−ELBO", "valid bound", "train s", "folder"):
         table.add_column(col, justify="right")
-    summary = _vae_rows(out_dir, ks)
-    for row in summary:
-        table.add_row(*row)
+    for r in rows:
+        ev = r.evaluation
+        table.add_row(
+            str(r.K),
+            f"{ev.nll:.2f}" if ev else "—",
+            f"{ev.nll_se:.2f}" if ev else "—",
+            f"{ev.neg_elbo:.2f}" if ev else "—",
+            f"{r.valid_elbo:.2f}" if r.valid_elbo is not None else "—",
+            f"{r.train_seconds:.0f}" if r.train_seconds is not None else "—",
+            str(r.folder),
+        )
     err.print(table)
     if stop.name is not None:
         err.print(
             f"[bold yellow]{stop.name}[/]: stopped; wrote the model so far. Continue it with: "
-            f"nfcli vae --resume {_last_model(out_dir, ks)}",
+            f"nfcli vae --resume {rows[-1].folder / 'model.pt'}",
             soft_wrap=True,
         )
         raise typer.Exit(130)
-
-
-def _vae_rows(out_dir: Path, ks: list[int]) -> list[list[str]]:
-    """The table's rows from each model's metrics.json (the one place its numbers are)."""
-    import json as _json
-
-    rows = []
-    for k in ks:
-        folder = out_dir if len(ks) == 1 else out_dir / f"K{k}"
-        path = folder / "metrics.json"
-        if not path.is_file():
-            continue
-        m = _json.loads(path.read_text())
-        test = m.get("test") or {}
-        rows.append(
-            [
-                str(k),
-                f"{test['nll']:.2f}" if test else "—",
-                f"{test['nll_se']:.2f}" if test else "—",
-                f"{test['neg_elbo']:.2f}" if test else "—",
-                f"{m['valid_elbo']:.2f}" if m.get("valid_elbo") is not None else "—",
-                f"{m['train_seconds']:.0f}" if m.get("train_seconds") is not None else "—",
-                str(folder),
-            ]
-        )
-    return rows
-
-
-def _last_model(out_dir: Path, ks: list[int]) -> Path:
-    folders = [out_dir] if len(ks) == 1 else [out_dir / f"K{k}" for k in ks]
-    have = [f / "model.pt" for f in folders if (f / "model.pt").is_file()]
-    return have[-1] if have else out_dir / "model.pt"
 
 
 @app.command("vae-eval")

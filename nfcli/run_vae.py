@@ -177,6 +177,18 @@ class TableRow:
     train_seconds: float | None
 
 
+def table_row(k: int, run: VaeRun) -> TableRow:
+    """A table's row of one trained VAE: its evaluation and its last epoch's bound and time."""
+    h = run.checkpoint.history
+    return TableRow(
+        k,
+        run.folder,
+        run.checkpoint.evaluation,
+        h.valid_elbo[-1] if h.valid_elbo else None,
+        h.seconds[-1] if h.seconds else None,
+    )
+
+
 def run_vae_table(
     data: ImageData,
     config: VaeConfig,
@@ -195,16 +207,7 @@ def run_vae_table(
     rows = []
     for k in Ks:
         run = run_one(replace(config, K=k), out / f"K{k}")
-        h, ev = run.checkpoint.history, run.checkpoint.evaluation
-        rows.append(
-            TableRow(
-                k,
-                run.folder,
-                ev,
-                h.valid_elbo[-1] if h.valid_elbo else None,
-                h.seconds[-1] if h.seconds else None,
-            )
-        )
+        rows.append(table_row(k, run))
         if run.stopped is not None:
             break
     write_table(rows, out, data.name, config)
