@@ -60,20 +60,39 @@ def time_eager(energy: Energy, z: Tensor, calls: int = TIMED_CALLS) -> float:
     return (time.perf_counter() - t) / calls * 1000
 
 
-def choose_energy(energy: Energy, mode: str, z: Tensor, steps: int) -> CompiledEnergy:
-    """The U for ``steps`` training steps at points shaped like z (N, D), by ``mode``: "off",
+def probe_points(
+    shape: tuple[int, int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Standard normal points of ``shape`` (N, D) from a generator of their own, so that timing or
+    compiling U leaves the fit's random stream as it was."""
+    g = torch.Generator(device).manual_seed(0)
+    return torch.randn(*shape, generator=g, device=device, dtype=dtype)
+
+
+def choose_energy(
+    energy: Energy,
+    mode: str,
+    shape: tuple[int, int],
+    steps: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CompiledEnergy:
+    """The U for ``steps`` training steps at batches of ``shape`` (N, D) on ``device`` in
+    ``dtype``, by ``mode``: "off",
     the eager U; "on", compiled; "auto", compiled only for a Python-file energy whose eager calls
     over the steps would cost more than COMPILE_PAYS × COMPILE_SECONDS (see the module's
     docstring). Only the CPU and CUDA are compiled for; any other device stays eager."""
     if mode == "off":
         return CompiledEnergy(energy, False, None, "not compiled (--compile-energy off)")
-    if z.device.type not in ("cpu", "cuda"):
-        return CompiledEnergy(energy, False, None, f"not compiled on {z.device.type}")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        return CompiledEnergy(energy, False, None, f"not compiled on {device.type}")
+    if mode == "auto" and energy.source.get("kind") != "file":
+        note = "not compiled: an expression or built-in is already a few fused operations"
+        return CompiledEnergy(energy, False, None, note)
+    z = probe_points(shape, device, dtype)  # only where U is timed or compiled
     eager_ms = None
     if mode == "auto":
-        if energy.source.get("kind") != "file":
-            note = "not compiled: an expression or built-in is already a few fused operations"
-            return CompiledEnergy(energy, False, None, note)
         eager_ms = time_eager(energy, z)
         total = eager_ms / 1000 * steps
         if total <= COMPILE_PAYS * COMPILE_SECONDS:

@@ -336,14 +336,11 @@ def _fit(
         bad_rows.add_(ok.numel() - ok.sum())
         return g.where(ok, 0.0)
 
-    # the U of the training loop: compiled where it pays (nfcli.compiled), probed at the batch's
-    # shape with points of its own generator, so that the fit's random stream is untouched
-    probe = torch.randn(
-        R * B, D, generator=torch.Generator(device).manual_seed(0), device=device, dtype=dtype
-    )
+    # the U of the training loop: compiled where it pays (nfcli.compiled; its probe points have a
+    # generator of their own, so that the fit's random stream is untouched)
     planned = config.iters - start_step
     expected = min(planned, CONVERGED_STEPS) if config.converge else planned
-    chosen = choose_energy(energy, config.compile_energy, probe, expected)
+    chosen = choose_energy(energy, config.compile_energy, (R * B, D), expected, device, dtype)
     start = time.perf_counter()
     before += start - began  # the Gaussian start's search (and the energy's compilation)
     for t in range(start_step, config.iters):

@@ -24,14 +24,14 @@ def file_energy(tmp_path):
 
 def test_off_and_an_expression_stay_eager_without_timing():
     energy = load_energy("u1")
-    z = torch.randn(8, 2)
+    z = (8, 2)
     for mode in ("off", "auto"):
         chosen = choose_energy(energy, mode, z, 1000)
         assert chosen.fn is energy and not chosen.compiled and chosen.eager_ms is None
 
 
 def test_auto_times_a_cheap_file_energy_and_leaves_it_eager(file_energy):
-    chosen = choose_energy(file_energy, "auto", torch.randn(64, 2), 1000)
+    chosen = choose_energy(file_energy, "auto", (64, 2), 1000)
     assert not chosen.compiled and chosen.fn is file_energy
     assert chosen.eager_ms is not None and "not compiled" in chosen.note
 
@@ -39,7 +39,7 @@ def test_auto_times_a_cheap_file_energy_and_leaves_it_eager(file_energy):
 def test_auto_compiles_when_the_eager_calls_would_cost_more(file_energy, monkeypatch):
     monkeypatch.setattr(compiled, "time_eager", lambda energy, z: 100.0)  # 100 ms a call
     monkeypatch.setattr(torch, "compile", lambda fn, dynamic: lambda z: fn(z))
-    chosen = choose_energy(file_energy, "auto", torch.randn(8, 2), 10_000)  # 1,000 s eager
+    chosen = choose_energy(file_energy, "auto", (8, 2), 10_000)  # 1,000 s eager
     assert chosen.compiled and "compiled" in chosen.note and "100.00 ms" in chosen.note
 
 
@@ -51,7 +51,7 @@ def test_a_failed_compilation_falls_back_to_the_eager_energy_and_says_why(file_e
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    chosen = choose_energy(file_energy, "on", torch.randn(8, 2), 10)
+    chosen = choose_energy(file_energy, "on", (8, 2), 10)
     assert not chosen.compiled and chosen.fn is file_energy
     assert "compiling U failed (RuntimeError: no C++ compiler)" in chosen.note
 
