@@ -1960,10 +1960,10 @@ def vae_eval(
 
 def main() -> None:
     """The console script (and ``python -m nfcli``): the app, then a fast exit. Everything nfcli
-    writes is written, flushed and closed (atomically) before the app returns; the interpreter's
-    teardown of torch's modules after that took about 1 s of every command (0.7 s of it for
-    torch alone; benchmarks/overhead.py), so the process ends by os._exit once stdout and stderr
-    are flushed, with the app's exit code."""
+    writes is written, flushed and closed (atomically) before the app returns, so the process
+    ends by os._exit once stdout and stderr are flushed, with the app's exit code, skipping the
+    interpreter's teardown of torch's modules (a visible part of a short command such as nfcli
+    targets; within the noise of a whole fit, benchmarks/overhead.py)."""
     try:
         app(args=protect_expressions(sys.argv[1:]), prog_name="nfcli")
         code = 0

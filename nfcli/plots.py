@@ -294,8 +294,9 @@ def layers_figure(
     n = len(layers)
     cols = min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    # a fixed layout in inches (not "constrained", which measured every panel's ticks and titles
-    # again and again: 2.7 s of a 4.8-s layers.png at K = 32): panels of 1.8 in, 0.3 in between
+    # a fixed layout in inches (not "constrained", which measures every panel's ticks and titles
+    # again and again: most of a profiled save at K = 32, though a whole fit's figure time did not
+    # change measurably, benchmarks/overhead.py): panels of 1.8 in, 0.3 in between
     # for the titles, room for tick labels and names left and below, the colour bar right
     width, height = 0.75 + 2.1 * cols + 1.0, 0.55 + 2.1 * rows + 0.75
     fig, axes = plt.subplots(
@@ -333,8 +334,7 @@ def layers_figure(
         ax.set_xlim(*window[0])
         ax.set_ylim(*window[1])
         ax.tick_params(labelsize=7)
-    # the shared axes' ticks, fixed once: with matplotlib's automatic locator every panel's ticks
-    # were recomputed at each pass of the constrained layout, 2.5 s of a 3-s layers.png (u1, K=32)
+    # the shared axes' ticks, fixed once, rather than recomputed for every panel at every draw
     for axis, (a, b) in ((axes[0][0].xaxis, window[0]), (axes[0][0].yaxis, window[1])):
         ticks = MaxNLocator(nbins=4).tick_values(a, b)
         axis.set_major_locator(FixedLocator([t for t in ticks if a <= t <= b]))
