@@ -66,7 +66,10 @@ class Base(nn.Module):
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """z (R, n, D) = loc + σ·ε and ln q0(z) (R, n), differentiable in the parameters."""
-        eps = self.standard_rsample(n, generator)
+        return self.push(self.standard_rsample(n, generator))
+
+    def push(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """z = loc + σ·ε (R, N, D) and ln q0(z) (R, N) for standard draws ε (R, N, D)."""
         z = self.loc.unsqueeze(1) + self.log_scale.exp().unsqueeze(1) * eps
         return z, self.log_prob_standard(eps)
 

@@ -175,7 +175,13 @@ class Flow(nn.Module):
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """n samples of each of the R flows, (R, n, D), and their ln q (R, n), differentiable."""
-        z0, log_q0 = self.base.rsample(n, generator)
+        return self.push(self.base.standard_rsample(n, generator))
+
+    def push(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """Standard base draws ε (R, N, D) through the base's location and scale and the
+        transforms: (z_K (R, N, D), ln q_K(z_K) (R, N)). Free of random draws, so that the
+        training loop can compile it (``nfcli.compiled.choose_flow``) and draw ε eagerly."""
+        z0, log_q0 = self.base.push(eps)
         z, log_det = self.transform(z0)
         return z, log_q0 - log_det
 
