@@ -400,7 +400,13 @@ def _conditional_from_data(path: Path, data: dict[str, Any]) -> ConditionalCheck
 
 
 # what a checkpoint's config meant when it lacked a field: the only behaviour nfcli then had
-_BEFORE_FIELDS = {"flow": "planar", "start": "origin", "converge": False, "compile_energy": "off"}
+_BEFORE_FIELDS = {
+    "flow": "planar",
+    "start": "origin",
+    "converge": False,
+    "compile_energy": "off",
+    "compile_flow": "off",
+}
 
 
 def stored_config(values: dict[str, Any]) -> FitConfig:

@@ -352,6 +352,14 @@ CompileOpt = Annotated[
         "would cost more than compiling, ~1 min), on, or off. (default: auto)",
     ),
 ]
+CompileFlowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compile-flow",
+        help="torch.compile the flow's training step: auto (when the time it saves exceeds "
+        "the compilation's, ~30 s, or ~3 s once cached), on, or off. (default: auto)",
+    ),
+]
 ThreadsOpt = Annotated[
     str | None,
     typer.Option(
@@ -449,6 +457,7 @@ def fit(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     compile_energy: CompileOpt = None,
+    compile_flow: CompileFlowOpt = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     force: Annotated[
@@ -506,6 +515,7 @@ def fit(
         dtype=dtype,
         device=device,
         compile_energy=compile_energy,
+        compile_flow=compile_flow,
         output=output,
         vars=vars,
         force=force,
@@ -783,6 +793,7 @@ RESUME_KEEPS = (
     "dtype",
     "vars",
     "compile_energy",
+    "compile_flow",
 )
 
 
@@ -1143,6 +1154,8 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
     t.add_row("steps", f"{steps} in {r.wall_time_s:.1f} s ({r.iters_per_s:.0f} it/s{share})")
     if r.energy_compiled is not None and "failed" not in r.energy_compiled:
         t.add_row("energy", f"U {r.energy_compiled}")
+    if r.flow_compiled is not None and "failed" not in r.flow_compiled:
+        t.add_row("flow step", r.flow_compiled)
     t.add_row("final loss (β = 1)", f"{r.final_loss_beta1:.4f}")
     if r.restarts:
         scores = [s["score"] for s in r.restarts]

@@ -60,6 +60,9 @@ class FitConfig:
     # torch.compile U for the training loop: auto (a Python-file U whose eager calls would cost
     # more than compiling; nfcli.compiled.choose_energy), on, or off
     compile_energy: str = "auto"
+    # torch.compile the flow's step (ε → z, ln q) for the training loop: auto (when the time it
+    # is expected to save exceeds compiling's; nfcli.compiled.choose_flow), on, or off
+    compile_flow: str = "auto"
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -112,6 +115,11 @@ class FitConfig:
             raise NfcliError(
                 f"--compile-energy {self.compile_energy}: choose auto (compile a Python-file "
                 "energy when its eager calls would cost more than compiling), on or off."
+            )
+        if self.compile_flow not in ("auto", "on", "off"):
+            raise NfcliError(
+                f"--compile-flow {self.compile_flow}: choose auto (compile the flow's training "
+                "step when the time it saves exceeds the compilation's), on or off."
             )
         if self.base not in BASE_TYPES:
             raise NfcliError(

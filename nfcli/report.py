@@ -76,6 +76,7 @@ class TrustReport:
     iters_per_s: float | None = None
     energy_share: float | None = None  # of the optimisation's time, in U and ∇U (CPU fits only)
     energy_compiled: str | None = None  # how U was compiled for the fit, or why that failed
+    flow_compiled: str | None = None  # how the flow's step was compiled, or why that failed
     # importance sampling with q's draws (evaluate)
     elbo: float | None = None
     elbo_se: float | None = None
@@ -133,6 +134,7 @@ class TrustReport:
             put(key, getattr(self, key))
         put("energy_share", self.energy_share, always=False)
         put("energy_compiled", self.energy_compiled, always=False)
+        put("flow_compiled", self.flow_compiled, always=False)
         for key in _IS_KEYS:
             put(key, getattr(self, key))
         for key in _IS_OPTIONAL_KEYS:
@@ -173,6 +175,7 @@ class TrustReport:
             values[key] = take(key)
         values["energy_share"] = take("energy_share", always=False)
         values["energy_compiled"] = take("energy_compiled", always=False)
+        values["flow_compiled"] = take("flow_compiled", always=False)
         for key in _IS_OPTIONAL_KEYS + _RESTART_KEYS:
             values[key] = take(key, always=False)
         if any(k in rest for k in (*_QUADRATURE_KEYS, "quadrature_edge_mass", "quadrature_note")):

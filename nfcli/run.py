@@ -249,9 +249,11 @@ def run_fit(
         **summary_metrics(result.loss, result.loss_beta1, result.seconds),
         energy_share=result.energy_share,
         energy_compiled=result.energy_compiled,
+        flow_compiled=result.flow_compiled,
     )
-    if result.energy_compiled is not None and "failed" in result.energy_compiled:
-        report.warnings.append(result.energy_compiled)
+    for note in (result.energy_compiled, result.flow_compiled):
+        if note is not None and "failed" in note:
+            report.warnings.append(note)
     report.verdict, report.verdict_reasons = verdict(report)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
     ckpt = Checkpoint(flow, config, energy.source, history, report, versions(), result.state)

@@ -57,6 +57,8 @@ def check_conditional_options(config: FitConfig) -> FitConfig:
         unsupported.append("--converge (a conditional fit runs every step of --iters)")
     if config.compile_energy == "on":
         unsupported.append("--compile-energy on (a conditional fit calls U(z; c) eager)")
+    if config.compile_flow == "on":
+        unsupported.append("--compile-flow on (a conditional fit runs its flow eager)")
     if unsupported:
         raise NfcliError(
             "A conditional fit (--condition, or a family of targets) does not support "

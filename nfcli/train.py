@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfcli.compiled import CONVERGED_STEPS, choose_energy
+from nfcli.compiled import CONVERGED_STEPS, choose_energy, choose_flow
 from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
 from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
@@ -131,6 +131,7 @@ class FitResult:
     # the share of this session's optimisation time spent in U and its gradient (CPU only)
     energy_share: float | None = None
     energy_compiled: str | None = None  # how U was compiled, or why compiling it failed
+    flow_compiled: str | None = None  # how the flow's step was compiled, or why that failed
 
     @property
     def steps(self) -> int:
@@ -341,6 +342,7 @@ def _fit(
     planned = config.iters - start_step
     expected = min(planned, CONVERGED_STEPS) if config.converge else planned
     chosen = choose_energy(energy, config.compile_energy, (R * B, D), expected, device, dtype)
+    pushed = choose_flow(flow, config.compile_flow, (flow.restarts, B, D), expected, device, dtype)
     start = time.perf_counter()
     before += start - began  # the Gaussian start's search (and the energy's compilation)
     for t in range(start_step, config.iters):
@@ -350,12 +352,17 @@ def _fit(
         if t == choose_at and flow.restarts > 1:  # the restarts have explored; the best goes on
             kept, summaries = choose_restart(flow, energy)
             flow, opt = _keep(flow, opt, kept)
+            if pushed.compiled:  # the kept flow is a new module, of one restart
+                left = min(config.iters, end) - t
+                pushed = choose_flow(flow, config.compile_flow, (1, B, D), left, device, dtype)
+            else:
+                pushed = replace(pushed, fn=flow.push)
             inside = inside.keep(kept) if inside is not None else None
             cols = slice(kept, kept + 1)
         beta = beta_schedule(t, anneal)
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_factor(t, end, config.decay)
-        z, log_q = flow.rsample_all(B)
+        z, log_q = pushed.fn(flow.base.standard_rsample(B, None))  # Flow.rsample_all
         z_u = z.reshape(-1, D)
         z_u.register_hook(finite_rows)  # U's own gradient; the wall's reaches z beside it
         called = time.perf_counter()
@@ -478,6 +485,7 @@ def _fit(
         converged,
         energy_share,
         chosen.note if chosen.compiled or "failed" in chosen.note else None,
+        pushed.note if pushed.compiled or "failed" in pushed.note else None,
     )
 
 

@@ -241,6 +241,22 @@ class PlanarStack(torch.autograd.Function):
         return g_out[0].transpose(1, 2), g_u, g_w, g_as.squeeze(2).sum(-1).T
 
 
+def planar_chain(z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """K planar layers (``planar``) for R flows in plain differentiable operations: what
+    ``PlanarStack`` computes, to rounding, written for torch.compile to trace and fuse into a
+    few kernels (the training loop's compiled flow, ``nfcli.compiled.choose_flow``); eager, the
+    ~10 operations per layer and their autograd records make it slower than ``PlanarStack``.
+    Shapes: z (R, N, D); u_hat, w (R, K, D); b (R, K). Returns z_K (R, N, D), Σ ln|det| (R, N).
+    """
+    s = (w * u_hat).sum(-1).clamp_min(-1.0)  # (R, K), as in ``planar``
+    log_det = z.new_zeros(z.shape[:-1])
+    for k in range(w.shape[1]):
+        h = torch.tanh((z * w[:, k, None]).sum(-1) + b[:, k, None])  # (R, N)
+        log_det = log_det + torch.log1p((1.0 - h * h) * s[:, k, None])
+        z = z + h.unsqueeze(-1) * u_hat[:, k, None]
+    return z, log_det
+
+
 @register
 class Planar(Transform):
     """K planar layers f(z) = z + û·tanh(wᵀz + b) (``planar``), stacked: u, w (R, K, D), b (R, K).
@@ -263,6 +279,8 @@ class Planar(Transform):
         return {"K": self.layers, "init_scale": self.init_scale}
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():  # plain operations, which torch.compile can fuse
+            return planar_chain(z, planar_u_hat(self.u, self.w), self.w, self.b)
         return PlanarStack.apply(z, planar_u_hat(self.u, self.w), self.w, self.b)
 
     def steps(self, z: Tensor) -> list[Tensor]:

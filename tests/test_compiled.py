@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import nfcli.compiled as compiled
+import nfcli.transforms as transforms
 from nfcli.compiled import choose_energy
 from nfcli.config import FitConfig
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
 from nfcli.train import fit
+from nfcli.transforms import planar_chain as chain
 
 FILE = "DIM = 2\n\n\ndef energy(z):\n    return 0.5 * (z**2).sum(-1)\n"
 
@@ -73,3 +75,91 @@ def test_a_fit_through_a_compiled_u_is_the_eager_fit_when_the_compiled_u_is_exac
 def test_an_unknown_mode_is_refused():
     with pytest.raises(NfcliError, match="--compile-energy sometimes"):
         FitConfig(compile_energy="sometimes").validate(2)
+
+
+# --- the compiled flow ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_backend(monkeypatch, tmp_path):
+    """torch.compile's aot_eager backend (traced and differentiated as the real one, without the
+    C++ compilation), and a torch cache folder of the test's own for nfcli's records."""
+    monkeypatch.setattr(compiled, "FLOW_BACKEND", "aot_eager")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "options", [{"flow": "planar", "K": 3}, {"flow": "spline", "K": 1, "hidden": [8], "bins": 4}]
+)
+def test_a_fit_through_the_compiled_flow_is_the_eager_fit_to_rounding(
+    quick_backend, options, monkeypatch
+):
+    """The traced flow (the planar layers as ``planar_chain``, not ``PlanarStack``) fits as the
+    eager one: the same draws, losses and parameters to float32 rounding after 40 steps."""
+    energy = load_energy("u1")
+    config = {**options, "iters": 40, "batch": 32, "start": "origin", "converge": False}
+    eager = fit(energy, FitConfig(**config, compile_flow="off"))
+    traced = []
+    monkeypatch.setattr(transforms, "planar_chain", lambda *a: traced.append(1) or chain(*a))
+    on = fit(energy, FitConfig(**config, compile_flow="on"))
+    assert bool(traced) == (options["flow"] == "planar")  # traced once, then run compiled
+    assert eager.flow_compiled is None and on.flow_compiled.startswith("compiled (its step takes")
+    torch.testing.assert_close(on.loss, eager.loss, rtol=1e-4, atol=1e-4)
+    for name, value in eager.flow.state_dict().items():
+        torch.testing.assert_close(on.flow.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(on.flow.state_dict()["base.loc"], fit(energy, FitConfig(**{
+        **config, "seed": 1, "compile_flow": "on"})).flow.state_dict()["base.loc"])  # fmt: skip
+
+
+def test_a_failed_flow_compilation_falls_back_to_the_eager_fit_and_says_why(monkeypatch):
+    def broken(fn, dynamic, backend):
+        def call(eps):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    energy = load_energy("u1")
+    config = {"K": 2, "iters": 20, "batch": 16}
+    eager = fit(energy, FitConfig(**config, compile_flow="off"))
+    monkeypatch.setattr(torch, "compile", broken)
+    on = fit(energy, FitConfig(**config, compile_flow="on"))
+    assert "compiling the flow failed (RuntimeError: no C++ compiler)" in on.flow_compiled
+    assert torch.equal(on.loss, eager.loss)
+    for name, value in eager.flow.state_dict().items():
+        assert torch.equal(on.flow.state_dict()[name], value)
+
+
+def test_auto_compiles_the_flow_by_its_expected_saving_and_what_was_measured(quick_backend):
+    """Without a record, auto expects FLOW_SAVED of the eager time saved against a cold
+    compilation; a record of an earlier compilation gives the measured saving against a cached
+    one, and a compiled step that was not faster is not compiled again however long the fit."""
+    from nfcli.flows import Flow
+
+    flow = Flow.of(2, 3, "planar")
+    shape = (1, 16, 2)
+    short = compiled.choose_flow(flow, "auto", shape, 10)
+    assert (
+        not short.compiled
+        and short.fn == flow.push
+        and "less than 2 × a compilation" in (short.note)
+    )
+    record = compiled.flow_record(flow, compiled.standard_draws(shape, "cpu", torch.float32),
+                                  "aot_eager")  # fmt: skip
+    assert record is not None and not record.exists()
+    record.parent.mkdir(parents=True)
+    record.write_text('{"eager_ms": 10.0, "compiled_ms": 1.0}')  # compiling saved 90%
+    assert compiled.read_record(record) == (10.0, 1.0)
+    long = compiled.choose_flow(flow, "auto", shape, 10**9)
+    assert long.compiled_ms is not None and record.exists()  # compiled, timed and recorded
+    eager_ms, compiled_ms = compiled.read_record(record)
+    assert compiled_ms == long.compiled_ms and eager_ms == long.eager_ms
+    assert long.compiled == (compiled_ms < eager_ms)  # auto uses it only where it was faster
+    record.write_text('{"eager_ms": 1.0, "compiled_ms": 2.0}')  # compiled was slower
+    slower = compiled.choose_flow(flow, "auto", shape, 10**9)
+    assert not slower.compiled and "measured: 2.00 ms compiled" in slower.note
+
+
+def test_an_unknown_flow_compile_mode_is_refused():
+    with pytest.raises(NfcliError, match="--compile-flow sometimes"):
+        FitConfig(compile_flow="sometimes").validate(2)

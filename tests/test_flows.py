@@ -10,6 +10,7 @@ from torch.autograd.functional import jacobian
 from nfcli.flows import Flow
 from nfcli.transforms import (
     PlanarStack,
+    planar_chain,
     planar,
     planar_inverse,
     planar_u_hat,
@@ -125,14 +126,18 @@ def test_planar_stack_matches_readable_layers_values_and_gradients():
     def fast(z, u, w, b):
         return PlanarStack.apply(z, planar_u_hat(u, w), w, b)
 
+    def traceable(z, u, w, b):  # what a compiled flow runs
+        return planar_chain(z, planar_u_hat(u, w), w, b)
+
     g_z, g_ld = torch.randn(R, N, D, generator=g), torch.randn(R, N, generator=g)
     results = []
-    for fn in (readable, fast):
+    for fn in (readable, fast, traceable):
         zk, ld = fn(z, u, w, b)
         grads = torch.autograd.grad((zk * g_z).sum() + (ld * g_ld).sum(), (z, u, w, b))
         results.append((zk, ld, *grads))
-    for a, c in zip(*results, strict=True):
-        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
+    for other in results[1:]:
+        for a, c in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
     assert torch.autograd.gradcheck(fast, (z[:2, :4], u[:2], w[:2], b[:2]))
 
 
