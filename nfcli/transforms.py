@@ -241,20 +241,36 @@ class PlanarStack(torch.autograd.Function):
         return g_out[0].transpose(1, 2), g_u, g_w, g_as.squeeze(2).sum(-1).T
 
 
+COLUMNS_UP_TO = 8  # ``planar_chain`` keeps z as D columns up to this D
+
+
 def planar_chain(z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """K planar layers (``planar``) for R flows in plain differentiable operations: what
-    ``PlanarStack`` computes, to rounding, written for torch.compile to trace and fuse into a
-    few kernels (the training loop's compiled flow, ``nfcli.compiled.choose_flow``); eager, the
-    ~10 operations per layer and their autograd records make it slower than ``PlanarStack``.
+    ``PlanarStack`` computes, to rounding, written for torch.compile to trace and fuse (the
+    training loop's compiled flow, ``nfcli.compiled.choose_flow``); eager, its ~10 operations per
+    layer and their autograd records make it slower than ``PlanarStack``. Up to COLUMNS_UP_TO
+    dimensions z is kept as D columns (R, N), so that every operation runs along the batch, which
+    the compiled loops vectorise (2-D, K = 32: 0.37 ms a step at a batch of 256 and 0.55 at 1024,
+    against 0.47 and 1.1 with z as (R, N, D) and its inner loops over D = 2).
     Shapes: z (R, N, D); u_hat, w (R, K, D); b (R, K). Returns z_K (R, N, D), Σ ln|det| (R, N).
     """
     s = (w * u_hat).sum(-1).clamp_min(-1.0)  # (R, K), as in ``planar``
     log_det = z.new_zeros(z.shape[:-1])
+    if z.shape[-1] > COLUMNS_UP_TO:
+        for k in range(w.shape[1]):
+            h = torch.tanh((z * w[:, k, None]).sum(-1) + b[:, k, None])  # (R, N)
+            log_det = log_det + torch.log1p((1.0 - h * h) * s[:, k, None])
+            z = z + h.unsqueeze(-1) * u_hat[:, k, None]
+        return z, log_det
+    cols = z.unbind(-1)  # D of (R, N)
     for k in range(w.shape[1]):
-        h = torch.tanh((z * w[:, k, None]).sum(-1) + b[:, k, None])  # (R, N)
+        a = b[:, k, None]
+        for d, z_d in enumerate(cols):
+            a = a + z_d * w[:, k, d, None]
+        h = torch.tanh(a)
         log_det = log_det + torch.log1p((1.0 - h * h) * s[:, k, None])
-        z = z + h.unsqueeze(-1) * u_hat[:, k, None]
-    return z, log_det
+        cols = [z_d + h * u_hat[:, k, d, None] for d, z_d in enumerate(cols)]
+    return torch.stack(cols, -1), log_det
 
 
 @register

@@ -103,10 +103,12 @@ def test_radial_constraint_keeps_every_layer_invertible():
     assert torch.all(rho[1:] > rho[:-1])
 
 
-def test_planar_stack_matches_readable_layers_values_and_gradients():
-    """R = 3 flows of K = 6 layers through the fast path equal ``planar`` applied flow by flow."""
+@pytest.mark.parametrize("D", [3, 10])  # planar_chain: as columns, and as (R, N, D)
+def test_planar_stack_matches_readable_layers_values_and_gradients(D):
+    """R = 3 flows of K = 6 layers through the fast path (and the compiled path's
+    ``planar_chain``) equal ``planar`` applied flow by flow."""
     g = torch.Generator().manual_seed(3)
-    R, K, D, N = 3, 6, 3, 9
+    R, K, N = 3, 6, 9
     z = torch.randn(R, N, D, generator=g, requires_grad=True)
     u = torch.randn(R, K, D, generator=g, requires_grad=True)
     w = torch.randn(R, K, D, generator=g, requires_grad=True)
