@@ -3,6 +3,7 @@ benchmarks/posteriors/garch.py, a Python loop over 200 time steps, at nfcli's de
 
     python benchmarks/compile_energy.py                    # off and auto, one after the other
     python benchmarks/compile_energy.py --modes auto --seed 1
+    python benchmarks/compile_energy.py --modes off,on --compile-flow on   # the flow compiled too
 
 Each fit is ``nfcli.run.run_fit`` (the whole ``nfcli fit`` but the CLI) on one thread, with
 ``--compile-energy`` off and then auto (which compiles this U: its eager calls over the fit cost far
@@ -37,10 +38,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="off,auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile-flow", default="off", help="--compile-flow of every run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
     print(f"nfcli commit {nfcli_commit()}; torch {torch.__version__}; one thread\n")
+    print(f"--compile-flow {args.compile_flow}\n")
     print(
         "| --compile-energy | fit s (compile s) | steps | ms/step less compile | U share | ELBO "
         "| k̂ | note |"
@@ -50,14 +53,17 @@ def main() -> None:
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            _, r = run_fit(energy, FitConfig(seed=args.seed, compile_energy=mode), out)
+            cfg = FitConfig(seed=args.seed, compile_energy=mode, compile_flow=args.compile_flow)
+            _, r = run_fit(energy, cfg, out)
             whole = time.perf_counter() - t0
         note = r.energy_compiled or "eager"
-        spent = float(note.split("compiling took ")[1].split(" s")[0]) if "took" in note else 0.0
+        notes = f"{note}; flow: {r.flow_compiled}" if r.flow_compiled else note
+        spent = sum(float(n.split("compiling took ")[1].split(" s")[0])
+                    for n in (note, r.flow_compiled or "") if "took" in n)  # fmt: skip
         print(
             f"| {mode} | {r.wall_time_s:.0f} ({spent:.0f}) | {r.steps_done} | "
             f"{1000 * (r.wall_time_s - spent) / r.steps_done:.1f} | "
-            f"{r.energy_share:.0%} | {r.elbo:.3f} | {r.khat:.2f} | {note}; the whole run "
+            f"{r.energy_share:.0%} | {r.elbo:.3f} | {r.khat:.2f} | {notes}; the whole run "
             f"{whole:.0f} s |",
             flush=True,
         )

@@ -10,8 +10,10 @@ Tables (printed as Markdown):
 
 * identical: the same work for both (target, K = 32 planar layers, batch 256, iterations, learning
   rate 5e-3 held constant, β annealed over 3/8 of the steps, float32, one thread): ms/iteration of
-  each and their ratio, final KL(q‖p) of each (ln Z by quadrature, ELBO from 10⁵ samples), and the
-  peak memory of a run (a fresh child process per run: resident set growth on CPU,
+  each from step 100 on, nfcli eager (its reference path) and with the flow and U compiled
+  (--compile-flow on --compile-energy on; its whole optimisation, compilations included, beside
+  the eager one's), and their ratios, final KL(q‖p) of each (ln Z by quadrature, ELBO from 10⁵
+  samples), and the peak memory of a run (a fresh child process per run: resident set growth on CPU,
   max_memory_allocated on CUDA). nfcli and normflows alternate target by target, round by round.
 * quality: seconds of optimisation until KL(q‖p) ≤ 0.03 on U1 and ≤ 0.06 on U2–U4 (checked with a
   20,000-sample ELBO, not counted in the time, every 100 steps for nfcli, where its progress
@@ -35,8 +37,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
+from provenance import nfcli_commit
 
 import nfcli.train
 from nfcli import FitConfig, fit, load_energy
@@ -212,41 +216,72 @@ def make_energy(target: str, dim: int) -> Energy:
 # --- tables --------------------------------------------------------------------------------------
 
 
+STEADY_FROM = 100  # identical work's ms/step: from this step on, past start-up and compiling
+
+
+def steady_clock() -> tuple[dict[str, float], Callable]:
+    """A monitor that notes the time at step STEADY_FROM, and the dict it notes it in."""
+    marks: dict[str, float] = {}
+
+    def monitor(step: int, model) -> bool:
+        if step == STEADY_FROM:
+            marks["t"] = time.perf_counter()
+        return False
+
+    return marks, monitor
+
+
 def table_identical(args) -> None:
-    cfg = identical_config(args.iters)
+    """The same work for nfcli eager (its reference path), nfcli with the flow and U compiled
+    (``--compile-flow on --compile-energy on``) and normflows: ms/step from step STEADY_FROM to the
+    end, and the compiled fit's whole optimisation (its compilations included) in seconds."""
+    base = identical_config(args.iters)
+    eager_cfg = replace(base, compile_flow="off", compile_energy="off")
+    compiled_cfg = replace(base, compile_flow="on", compile_energy="on")
     rows: dict[str, dict[str, list[float]]] = {t: {} for t in TARGETS}
+    steady = args.iters - STEADY_FROM
+
+    def put(t: str, key: str, value: float) -> None:
+        rows[t].setdefault(key, []).append(value)
+
     for r in range(args.rounds):
         for t in TARGETS:
             energy = load_energy(t)
-            flow, sec = run_nfcli(energy, cfg, args.device)
-            rows[t].setdefault("nfcli_ms", []).append(1000 * sec / cfg.iters)
-            rows[t].setdefault("nfcli_kl", []).append(
-                energy.log_z - elbo_nfcli(flow, energy, 10**5)
-            )
-            model, sec = run_normflows(energy, cfg.K, cfg.batch, cfg.iters, cfg.lr,
-                                       cfg.anneal_steps, 0.0, args.device)  # fmt: skip
-            rows[t].setdefault("nf_ms", []).append(1000 * sec / cfg.iters)
-            kl = energy.log_z - elbo_normflows(model, energy, 10**5)
-            rows[t].setdefault("nf_kl", []).append(kl)
-            print(f"  round {r + 1} {t}: nfcli {rows[t]['nfcli_ms'][-1]:.2f} ms/it, "
+            for key, cfg in (("nfcli", eager_cfg), ("compiled", compiled_cfg)):
+                marks, monitor = steady_clock()
+                result = fit(energy, cfg, device=args.device, monitor=monitor)
+                sync(args.device)
+                put(t, f"{key}_ms", 1000 * (time.perf_counter() - marks["t"]) / steady)
+                put(t, f"{key}_kl", energy.log_z - elbo_nfcli(result.flow, energy, 10**5))
+                put(t, f"{key}_s", result.seconds)
+            marks, monitor = steady_clock()
+            model, _ = run_normflows(energy, base.K, base.batch, base.iters, base.lr,
+                                     base.anneal_steps, 0.0, args.device, monitor=monitor,
+                                     every=STEADY_FROM)  # fmt: skip
+            put(t, "nf_ms", 1000 * (time.perf_counter() - marks["t"]) / steady)
+            put(t, "nf_kl", energy.log_z - elbo_normflows(model, energy, 10**5))
+            print(f"  round {r + 1} {t}: nfcli {rows[t]['nfcli_ms'][-1]:.2f} ms/it, compiled "
+                  f"{rows[t]['compiled_ms'][-1]:.2f} ({rows[t]['compiled_s'][-1]:.1f} s in all), "
                   f"normflows {rows[t]['nf_ms'][-1]:.2f} ms/it", file=sys.stderr)  # fmt: skip
-    print(f"\n### Identical work: K = 32 planar, batch 256, {cfg.iters} steps, lr 5e-3, "
-          f"β over {cfg.anneal_steps} steps, float32, {args.threads} thread(s), "
-          f"{args.device}\n")  # fmt: skip
-    print("| target | nfcli ms/it | normflows ms/it | speed-up | nfcli KL(q‖p) | normflows KL(q‖p) "
-          "| nfcli peak MiB | normflows peak MiB |")  # fmt: skip
+    print(f"\n### Identical work: K = 32 planar, batch 256, {base.iters} steps, lr 5e-3, "
+          f"β over {base.anneal_steps} steps, float32, {args.threads} thread(s), "
+          f"{args.device} (nfcli {nfcli_commit()})\n")  # fmt: skip
+    print("| target | nfcli ms/it | compiled ms/it | normflows ms/it | speed-up eager / compiled "
+          "| compiled fit in all (eager) | KL(q‖p) nfcli / compiled / normflows "
+          "| peak MiB nfcli / normflows |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for t in TARGETS:
         v = rows[t]
-        a, b = min(v["nfcli_ms"]), min(v["nf_ms"])
+        a, c, b = min(v["nfcli_ms"]), min(v["compiled_ms"]), min(v["nf_ms"])
         mem_a = peak_memory("nfcli", t, 2, 32, 1, 256, args)
         mem_b = peak_memory("normflows", t, 2, 32, 1, 256, args)
-        kl_a = " / ".join(f"{x:.4f}" for x in v["nfcli_kl"])
-        kl_b = " / ".join(f"{x:.4f}" for x in v["nf_kl"])
-        print(f"| {t} | {a:.2f} | {b:.2f} | {b / a:.1f}× | {kl_a} | {kl_b} | {mem_a:.2f} | "
-              f"{mem_b:.2f} |")  # fmt: skip
-    print(f"\nms/it: the fastest of {args.rounds} rounds; KL: each round (the same seed, so the "
-          "rounds differ only by timing).")  # fmt: skip
+        kls = " / ".join(f"{v[k][-1]:.3f}" for k in ("nfcli_kl", "compiled_kl", "nf_kl"))
+        print(f"| {t} | {a:.2f} | {c:.2f} | {b:.2f} | {b / a:.1f}× / {b / c:.1f}× | "
+              f"{min(v['compiled_s']):.1f} s ({min(v['nfcli_s']):.1f} s) | {kls} | "
+              f"{mem_a:.2f} / {mem_b:.2f} |")  # fmt: skip
+    print(f"\nms/it: steps {STEADY_FROM}–{args.iters}, the fastest of {args.rounds} rounds; "
+          "compiled: --compile-flow on --compile-energy on, whose fit in all counts its "
+          "compilations (from torch's cache after the first); KL: the last round.")  # fmt: skip
 
 
 def table_seeds(args) -> None:

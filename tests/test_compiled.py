@@ -2,6 +2,8 @@
 fallback when compiling fails, and that a fit through a compiled U is wired like the eager one.
 (A real torch.compile takes tens of seconds: benchmarks/compile_energy.py measures it.)"""
 
+import json
+
 import pytest
 import torch
 
@@ -148,16 +150,25 @@ def test_auto_compiles_the_flow_by_its_expected_saving_and_what_was_measured(qui
                                   "aot_eager")  # fmt: skip
     assert record is not None and not record.exists()
     record.parent.mkdir(parents=True)
-    record.write_text('{"eager_ms": 10.0, "compiled_ms": 1.0}')  # compiling saved 90%
-    assert compiled.read_record(record) == (10.0, 1.0)
-    long = compiled.choose_flow(flow, "auto", shape, 10**9)
+    first = {"eager_ms": 10.0, "compiled_ms": 1.0, "compiling_s": 100.0, "cached": False}
+    record.write_text(json.dumps(first))  # compiling saved 90%, and took 100 s
+    assert compiled.read_record(record).cached_s == compiled.FLOW_CACHED_SHARE * 100
+    steps = 2 * 40 / (0.9 * long_eager_ms(flow, shape)) * 1000  # saves ~2 × 40 s
+    assert not compiled.choose_flow(flow, "auto", shape, int(steps * 0.5)).compiled_ms
+    long = compiled.choose_flow(flow, "auto", shape, int(steps * 2))
     assert long.compiled_ms is not None and record.exists()  # compiled, timed and recorded
-    eager_ms, compiled_ms = compiled.read_record(record)
-    assert compiled_ms == long.compiled_ms and eager_ms == long.eager_ms
-    assert long.compiled == (compiled_ms < eager_ms)  # auto uses it only where it was faster
-    record.write_text('{"eager_ms": 1.0, "compiled_ms": 2.0}')  # compiled was slower
+    now = compiled.read_record(record)
+    assert (now.compiled_ms, now.eager_ms) == (long.compiled_ms, long.eager_ms) and now.cached
+    assert long.compiled == (now.compiled_ms < now.eager_ms)  # used only where it was faster
+    record.write_text(json.dumps({**first, "compiled_ms": 20.0}))  # compiled was slower
     slower = compiled.choose_flow(flow, "auto", shape, 10**9)
-    assert not slower.compiled and "measured: 2.00 ms compiled" in slower.note
+    assert not slower.compiled and "measured: 20.00 ms compiled" in slower.note
+
+
+def long_eager_ms(flow, shape):
+    """The eager step as choose_flow times it (at most; the timing varies)."""
+    eps = compiled.standard_draws(shape, "cpu", torch.float32)
+    return max(compiled.time_flow(flow.push, flow, eps, 3) for _ in range(3))
 
 
 def test_an_unknown_flow_compile_mode_is_refused():

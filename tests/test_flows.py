@@ -10,8 +10,8 @@ from torch.autograd.functional import jacobian
 from nfcli.flows import Flow
 from nfcli.transforms import (
     PlanarStack,
-    planar_chain,
     planar,
+    planar_chain,
     planar_inverse,
     planar_u_hat,
     radial,
