@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean figures figures-flows bench-setup bench fuzz \
+.PHONY: setup demo test lint format clean figures figures-flows bench-setup bench bench-gpu fuzz \
 	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist bench-vae
 
 setup: $(VENV)/.installed
@@ -60,6 +60,13 @@ bench-setup: setup
 
 bench: bench-setup
 	$(BIN)/python benchmarks/speed.py --iters 2000 --rounds 2
+
+# The same on a GPU (none has been lent to this project's sessions, so these have never run):
+# nfcli against normflows, D up to 4,096 and restarts up to 64, and the compiled flow's step.
+bench-gpu: bench-setup
+	$(BIN)/python benchmarks/speed.py --tables identical,scaling --device cuda --iters 2000 \
+		--rounds 2 --dims 2,128,1024,4096 --Rs 1,8,64
+	$(BIN)/python benchmarks/compile_flow.py --device cuda
 
 # README, "Real posteriors": every posterior of benchmarks/posteriors/ at the defaults (~25 min;
 # the reference moments are committed; `posterior-reference` remakes them with NumPyro, ~15 min)

@@ -2,6 +2,7 @@
 
     python benchmarks/compile_flow.py                  # the default cases, one thread
     python benchmarks/compile_flow.py --cases spline:10:256,planar:2:1024
+    python benchmarks/compile_flow.py --device cuda    # make bench-gpu (not yet run: no GPU)
 
 For each case (flow type : D : batch, the flow's architecture as ``nfcli fit`` builds it for a
 target of D dimensions) a fresh process with an empty torch compile cache times the flow's step
@@ -34,10 +35,10 @@ torch.set_num_threads(1)
 from nfcli.compiled import time_flow
 from nfcli.config import FitConfig
 from nfcli.flows import Flow
-kind, D, B = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+kind, D, B, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
-flow = Flow(D, FitConfig(flow=kind).resolve(D).architecture(D), 1)
-eps = torch.randn(1, B, D)
+flow = Flow(D, FitConfig(flow=kind).resolve(D).architecture(D), 1).to(device)
+eps = torch.randn(1, B, D, device=device)
 calls = max(5, int(2000 / max(B * D, 1)))
 eager = min(time_flow(flow.push, flow, eps, calls) for _ in range(3))
 fn = torch.compile(flow.push, dynamic=False)
@@ -49,10 +50,10 @@ print("RESULT " + json.dumps({"eager": eager, "compiled": compiled, "compiling":
 """
 
 
-def child(case: list[str], cache: str) -> dict[str, float]:
+def child(case: list[str], cache: str, device: str) -> dict[str, float]:
     env = {"TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD, *case], capture_output=True, text=True,
-                         env={**os.environ, **env}, check=True)  # fmt: skip
+    cmd = [sys.executable, "-c", CHILD, *case, device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT ") :])
 
@@ -60,17 +61,18 @@ def child(case: list[str], cache: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cases", default=CASES, help="flow:D:batch, comma-separated")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     rows = []
     for text in args.cases.split(","):
         case = text.split(":")
         with tempfile.TemporaryDirectory() as cache:
             t = time.perf_counter()
-            cold = child(case, cache)
-            cached = child(case, cache)
+            cold = child(case, cache, args.device)
+            cached = child(case, cache, args.device)
         print(f"  {text}: {cold} / {cached} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
         rows.append((case, cold, cached))
-    print(f"\n### The flow's step compiled (nfcli {nfcli_commit()}, one thread)\n")
+    print(f"\n### The flow's step compiled (nfcli {nfcli_commit()}, {args.device}, one thread)\n")
     print("| flow | D | batch | eager ms | compiled ms | saved | compiling, cold | cached | pays "
           "after (cold / cached) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")

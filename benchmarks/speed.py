@@ -152,7 +152,8 @@ def probe(args: argparse.Namespace) -> None:
 
     def run(iters: int) -> None:
         if args.lib == "nfcli":
-            cfg = FitConfig(**PLANAR, K=args.K, batch=args.batch, iters=iters, restarts=args.R)
+            cfg = FitConfig(**PLANAR, K=args.K, batch=args.batch, iters=iters, restarts=args.R,
+                            compile_flow="off", compile_energy="off")  # fmt: skip
             run_nfcli(energy, cfg, args.device)
         else:
             run_normflows(energy, args.K, args.batch, iters, 5e-3, 0, 0.0, args.device)
@@ -391,7 +392,8 @@ def table_scaling(args) -> None:
         dim, K, R = kw.get("dim", 2), kw.get("K", 32), kw.get("R", 1)
         energy = make_energy("normal", dim)
         iters = args.scaling_iters
-        cfg = FitConfig(**PLANAR, K=K, batch=256, iters=iters, restarts=R, anneal=0)
+        cfg = FitConfig(**PLANAR, K=K, batch=256, iters=iters, restarts=R, anneal=0,
+                        compile_flow="off")  # fmt: skip
         ms = time_steps(energy, cfg, args.device)
         mem = peak_memory("nfcli", "normal", dim, K, R, 256, args)
         slope = ""
