@@ -51,10 +51,16 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
     (only the shades of antialiased text edges beyond 256 are merged)."""
     buf = io.BytesIO()
     fmt = Path(path).suffix.lstrip(".") or "png"
-    fig.savefig(buf, format=fmt, dpi=dpi)
+    indexed = palette and fmt == "png"
+    # indexed: the raw pixels, rather than a PNG to decode again (Agg draws int(inches · dpi))
+    fig.savefig(buf, format="rgba" if indexed else fmt, dpi=dpi)
+    size = (int(fig.get_figwidth() * dpi), int(fig.get_figheight() * dpi))
     plt.close(fig)
-    if palette and fmt == "png":
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if indexed:
+        raw = buf.getvalue()
+        if len(raw) != 4 * size[0] * size[1]:
+            raise RuntimeError(f"save_figure: {len(raw)} bytes of RGBA are not {size[0]}×{size[1]}")
+        image = Image.frombuffer("RGBA", size, raw, "raw", "RGBA", 0, 1).convert("RGB")
         buf = io.BytesIO()
         # median cut (0) without dithering (0): flat colours stay flat
         image.quantize(256, method=0, dither=0).save(buf, format="png", dpi=(dpi, dpi))
@@ -299,9 +305,10 @@ def layers_figure(
     # change measurably, benchmarks/overhead.py): panels of 1.8 in, 0.3 in between
     # for the titles, room for tick labels and names left and below, the colour bar right
     width, height = 0.75 + 2.1 * cols + 1.0, 0.55 + 2.1 * rows + 0.75
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(width, height), squeeze=False, sharex=True, sharey=True
-    )
+    # the panels' limits and ticks are set on each (not shared: a shared axis' every limit lookup
+    # visits all its siblings, which costs most with ~33 panels); inner tick labels are hidden as
+    # sharing would (only the bottom row's x and the left column's y labelled)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(
         left=0.75 / width,
         right=1 - 1.0 / width,
@@ -311,6 +318,9 @@ def layers_figure(
         hspace=0.3 / 1.8,
     )
     lo, hi = torch.quantile(radius.double(), torch.tensor([0.01, 0.99], dtype=torch.float64))
+    xticks, yticks = (
+        [t for t in MaxNLocator(nbins=4).tick_values(a, b) if a <= t <= b] for a, b in window
+    )
     scatter = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -330,14 +340,14 @@ def layers_figure(
             rasterized=True,
         )
         scatter.set_antialiased(False)  # few colours, whole pixels: the PNG compresses well
-        ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9)
+        # y = 1: where matplotlib would put it (no ticks on top), without measuring every panel
+        ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9, y=1.0)
         ax.set_xlim(*window[0])
         ax.set_ylim(*window[1])
-        ax.tick_params(labelsize=7)
-    # the shared axes' ticks, fixed once, rather than recomputed for every panel at every draw
-    for axis, (a, b) in ((axes[0][0].xaxis, window[0]), (axes[0][0].yaxis, window[1])):
-        ticks = MaxNLocator(nbins=4).tick_values(a, b)
-        axis.set_major_locator(FixedLocator([t for t in ticks if a <= t <= b]))
+        ax.tick_params(labelsize=7, labelbottom=i // cols == rows - 1, labelleft=i % cols == 0)
+        # the ticks, fixed once, rather than recomputed for every panel at every draw
+        ax.xaxis.set_major_locator(FixedLocator(xticks))
+        ax.yaxis.set_major_locator(FixedLocator(yticks))
     for ax in axes[-1]:
         ax.set_xlabel(names[columns[0]] if dim > 1 else names[0], fontsize=8)
     for ax in axes[:, 0]:
