@@ -12,9 +12,11 @@ from pathlib import Path
 import matplotlib.legend
 import matplotlib.pyplot as plt
 import matplotlib.text
+import numpy as np
 import pytest
 import torch
 from clitools import assert_refused, run
+from PIL import Image
 
 from nfcli.compare import split_targets
 from nfcli.diagnostics import quadrature
@@ -91,6 +93,38 @@ def test_layers_figure_draws_one_panel_per_requested_layer(dim, layers):
         torch.testing.assert_close(torch.tensor(x), zs[4][:, 3].double(), check_dtype=False)
         torch.testing.assert_close(torch.tensor(y), zs[4][:, 1].double(), check_dtype=False)
     plt.close(fig)
+
+
+def test_layers_panels_share_one_window_and_are_labelled_on_the_outer_edges_only():
+    """The panels are not shared axes (each would visit all its siblings at every limit lookup),
+    but look as if they were: one window and one set of ticks for all, tick labels only on the
+    bottom row (x) and the left column (y); 5 layers: 2 rows of 3, the last cell hidden."""
+    flow = Flow.of(2, 4, "planar", init_scale=0.5)
+    zs, radius = flow.trajectory(200)
+    fig = layers_figure(zs, radius, [0, 1, 2, 3, 4], ["x", "y"], "t")
+    shown = panels(fig)
+    assert len(shown) == 5 and not any(ax.get_shared_x_axes().get_siblings(ax)[1:] for ax in shown)
+    for i, ax in enumerate(shown):
+        assert ax.get_xlim() == shown[0].get_xlim() and ax.get_ylim() == shown[0].get_ylim()
+        assert list(ax.get_xticks()) == list(shown[0].get_xticks()) and len(ax.get_xticks()) > 1
+        x_labelled = [t.label1.get_visible() for t in ax.xaxis.get_major_ticks()]
+        y_labelled = [t.label1.get_visible() for t in ax.yaxis.get_major_ticks()]
+        assert set(x_labelled) == {i >= 3} and set(y_labelled) == {i % 3 == 0}, i
+    plt.close(fig)
+
+
+def test_an_indexed_png_has_the_pixels_of_the_rgba_one(tmp_path):
+    """save_figure(palette=True) takes Agg's raw pixels (int(inches · dpi) of them each way, here
+    2.05 in at 97 dpi: 198.85 → 198) rather than a PNG; in few colours, they are the same."""
+    fig, ax = plt.subplots(figsize=(2.05, 1.5))
+    ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+    plain = Image.open(save_figure(fig, tmp_path / "plain.png", dpi=97)).convert("RGB")
+    fig, ax = plt.subplots(figsize=(2.05, 1.5))
+    ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+    indexed = Image.open(save_figure(fig, tmp_path / "indexed.png", dpi=97, palette=True))
+    assert indexed.mode == "P" and indexed.size == plain.size == (198, 145)
+    same = np.asarray(indexed.convert("RGB")) == np.asarray(plain)
+    assert same.all(-1).mean() > 0.99
 
 
 def test_pairs_figure_is_a_corner_plot_with_reweighted_marginals():
