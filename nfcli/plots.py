@@ -156,9 +156,21 @@ def density_grid(
 ) -> Tensor:
     """exp(fn) on the n×n cell midpoints of ``window`` (evaluated in ``dtype`` on ``device``) as
     an (n, n) CPU image (rows are y), float64; NaN counts as zero density."""
+    return log_density_grid(fn, window, n, dtype, device).exp()
+
+
+def log_density_grid(
+    fn: Callable[[Tensor], Tensor],
+    window: Window,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``density_grid``'s logarithm: fn on the n×n cell midpoints of ``window`` as an (n, n) CPU
+    float64 array (rows are y), NaN as −∞."""
     with torch.no_grad():
         values = fn(grid_points(window, n).to(device=device, dtype=dtype)).double().cpu()
-    return torch.nan_to_num(values, nan=-math.inf).exp().reshape(n, n)
+    return torch.nan_to_num(values, nan=-math.inf).reshape(n, n)
 
 
 def _image(ax: plt.Axes, img: Tensor, window: Window, vmin: float, vmax: float, cmap: str):

@@ -18,11 +18,13 @@ import torch
 from clitools import assert_refused, run
 from PIL import Image
 
+from nfcli import figures
+from nfcli.checkpoint import load_checkpoint
 from nfcli.compare import split_targets
-from nfcli.diagnostics import quadrature
+from nfcli.diagnostics import LogQGrid, quadrature
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
-from nfcli.figures import mass_range_1d
+from nfcli.figures import mass_range_1d, preset_window
 from nfcli.flows import Flow
 from nfcli.plots import (
     ComparePanel,
@@ -473,3 +475,25 @@ def test_compare_takes_the_grid_from_its_command_line_not_the_config(tmp_path):
     cfg.write_text("K: 4\niters: 100\n")
     assert_refused(run("compare", "u1", "--config", cfg, "-o", tmp_path / "c"), "sets K:")
     assert not (tmp_path / "c").exists()
+
+
+def test_write_figures_draws_a_known_q_grid_on_its_window_and_computes_q_elsewhere(
+    fitted, tmp_path, monkeypatch
+):
+    """``known`` (ln q on density.png's grid, as run_fit computes it once for the figure and the
+    report) is drawn as it is when it is on the window drawn, and not used on another."""
+    ckpt = load_checkpoint(fitted / "d2" / "model.pt")
+    window = preset_window(ckpt.energy_source)
+    drawn = []
+    density_2d_figure_ = figures.density_2d_figure
+
+    def capture(window, q, *args, **kwargs):
+        drawn.append(q)
+        return density_2d_figure_(window, q, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "density_2d_figure", capture)
+    fake = torch.full((figures.GRID, figures.GRID), -3.0, dtype=torch.float64)
+    for known in (LogQGrid(window, figures.GRID, fake), LogQGrid(((0, 1), (0, 1)), 300, fake)):
+        figures.write_figures(ckpt, None, tmp_path, known=known)
+    assert torch.equal(drawn[0], fake.exp())
+    torch.testing.assert_close(drawn[1], figures.density_q(ckpt.flow, window).log_q.exp())
