@@ -14,7 +14,9 @@ import gc
 # the process. Python's cyclic garbage collector would scan them all, again and again: 4 full
 # passes during these imports (a quarter of their time, one thread, freeing some 60 objects),
 # then more while the figures are drawn (~0.14 s each). So it is paused for the imports, and
-# what they made is then left out of its scans (gc.freeze: kept, never collected).
+# what they made is then left out of its scans (gc.freeze: objects alive at this point, a
+# library user's too, are freed by reference counting as ever, but a cycle among them is never
+# collected).
 _collecting = gc.isenabled()
 gc.disable()
 try:

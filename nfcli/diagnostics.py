@@ -29,9 +29,8 @@ Window = tuple[tuple[float, float], ...]  # (lo, hi) per variable: one or two of
 KHAT_GOOD, KHAT_TRUST = 0.5, 0.7  # PSIS: k̂ < 0.5 good, ≤ 0.7 usable, above: do not trust
 QUADRATURE_N = {1: 20_000, 2: 800}  # cells per axis for ln Z: 20,000 in 1-D, 800² in 2-D
 COMPARE_N = {1: 20_000, 2: 300}  # cells per axis for KL(p‖q) and TV, which invert the flow
-RING_MASS = (
-    1e-6  # compare_on_grid reuses a known grid of ln q if p and q have at most this around it
-)
+# compare_on_grid reuses a known grid of ln q where p and q each have at most this mass around it
+RING_MASS = 1e-6
 
 
 @dataclass
@@ -384,16 +383,21 @@ def _compare_around(
     pts = [grid_points(block, cells).to(dtype) for block, cells in blocks]
     cell = [cell_volume(block, cells) for block, cells in blocks]
     log_p = [_log_p(energy, x, log_z) for x in pts]
-    if sum(float(lp.exp().sum()) * c for lp, c in zip(log_p, cell, strict=True)) > RING_MASS:
+    if not _mass(log_p, cell) <= RING_MASS:
         return None
     log_q = [flow.log_prob(x).double() for x in pts]
-    if sum(float(lq.exp().sum()) * c for lq, c in zip(log_q, cell, strict=True)) > RING_MASS:
+    if not _mass(log_q, cell) <= RING_MASS:  # NaN too
         return None
     inner = _log_p(energy, grid_points(known.window, known.n).to(dtype), log_z)
     total = _kl_tv_sums(inner, known.log_q.reshape(-1)) * cell_volume(known.window, known.n)
     for lp, lq, c in zip(log_p, log_q, cell, strict=True):
         total += _kl_tv_sums(lp, lq) * c
     return float(total[0]), float(total[1])
+
+
+def _mass(log_density: list[Tensor], cell: list[float]) -> float:
+    """Σ exp(ln density) · cell volume over blocks of cells: the mass on them (midpoint rule)."""
+    return sum(float(d.exp().sum()) * c for d, c in zip(log_density, cell, strict=True))
 
 
 def _log_p(energy: Energy, points: Tensor, log_z: float) -> Tensor:
