@@ -54,16 +54,19 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
     indexed = palette and fmt == "png"
     # indexed: the raw pixels, rather than a PNG to decode again (Agg draws int(inches · dpi))
     fig.savefig(buf, format="rgba" if indexed else fmt, dpi=dpi)
-    size = (int(fig.get_figwidth() * dpi), int(fig.get_figheight() * dpi))
-    plt.close(fig)
     if indexed:
+        size = (int(fig.get_figwidth() * dpi), int(fig.get_figheight() * dpi))
         raw = buf.getvalue()
-        if len(raw) != 4 * size[0] * size[1]:
-            raise RuntimeError(f"save_figure: {len(raw)} bytes of RGBA are not {size[0]}×{size[1]}")
-        image = Image.frombuffer("RGBA", size, raw, "raw", "RGBA", 0, 1).convert("RGB")
+        if len(raw) == 4 * size[0] * size[1]:
+            image = Image.frombuffer("RGBA", size, raw, "raw", "RGBA", 0, 1).convert("RGB")
+        else:  # another size (a matplotlibrc's savefig.bbox: tight): through a PNG
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi)
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         buf = io.BytesIO()
         # median cut (0) without dithering (0): flat colours stay flat
         image.quantize(256, method=0, dither=0).save(buf, format="png", dpi=(dpi, dpi))
+    plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     return Path(path)
 

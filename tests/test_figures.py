@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import matplotlib.legend
 import matplotlib.pyplot as plt
 import matplotlib.text
@@ -127,6 +128,11 @@ def test_an_indexed_png_has_the_pixels_of_the_rgba_one(tmp_path):
     assert indexed.mode == "P" and indexed.size == plain.size == (198, 145)
     same = np.asarray(indexed.convert("RGB")) == np.asarray(plain)
     assert same.all(-1).mean() > 0.99
+    with matplotlib.rc_context({"savefig.bbox": "tight"}):  # not the figure's size: via a PNG
+        fig, ax = plt.subplots(figsize=(2.05, 1.5))
+        ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+        tight = Image.open(save_figure(fig, tmp_path / "tight.png", dpi=97, palette=True))
+    assert tight.mode == "P" and tight.size != plain.size
 
 
 def test_pairs_figure_is_a_corner_plot_with_reweighted_marginals():
