@@ -322,7 +322,7 @@ def layers_figure(
     width, height = 0.75 + 2.1 * cols + 1.0, 0.55 + 2.1 * rows + 0.75
     # the panels' limits and ticks are set on each (not shared: a shared axis' every limit lookup
     # visits all its siblings, which costs most with ~33 panels); inner tick labels are hidden as
-    # sharing would (only the bottom row's x and the left column's y labelled)
+    # sharing did (label_outer: only the bottom row's x and the left column's y labelled)
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(
         left=0.75 / width,
@@ -359,7 +359,8 @@ def layers_figure(
         ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9, y=1.0)
         ax.set_xlim(*window[0])
         ax.set_ylim(*window[1])
-        ax.tick_params(labelsize=7, labelbottom=i // cols == rows - 1, labelleft=i % cols == 0)
+        ax.label_outer()  # tick labels (and offsets) on the outer edges, as sharing did
+        ax.tick_params(labelsize=7)
         # the ticks, fixed once, rather than recomputed for every panel at every draw
         ax.xaxis.set_major_locator(FixedLocator(xticks))
         ax.yaxis.set_major_locator(FixedLocator(yticks))
