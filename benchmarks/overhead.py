@@ -7,9 +7,12 @@ Runs the command in a fresh process per round (``python -m nfcli fit TARGET -o D
 one thread) with every stage of ``nfcli.run.run_fit`` timed by wrappers installed before it runs:
 the interpreter's start-up, the imports,
 the optimisation (``nfcli.train.fit``), q's draws, the trust report (``nfcli.run.evaluate``:
-importance sampling, quadrature, KL(p‖q), the mode search), writing model.pt and samples.npy,
-the figures (``nfcli.figures.write_figures``, each figure's save timed) and the rest (the
-summary table, exit). Prints one Markdown row per stage: the median over rounds, in seconds.
+importance sampling, quadrature, KL(p‖q), the mode search; of it, KL(p‖q) and TV on a grid,
+which inverts the flow at every cell), writing model.pt and samples.npy, the figures
+(``nfcli.figures.write_figures``; of them, the density grids, and each figure's save), for a
+built-in 2-D target q on density.png's grid before both (``nfcli.figures.density_q``), and the
+rest (the summary table, exit). Prints one Markdown row per stage: the median over rounds, in
+seconds; an "of it" row is part of the row after it.
 """
 
 from __future__ import annotations
@@ -45,10 +48,14 @@ timed(cli, "load_energy", "the energy (parse, compile)")
 timed(cli, "use_threads", "thread choice")
 timed(run, "fit", "optimisation (nfcli.train.fit)")
 timed(flows.Flow, "sample", "q's draws")
+timed(run, "density_q", "q on density.png's grid, for the figure and the report (inverts q)")
 timed(run, "evaluate", "trust report (evaluate)")
+timed(run, "compare_on_grid", "trust report: of it, KL(p‖q) and TV on a grid (inverts q)")
 timed(run, "save_checkpoint", "model.pt")
 timed(run, "save_samples", "samples.npy")
 timed(run, "write_figures", "figures, all")
+timed(figures, "density_grid", "figures: of them, p's density grid")
+timed(figures, "density_q", "figures: of them, q's density grid where not given (inverts q)")
 timed(figures, "save_figure", "figures: rendering and saving")
 sys.argv = ["nfcli", "fit", *sys.argv[2:]]
 began = time.perf_counter()

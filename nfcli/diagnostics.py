@@ -29,6 +29,8 @@ Window = tuple[tuple[float, float], ...]  # (lo, hi) per variable: one or two of
 KHAT_GOOD, KHAT_TRUST = 0.5, 0.7  # PSIS: k̂ < 0.5 good, ≤ 0.7 usable, above: do not trust
 QUADRATURE_N = {1: 20_000, 2: 800}  # cells per axis for ln Z: 20,000 in 1-D, 800² in 2-D
 COMPARE_N = {1: 20_000, 2: 300}  # cells per axis for KL(p‖q) and TV, which invert the flow
+# compare_on_grid reuses a known grid of ln q where p and q each have at most this mass around it
+RING_MASS = 1e-6
 
 
 @dataclass
@@ -42,10 +44,24 @@ class Grid:
     edge_mass: float  # fraction of the grid's mass in its outermost 2% on each side
 
 
-def grid_points(window: Window, n: int) -> Tensor:
-    """The cell midpoints of ``window``, n per axis, as (n^D, D) points, float64; in 2-D row by row
-    (rows are y)."""
-    axes = [lo + (torch.arange(n, dtype=torch.float64) + 0.5) * (hi - lo) / n for lo, hi in window]
+@dataclass
+class LogQGrid:
+    """ln q on the n×n cell midpoints of a 2-D ``window``: (n, n), float64, on the CPU, indexed
+    [j, i] (rows are y). Computed once, for density.png, and reused by ``compare_on_grid``."""
+
+    window: Window
+    n: int
+    log_q: Tensor
+
+
+def grid_points(window: Window, n: int | tuple[int, ...]) -> Tensor:
+    """The cell midpoints of ``window``, n per axis (or n[d] along axis d), as (∏n, D) points,
+    float64; in 2-D row by row (rows are y)."""
+    ns = n if isinstance(n, tuple) else (n,) * len(window)
+    axes = [
+        lo + (torch.arange(k, dtype=torch.float64) + 0.5) * (hi - lo) / k
+        for (lo, hi), k in zip(window, ns, strict=True)
+    ]
     if len(axes) == 1:
         return axes[0][:, None]
     xs, ys = axes
@@ -53,9 +69,10 @@ def grid_points(window: Window, n: int) -> Tensor:
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
 
 
-def cell_volume(window: Window, n: int) -> float:
-    """The volume of one of the n^D cells of ``window``."""
-    return math.prod((hi - lo) / n for lo, hi in window)
+def cell_volume(window: Window, n: int | tuple[int, ...]) -> float:
+    """The volume of one of the n^D cells of ``window`` (n[d] along axis d, for a tuple)."""
+    ns = n if isinstance(n, tuple) else (n,) * len(window)
+    return math.prod((hi - lo) / k for (lo, hi), k in zip(window, ns, strict=True))
 
 
 @torch.no_grad()
@@ -317,19 +334,99 @@ def khat_verdict(khat: float) -> str:
 
 @torch.no_grad()
 def compare_on_grid(
-    flow: Flow, energy: Energy, window: Window, log_z: float, n: int | None = None
+    flow: Flow,
+    energy: Energy,
+    window: Window,
+    log_z: float,
+    n: int | None = None,
+    known: LogQGrid | None = None,
 ) -> tuple[float, float]:
     """KL(p‖q) = ∫ p (ln p − ln q) and the total-variation distance ½∫|p − q| by the midpoint rule
     on n cells per axis of a 1-D or 2-D ``window`` (n defaults to COMPARE_N), with q's exact
-    density (the flow's inverse) and p = exp(−U − ln Z)."""
+    density (the flow's inverse) and p = exp(−U − ln Z).
+
+    ``known``: ln q already computed on a 2-D grid (density.png's); where ``_compare_around`` can
+    use it, the flow is inverted only on the cells around it."""
     n = n or COMPARE_N[len(window)]
+    if known is not None:
+        around = _compare_around(flow, energy, window, log_z, n, known)
+        if around is not None:
+            return around
     pts = grid_points(window, n).to(flow.base.loc.dtype)
-    log_p = torch.nan_to_num(-energy(pts).double() - log_z, nan=-math.inf)
-    log_q = flow.log_prob(pts).double()
-    cell = cell_volume(window, n)
+    sums = _kl_tv_sums(_log_p(energy, pts, log_z), flow.log_prob(pts).double())
+    kl_pq, tv = sums * cell_volume(window, n)
+    return float(kl_pq), float(tv)
+
+
+def _compare_around(
+    flow: Flow, energy: Energy, window: Window, log_z: float, n: int, known: LogQGrid
+) -> tuple[float, float] | None:
+    """``compare_on_grid`` over the box that holds ``window`` and ``known.window``: on ``known``'s
+    cells with its ln q, and on its ``ring`` (the rest of the box) on cells no wider than n per
+    axis on ``window``, where alone the flow is inverted. None (use n per axis on ``window``)
+    unless ``known``'s cells are no wider than those, the ring has fewer than n² cells, and p and
+    q each hold at most RING_MASS in the ring: then both vanish where the two grids meet, and the
+    midpoint rule on ``known``'s cells is as exact as on one grid around all the mass (its error
+    grows where an integrand is cut off at the edge of its grid)."""
+    if len(window) != 2:
+        return None
+    widths = [(hi - lo) / n for lo, hi in window]
+    if any((hi - lo) / known.n > w for (lo, hi), w in zip(known.window, widths, strict=True)):
+        return None
+    box = tuple(
+        (min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(window, known.window, strict=True)
+    )
+    blocks = [(block, _cells(block, widths)) for block in ring(box, known.window)]
+    if sum(math.prod(cells) for _, cells in blocks) >= n**2:
+        return None
+    dtype = flow.base.loc.dtype
+    pts = [grid_points(block, cells).to(dtype) for block, cells in blocks]
+    cell = [cell_volume(block, cells) for block, cells in blocks]
+    log_p = [_log_p(energy, x, log_z) for x in pts]
+    if not _mass(log_p, cell) <= RING_MASS:
+        return None
+    log_q = [flow.log_prob(x).double() for x in pts]
+    if not _mass(log_q, cell) <= RING_MASS:  # NaN too
+        return None
+    inner = _log_p(energy, grid_points(known.window, known.n).to(dtype), log_z)
+    total = _kl_tv_sums(inner, known.log_q.reshape(-1)) * cell_volume(known.window, known.n)
+    for lp, lq, c in zip(log_p, log_q, cell, strict=True):
+        total += _kl_tv_sums(lp, lq) * c
+    return float(total[0]), float(total[1])
+
+
+def _mass(log_density: list[Tensor], cell: list[float]) -> float:
+    """Σ exp(ln density) · cell volume over blocks of cells: the mass on them (midpoint rule)."""
+    return sum(float(d.exp().sum()) * c for d, c in zip(log_density, cell, strict=True))
+
+
+def _log_p(energy: Energy, points: Tensor, log_z: float) -> Tensor:
+    """ln p = −U − ln Z at ``points`` (float64; NaN → −∞)."""
+    return torch.nan_to_num(-energy(points).double() - log_z, nan=-math.inf)
+
+
+def _kl_tv_sums(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Σ p (ln p − ln q) (over p > 0) and ½ Σ |p − q| over cell midpoints: the midpoint rule's
+    KL(p‖q) and TV once times the cell volume. float64, (2,)."""
     p, q = log_p.exp(), log_q.exp()
-    kl_pq = torch.where(p > 0, p * (log_p - log_q), 0.0).sum() * cell
-    return float(kl_pq), float(0.5 * (p - q).abs().sum() * cell)
+    kl_pq = torch.where(p > 0, p * (log_p - log_q), 0.0).sum()
+    return torch.stack([kl_pq, 0.5 * (p - q).abs().sum()])
+
+
+def _cells(block: Window, widths: list[float]) -> tuple[int, ...]:
+    """Cells per axis of ``block`` no wider than ``widths`` (at least one)."""
+    return tuple(
+        max(1, math.ceil((hi - lo) / w - 1e-9)) for (lo, hi), w in zip(block, widths, strict=True)
+    )
+
+
+def ring(box: Window, inner: Window) -> list[Window]:
+    """A 2-D ``box`` less the ``inner`` rectangle it holds, as up to four rectangles: the strips
+    left and right of ``inner`` at the box's full height, and those below and above it."""
+    (x0, x1), (y0, y1) = box
+    (a0, a1), (b0, b1) = inner
+    parts = [((x0, a0), (y0, y1)), ((a1, x1), (y0, y1)), ((a0, a1), (y0, b0)), ((a0, a1), (b1, y1))]
+    return [p for p in parts if p[0][1] > p[0][0] and p[1][1] > p[1][0]]
 
 
 TAILS = (

@@ -22,9 +22,10 @@ from torch import Tensor
 
 from nfcli.checkpoint import Checkpoint
 from nfcli.devices import generator
-from nfcli.diagnostics import Window, choose_window, log_prob, psis
+from nfcli.diagnostics import LogQGrid, Window, choose_window, log_prob, psis
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
+from nfcli.flows import Flow
 from nfcli.plots import (
     DPI,
     FORMATS,
@@ -33,6 +34,7 @@ from nfcli.plots import (
     density_2d_figure,
     density_grid,
     layers_figure,
+    log_density_grid,
     loss_figure,
     mass_window,
     normalised_curve,
@@ -135,14 +137,24 @@ def window_2d(
     return window, log_z
 
 
+def density_q(flow: Flow, window: Window) -> LogQGrid:
+    """ln q on density.png's GRID × GRID cells of ``window``, computed where the flow is (device
+    and dtype): the flow inverted at every cell. ``nfcli.run.run_fit`` computes it once for the
+    figure and the trust report's KL(p‖q) and TV."""
+    device, dtype = flow.base.loc.device, flow.base.loc.dtype
+    return LogQGrid(window, GRID, log_density_grid(flow.log_prob, window, GRID, dtype, device))
+
+
 def write_figures(
     ckpt: Checkpoint,
     energy: Energy | None,
     out: Path,
     options: FigureOptions | None = None,
+    known: LogQGrid | None = None,
 ) -> list[Path]:
     """Draw a checkpoint's figures into ``out``; without ``energy``, q alone. The numbers are
-    computed where ``ckpt.flow`` is (device and dtype), the drawing on the CPU. Returns the
+    computed where ``ckpt.flow`` is (device and dtype), the drawing on the CPU. ``known``: ln q
+    on density.png's grid (``density_q``), used if it is on the window drawn. Returns the
     paths."""
     opts = options or FigureOptions()
     flow, names, report, cfg = ckpt.flow, ckpt.names, ckpt.report, ckpt.config
@@ -164,7 +176,9 @@ def write_figures(
         if window is None or (energy is not None and log_z is None):
             found, log_z = window_2d(samples, energy, log_z)
             window = window or found
-        q = density_grid(flow.log_prob, window, GRID, dtype, device)
+        if known is None or (known.window, known.n) != (window, GRID):
+            known = density_q(flow, window)
+        q = known.log_q.exp()
         p = None
         if energy is not None and log_z is not None:
             p = density_grid(lambda x: -energy(x) - log_z, window, GRID, dtype, device)

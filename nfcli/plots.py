@@ -51,13 +51,22 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
     (only the shades of antialiased text edges beyond 256 are merged)."""
     buf = io.BytesIO()
     fmt = Path(path).suffix.lstrip(".") or "png"
-    fig.savefig(buf, format=fmt, dpi=dpi)
-    plt.close(fig)
-    if palette and fmt == "png":
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    indexed = palette and fmt == "png"
+    # indexed: the raw pixels, rather than a PNG to decode again (Agg draws int(inches · dpi))
+    fig.savefig(buf, format="rgba" if indexed else fmt, dpi=dpi)
+    if indexed:
+        size = (int(fig.get_figwidth() * dpi), int(fig.get_figheight() * dpi))
+        raw = buf.getvalue()
+        if len(raw) == 4 * size[0] * size[1]:
+            image = Image.frombuffer("RGBA", size, raw, "raw", "RGBA", 0, 1).convert("RGB")
+        else:  # another size (a matplotlibrc's savefig.bbox: tight): through a PNG
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi)
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         buf = io.BytesIO()
         # median cut (0) without dithering (0): flat colours stay flat
         image.quantize(256, method=0, dither=0).save(buf, format="png", dpi=(dpi, dpi))
+    plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     return Path(path)
 
@@ -150,9 +159,21 @@ def density_grid(
 ) -> Tensor:
     """exp(fn) on the n×n cell midpoints of ``window`` (evaluated in ``dtype`` on ``device``) as
     an (n, n) CPU image (rows are y), float64; NaN counts as zero density."""
+    return log_density_grid(fn, window, n, dtype, device).exp()
+
+
+def log_density_grid(
+    fn: Callable[[Tensor], Tensor],
+    window: Window,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``density_grid``'s logarithm: fn on the n×n cell midpoints of ``window`` as an (n, n) CPU
+    float64 array (rows are y), NaN as −∞."""
     with torch.no_grad():
         values = fn(grid_points(window, n).to(device=device, dtype=dtype)).double().cpu()
-    return torch.nan_to_num(values, nan=-math.inf).exp().reshape(n, n)
+    return torch.nan_to_num(values, nan=-math.inf).reshape(n, n)
 
 
 def _image(ax: plt.Axes, img: Tensor, window: Window, vmin: float, vmax: float, cmap: str):
@@ -299,9 +320,10 @@ def layers_figure(
     # change measurably, benchmarks/overhead.py): panels of 1.8 in, 0.3 in between
     # for the titles, room for tick labels and names left and below, the colour bar right
     width, height = 0.75 + 2.1 * cols + 1.0, 0.55 + 2.1 * rows + 0.75
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(width, height), squeeze=False, sharex=True, sharey=True
-    )
+    # the panels' limits and ticks are set on each (not shared: a shared axis' every limit lookup
+    # visits all its siblings, which costs most with ~33 panels); inner tick labels are hidden as
+    # sharing did (label_outer: only the bottom row's x and the left column's y labelled)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(
         left=0.75 / width,
         right=1 - 1.0 / width,
@@ -311,6 +333,9 @@ def layers_figure(
         hspace=0.3 / 1.8,
     )
     lo, hi = torch.quantile(radius.double(), torch.tensor([0.01, 0.99], dtype=torch.float64))
+    xticks, yticks = (
+        [t for t in MaxNLocator(nbins=4).tick_values(a, b) if a <= t <= b] for a, b in window
+    )
     scatter = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -330,14 +355,15 @@ def layers_figure(
             rasterized=True,
         )
         scatter.set_antialiased(False)  # few colours, whole pixels: the PNG compresses well
-        ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9)
+        # y = 1: where matplotlib would put it (no ticks on top), without measuring every panel
+        ax.set_title("base z₀" if k == 0 else f"after layer {k}", fontsize=9, y=1.0)
         ax.set_xlim(*window[0])
         ax.set_ylim(*window[1])
+        ax.label_outer()  # tick labels (and offsets) on the outer edges, as sharing did
         ax.tick_params(labelsize=7)
-    # the shared axes' ticks, fixed once, rather than recomputed for every panel at every draw
-    for axis, (a, b) in ((axes[0][0].xaxis, window[0]), (axes[0][0].yaxis, window[1])):
-        ticks = MaxNLocator(nbins=4).tick_values(a, b)
-        axis.set_major_locator(FixedLocator([t for t in ticks if a <= t <= b]))
+        # the ticks, fixed once, rather than recomputed for every panel at every draw
+        ax.xaxis.set_major_locator(FixedLocator(xticks))
+        ax.yaxis.set_major_locator(FixedLocator(yticks))
     for ax in axes[-1]:
         ax.set_xlabel(names[columns[0]] if dim > 1 else names[0], fontsize=8)
     for ax in axes[:, 0]:

@@ -16,6 +16,8 @@ from torch import Tensor
 from nfcli.checkpoint import Checkpoint, save_checkpoint, versions
 from nfcli.diagnostics import (
     KHAT_GOOD,
+    LogQGrid,
+    Window,
     choose_window,
     compare_on_grid,
     draw_weighted,
@@ -27,7 +29,7 @@ from nfcli.diagnostics import (
 )
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
-from nfcli.figures import N_SAMPLES, write_figures
+from nfcli.figures import N_SAMPLES, density_q, preset_window, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.lost_modes import search_modes
@@ -47,7 +49,12 @@ N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS an
 
 
 def evaluate(
-    flow: Flow, energy: Energy, samples: Tensor, seed: int = 0, sets: int = N_SETS
+    flow: Flow,
+    energy: Energy,
+    samples: Tensor,
+    seed: int = 0,
+    sets: int = N_SETS,
+    known: LogQGrid | None = None,
 ) -> TrustReport:
     """The trust report's diagnostics: ELBO and importance-sampling ln Z, ESS and k̂; in 1-D and
     2-D also ln Z by quadrature, hence KL(q‖p), and KL(p‖q) and TV via q's exact density. The
@@ -64,7 +71,11 @@ def evaluate(
     Gaussian).
 
     From 3 dimensions on, where there is no quadrature, ``mode_search`` looks for modes of p that
-    q lost (``nfcli.lost_modes.search_modes``, with the first set's draws)."""
+    q lost (``nfcli.lost_modes.search_modes``, with the first set's draws).
+
+    ``known``: ln q on density.png's grid (``nfcli.figures.density_q``), which KL(p‖q) and TV
+    reuse where it holds the mass (``compare_on_grid``): not when some of the first set's draws
+    fall outside it."""
     sets_ = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)  # set 0 is the one set drawn before replicates existed
@@ -105,7 +116,9 @@ def evaluate(
         grid = choose_window(samples, energy)
         window = [list(w) for w in grid.window]
         if math.isfinite(grid.log_z):
-            kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z)
+            if known is not None and not _inside(sets_[0][1], known.window):
+                known = None  # q has mass (1 in 100,000 at least) outside density.png's grid
+            kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z, known=known)
             r.quadrature = Quadrature(
                 log_z=grid.log_z,
                 kl_qp=grid.log_z - imp.elbo,
@@ -133,6 +146,13 @@ def evaluate(
         )
     r.warnings = warnings
     return r
+
+
+def _inside(z: Tensor, window: Window) -> bool:
+    """Whether every row of z (n, D) lies in ``window``."""
+    lo = torch.tensor([a for a, _ in window], dtype=z.dtype)
+    hi = torch.tensor([b for _, b in window], dtype=z.dtype)
+    return bool(((z >= lo) & (z <= hi)).all())
 
 
 def quadrature_failure(log_z: float, window: list[list[float]]) -> str:
@@ -194,7 +214,11 @@ def run_fit(
     config = result.config  # as fitted: a start from several modes sets the annealing
     flow = result.flow.to("cpu").eval()  # evaluated, drawn and saved on the CPU
     samples = flow.sample(N_SAMPLES, torch.Generator().manual_seed(config.seed))
-    report = evaluate(flow, energy, samples, config.seed)
+    # a built-in target's density.png has its window before the report: q is inverted on that
+    # grid once, for the figure and (where it holds the mass) the report's KL(p‖q) and TV
+    window = preset_window(energy.source) if energy.dim == 2 else None
+    known = density_q(flow, window) if window is not None else None
+    report = evaluate(flow, energy, samples, config.seed, known=known)
     if result.restarts:
         report.restarts = result.restarts
         report.restart_kept = result.kept
@@ -260,7 +284,7 @@ def run_fit(
     save_checkpoint(out / "model.pt", ckpt)
     save_samples(samples, str(out / "samples.npy"), energy.names)
     write_metrics(out / "metrics.json", report)
-    write_figures(ckpt, energy, out)
+    write_figures(ckpt, energy, out, known=known)
     return ckpt, report
 
 

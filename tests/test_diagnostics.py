@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from nfcli.diagnostics import (
+    LogQGrid,
     compare_on_grid,
+    grid_points,
     importance_from_log_weights,
     importance_sampling,
     khat_verdict,
@@ -91,6 +93,69 @@ def test_grid_kl_both_ways_is_zero_for_the_exact_q_and_positive_otherwise():
             expected = 2 * (math.log(0.8) + 1 / (2 * 0.64) - 0.5)
             assert kl_pq == pytest.approx(expected, rel=1e-3)
             assert 0.05 < tv < 0.5
+
+
+def counting(flow: Flow) -> list[int]:
+    """Count the points at which ``flow.log_prob`` (the flow's inverse) is called from now on."""
+    calls: list[int] = []
+    log_prob = flow.log_prob
+
+    def counted(y, *args, **kwargs):
+        calls.append(len(y))
+        return log_prob(y, *args, **kwargs)
+
+    flow.log_prob = counted
+    return calls
+
+
+def test_a_known_q_grid_holding_the_mass_is_reused_and_only_the_ring_inverted():
+    """ln q known on an inner window (as density.png's grid) that holds all but 1e-6 of p's and
+    q's mass, with cells no wider than the report's: KL(p‖q) and TV as on the report's grid
+    alone (and exact), the flow inverted only on the cells around the inner window."""
+    energy = load_energy(GAUSSIAN)
+    window, n = ((-6.0, 7.0), (-8.0, 6.0)), 400
+    flow = gaussian_flow(0.8).double()
+    inner = ((-4.5, 5.5), (-7.5, 5.5))
+    known = LogQGrid(inner, n, flow.log_prob(grid_points(inner, n)).reshape(n, n))
+    plain = compare_on_grid(flow, energy, window, LOG_Z, n=n)
+    calls = counting(flow)
+    kl_pq, tv = compare_on_grid(flow, energy, window, LOG_Z, n=n, known=known)
+    ring_cells = sum(calls)
+    assert 0 < ring_cells < n * n / 3
+    expected = 2 * (math.log(0.8) + 1 / (2 * 0.64) - 0.5)  # as in the test above
+    assert kl_pq == pytest.approx(expected, rel=1e-3) and kl_pq == pytest.approx(plain[0], abs=1e-6)
+    assert tv == pytest.approx(plain[1], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("inner", "cells"),
+    [(((-1.0, 2.0), (-3.0, 1.0)), 400), (((-4.5, 5.5), (-7.5, 5.5)), 100)],
+    ids=["p-outside-it", "coarser"],
+)
+def test_a_known_q_grid_is_not_used_where_p_has_mass_around_it_or_its_cells_are_coarser(
+    inner, cells
+):
+    energy = load_energy(GAUSSIAN)
+    window, n = ((-6.0, 7.0), (-8.0, 6.0)), 400
+    flow = gaussian_flow(0.8).double()
+    known = LogQGrid(inner, cells, flow.log_prob(grid_points(inner, cells)).reshape(cells, cells))
+    plain = compare_on_grid(flow, energy, window, LOG_Z, n=n)
+    calls = counting(flow)
+    assert compare_on_grid(flow, energy, window, LOG_Z, n=n, known=known) == plain
+    assert sum(calls) == n * n  # p's mass in the ring is seen before q is inverted there
+
+
+def test_a_known_q_grid_is_not_used_where_q_has_mass_around_it():
+    """p inside the known window but a q twice as wide: q's mass in the ring (computed there)
+    sends the comparison back to the report's grid."""
+    energy = load_energy(GAUSSIAN)
+    window, n, inner = ((-6.0, 7.0), (-8.0, 6.0)), 200, ((-4.5, 5.5), (-7.5, 5.5))
+    flow = gaussian_flow(2.0).double()
+    known = LogQGrid(inner, n, flow.log_prob(grid_points(inner, n)).reshape(n, n))
+    plain = compare_on_grid(flow, energy, window, LOG_Z, n=n)
+    calls = counting(flow)
+    assert compare_on_grid(flow, energy, window, LOG_Z, n=n, known=known) == plain
+    assert sum(calls) > n * n  # the ring, then the report's grid
 
 
 def test_verdict_levels_and_advice():

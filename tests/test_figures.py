@@ -9,18 +9,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import matplotlib.legend
 import matplotlib.pyplot as plt
 import matplotlib.text
+import numpy as np
 import pytest
 import torch
 from clitools import assert_refused, run
+from PIL import Image
 
+from nfcli import figures
+from nfcli.checkpoint import load_checkpoint
 from nfcli.compare import split_targets
-from nfcli.diagnostics import quadrature
+from nfcli.diagnostics import LogQGrid, quadrature
 from nfcli.energy import load_energy
 from nfcli.errors import NfcliError
-from nfcli.figures import mass_range_1d
+from nfcli.figures import mass_range_1d, preset_window
 from nfcli.flows import Flow
 from nfcli.plots import (
     ComparePanel,
@@ -91,6 +96,43 @@ def test_layers_figure_draws_one_panel_per_requested_layer(dim, layers):
         torch.testing.assert_close(torch.tensor(x), zs[4][:, 3].double(), check_dtype=False)
         torch.testing.assert_close(torch.tensor(y), zs[4][:, 1].double(), check_dtype=False)
     plt.close(fig)
+
+
+def test_layers_panels_share_one_window_and_are_labelled_on_the_outer_edges_only():
+    """The panels are not shared axes (each would visit all its siblings at every limit lookup),
+    but look as if they were: one window and one set of ticks for all, tick labels only on the
+    bottom row (x) and the left column (y); 5 layers: 2 rows of 3, the last cell hidden."""
+    flow = Flow.of(2, 4, "planar", init_scale=0.5)
+    zs, radius = flow.trajectory(200)
+    fig = layers_figure(zs, radius, [0, 1, 2, 3, 4], ["x", "y"], "t")
+    shown = panels(fig)
+    assert len(shown) == 5 and not any(ax.get_shared_x_axes().get_siblings(ax)[1:] for ax in shown)
+    for i, ax in enumerate(shown):
+        assert ax.get_xlim() == shown[0].get_xlim() and ax.get_ylim() == shown[0].get_ylim()
+        assert list(ax.get_xticks()) == list(shown[0].get_xticks()) and len(ax.get_xticks()) > 1
+        x_labelled = [t.label1.get_visible() for t in ax.xaxis.get_major_ticks()]
+        y_labelled = [t.label1.get_visible() for t in ax.yaxis.get_major_ticks()]
+        assert set(x_labelled) == {i >= 3} and set(y_labelled) == {i % 3 == 0}, i
+    plt.close(fig)
+
+
+def test_an_indexed_png_has_the_pixels_of_the_rgba_one(tmp_path):
+    """save_figure(palette=True) takes Agg's raw pixels (int(inches · dpi) of them each way, here
+    2.05 in at 97 dpi: 198.85 → 198) rather than a PNG; in few colours, they are the same."""
+    fig, ax = plt.subplots(figsize=(2.05, 1.5))
+    ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+    plain = Image.open(save_figure(fig, tmp_path / "plain.png", dpi=97)).convert("RGB")
+    fig, ax = plt.subplots(figsize=(2.05, 1.5))
+    ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+    indexed = Image.open(save_figure(fig, tmp_path / "indexed.png", dpi=97, palette=True))
+    assert indexed.mode == "P" and indexed.size == plain.size == (198, 145)
+    same = np.asarray(indexed.convert("RGB")) == np.asarray(plain)
+    assert same.all(-1).mean() > 0.99
+    with matplotlib.rc_context({"savefig.bbox": "tight"}):  # not the figure's size: via a PNG
+        fig, ax = plt.subplots(figsize=(2.05, 1.5))
+        ax.scatter([0, 1, 2], [0, 1, 0], c=["C0", "C1", "C2"], s=40)
+        tight = Image.open(save_figure(fig, tmp_path / "tight.png", dpi=97, palette=True))
+    assert tight.mode == "P" and tight.size != plain.size
 
 
 def test_pairs_figure_is_a_corner_plot_with_reweighted_marginals():
@@ -439,3 +481,25 @@ def test_compare_takes_the_grid_from_its_command_line_not_the_config(tmp_path):
     cfg.write_text("K: 4\niters: 100\n")
     assert_refused(run("compare", "u1", "--config", cfg, "-o", tmp_path / "c"), "sets K:")
     assert not (tmp_path / "c").exists()
+
+
+def test_write_figures_draws_a_known_q_grid_on_its_window_and_computes_q_elsewhere(
+    fitted, tmp_path, monkeypatch
+):
+    """``known`` (ln q on density.png's grid, as run_fit computes it once for the figure and the
+    report) is drawn as it is when it is on the window drawn, and not used on another."""
+    ckpt = load_checkpoint(fitted / "d2" / "model.pt")
+    window = preset_window(ckpt.energy_source)
+    drawn = []
+    density_2d_figure_ = figures.density_2d_figure
+
+    def capture(window, q, *args, **kwargs):
+        drawn.append(q)
+        return density_2d_figure_(window, q, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "density_2d_figure", capture)
+    fake = torch.full((figures.GRID, figures.GRID), -3.0, dtype=torch.float64)
+    for known in (LogQGrid(window, figures.GRID, fake), LogQGrid(((0, 1), (0, 1)), 300, fake)):
+        figures.write_figures(ckpt, None, tmp_path, known=known)
+    assert torch.equal(drawn[0], fake.exp())
+    torch.testing.assert_close(drawn[1], figures.density_q(ckpt.flow, window).log_q.exp())
