@@ -59,6 +59,8 @@ timed(figures, "density_q", "figures: of them, q's density grid where not given 
 timed(figures, "save_figure", "figures: rendering and saving")
 sys.argv = ["nfcli", "fit", *sys.argv[2:]]
 began = time.perf_counter()
+import gc
+gc.freeze()  # as cli.main does before its app
 try:  # cli.main's app, then its fast exit (os._exit) once the times are printed
     cli.app(args=cli.protect_expressions(sys.argv[1:]), prog_name="nfcli")
 except SystemExit:

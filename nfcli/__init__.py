@@ -12,11 +12,9 @@ import gc
 
 # Importing torch, sympy and matplotlib (below) makes some 260,000 objects that live as long as
 # the process. Python's cyclic garbage collector would scan them all, again and again: 4 full
-# passes during these imports (a quarter of their time, one thread, freeing some 60 objects),
-# then more while the figures are drawn (~0.14 s each). So it is paused for the imports, and
-# what they made is then left out of its scans (gc.freeze: objects alive at this point, a
-# library user's too, are freed by reference counting as ever, but a cycle among them is never
-# collected).
+# passes during these imports (a quarter of their time, one thread, freeing some 60 objects).
+# So it is paused for the imports (and left as it was). The command line then also leaves them
+# out of later scans (``nfcli.cli.main``'s gc.freeze); a library user's process is not frozen.
 _collecting = gc.isenabled()
 gc.disable()
 try:
@@ -43,7 +41,6 @@ try:
 finally:
     if _collecting:
         gc.enable()
-gc.freeze()
 
 __all__ = [
     "Checkpoint",
