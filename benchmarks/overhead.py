@@ -30,10 +30,13 @@ from pathlib import Path
 from provenance import nfcli_commit
 
 CHILD = r"""
-import json, sys, time
+import gc, json, sys, time
 entered = time.time()
 t0 = time.perf_counter()
+gc.disable()  # as nfcli.launch, the command's entry point, imports the command line
 import nfcli.cli as cli, nfcli.run as run, nfcli.figures as figures, nfcli.flows as flows
+gc.freeze()
+gc.enable()
 times = {"python start-up": entered - float(sys.argv[1]), "imports": time.perf_counter() - t0}
 def timed(module, name, label):
     fn = getattr(module, name)
@@ -59,8 +62,6 @@ timed(figures, "density_q", "figures: of them, q's density grid where not given 
 timed(figures, "save_figure", "figures: rendering and saving")
 sys.argv = ["nfcli", "fit", *sys.argv[2:]]
 began = time.perf_counter()
-import gc
-gc.freeze()  # as cli.main does before its app
 try:  # cli.main's app, then its fast exit (os._exit) once the times are printed
     cli.app(args=cli.protect_expressions(sys.argv[1:]), prog_name="nfcli")
 except SystemExit:

@@ -13,8 +13,9 @@ import gc
 # Importing torch, sympy and matplotlib (below) makes some 260,000 objects that live as long as
 # the process. Python's cyclic garbage collector would scan them all, again and again: 4 full
 # passes during these imports (a quarter of their time, one thread, freeing some 60 objects).
-# So it is paused for the imports (and left as it was). The command line then also leaves them
-# out of later scans (``nfcli.cli.main``'s gc.freeze); a library user's process is not frozen.
+# So it is paused for the imports (and left as it was). The command (``nfcli.launch``) also
+# pauses it while importing the command line, then leaves all of them out of later scans; a
+# library user's process is not frozen.
 _collecting = gc.isenabled()
 gc.disable()
 try:

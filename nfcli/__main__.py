@@ -1,5 +1,5 @@
 """python -m nfcli"""
 
-from nfcli.cli import main
+from nfcli.launch import main
 
 main()

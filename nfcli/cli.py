@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import difflib
 import functools
-import gc
 import inspect
 import math
 import os
@@ -1977,10 +1976,8 @@ def main() -> None:
     writes is written, flushed and closed (atomically) before the app returns, so the process
     ends by os._exit once stdout and stderr are flushed, with the app's exit code, skipping the
     interpreter's teardown of torch's modules (a visible part of a short command such as nfcli
-    targets; within the noise of a whole fit, benchmarks/overhead.py). Before the app, what the
-    imports made (some 260,000 long-lived objects) is left out of the garbage collector's scans
-    (gc.freeze), which saved a 0.14-s full pass while drawing density.png."""
-    gc.freeze()
+    targets; within the noise of a whole fit, benchmarks/overhead.py). The command reaches it
+    through ``nfcli.launch``, which imports this module with the garbage collector paused."""
     try:
         app(args=protect_expressions(sys.argv[1:]), prog_name="nfcli")
         code = 0

@@ -29,12 +29,13 @@ def test_import_does_not_turn_on_a_collector_that_was_off():
     assert not on
 
 
-def test_the_command_line_freezes_what_the_imports_made():
-    """nfcli's command (cli.main) leaves torch, sympy and matplotlib's long-lived objects (some
-    260,000) out of the collector's scans."""
+def test_the_command_imports_with_the_collector_paused_and_freezes_what_they_made():
+    """nfcli's command (nfcli.launch) leaves torch, sympy and matplotlib's long-lived objects
+    (some 260,000) out of the collector's scans, and the collector on."""
     code = (
-        "import gc, sys, nfcli.cli as cli; cli.app = lambda **k: print(gc.get_freeze_count()); "
-        "sys.argv = ['nfcli']; cli.main()"
+        "import gc, sys, nfcli.launch as launch, nfcli.cli as cli; "
+        "cli.main = lambda: print(gc.get_freeze_count(), gc.isenabled()); launch.main()"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(out.stdout.split()[-1]) > 100_000
+    frozen, on = out.stdout.split()[-2:]
+    assert int(frozen) > 100_000 and on == "True"
