@@ -112,25 +112,30 @@ def planar(z: Tensor, u_hat: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tens
 
 def planar_inverse(y: Tensor, u_hat: Tensor, w: Tensor, b: Tensor, max_iter: int = 300) -> Tensor:
     """z with planar(z) = y. Along w the layer is the scalar map α ↦ α + s·tanh(α + b), α = wᵀz,
-    s = wᵀû ≥ −1, which is non-decreasing; so α solves wᵀy = α + s·tanh(α + b) in the bracket
-    [wᵀy − |s|, wᵀy + |s|]. Newton steps that stay inside the shrinking bracket, with a bisection
-    every third step (so the bracket at least halves every three steps), find it to rounding.
+    s = wᵀû ≥ −1, which is non-decreasing; so α solves g(α) = α + s·tanh(α + b) − wᵀy = 0 in the
+    bracket [wᵀy − |s|, wᵀy + |s|]. Newton steps that stay inside the shrinking bracket and at
+    least halve |g| are taken; any other step bisects (so each step halves |g| or the bracket).
+    A row is done when its bracket or its Newton step is below rounding, 4ε(1 + |α| + |s|).
     Then z = y − û·tanh(α + b). Batched over the rows of y (N, D)."""
     s = (w @ u_hat).clamp_min(-1.0)
     c = y @ w
     eps = torch.finfo(y.dtype).eps
     lo, hi = c - s.abs(), c + s.abs()
     alpha = c - s * torch.tanh(c + b)
-    for i in range(max_iter):
+    tol = 4 * eps * (1 + c.abs() + 2 * s.abs())  # ≥ 4ε(1 + |α| + |s|) for α in the bracket
+    g_before = torch.full_like(c, math.inf)
+    for _ in range(max_iter):
         t = torch.tanh(alpha + b)
         g = alpha + s * t - c
         lo, hi = torch.where(g < 0, alpha, lo), torch.where(g > 0, alpha, hi)
-        lo, hi = torch.where(g == 0, alpha, lo), torch.where(g == 0, alpha, hi)
-        if bool((hi - lo <= 4 * eps * (1 + alpha.abs() + s.abs())).all()):
+        step = g / (1.0 + s * (1.0 - t * t)).clamp_min(eps)
+        done = (hi - lo <= tol) | (step.abs() <= tol) | (g == 0)
+        if bool(done.all()):
             break
-        newton = alpha - g / (1.0 + s * (1.0 - t * t)).clamp_min(eps)
-        use_newton = (newton > lo) & (newton < hi) & torch.tensor(i % 3 != 2)
-        alpha = torch.where(use_newton, newton, (lo + hi) / 2)
+        newton = alpha - step
+        use_newton = (newton > lo) & (newton < hi) & (g.abs() <= 0.5 * g_before)
+        alpha = torch.where(done, alpha, torch.where(use_newton, newton, (lo + hi) / 2))
+        g_before = g.abs()
     else:
         raise RuntimeError("planar_inverse did not converge")  # cannot happen: see the bisection
     return y - torch.tanh(alpha + b).unsqueeze(-1) * u_hat
