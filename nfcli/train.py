@@ -372,16 +372,21 @@ def _fit(
             u.register_hook(mark_backward)
         u = u.reshape(-1, B)
         # the means over the samples where both U and ln q are finite; NaN (0/0) where none is,
-        # with a zero gradient: ``where`` passes none back to the samples it left out
+        # with a zero gradient: ``where`` passes none back to the samples it left out (when all
+        # are finite, as in most steps, the same sums without it: the same values and gradients)
         finite = (u + log_q).isfinite()
         n = finite.sum(-1)
         drawn += finite.numel()
         finite_seen.add_(n.sum())
-        log_q_mean = log_q.where(finite, 0.0).sum(-1) / n
-        u_mean = u.where(finite, 0.0).sum(-1) / n
+        all_finite = bool(finite.all())  # one sync per step, on a GPU
+        kept_q = log_q if all_finite else log_q.where(finite, 0.0)
+        kept_u = u if all_finite else u.where(finite, 0.0)
+        log_q_mean, u_mean = kept_q.sum(-1) / n, kept_u.sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
-        wall = (u.isnan() | (u == math.inf)) & log_q.isfinite()  # outside the support: p = 0
-        outside = bool(wall.any())  # one sync per step, on a GPU
+        outside = False  # any sample outside the support (U NaN or +∞ where ln q is finite)?
+        if not all_finite:
+            wall = (u.isnan() | (u == math.inf)) & log_q.isfinite()  # there p = 0
+            outside = bool(wall.any())
         if t == 0 or outside:
             inside = update_inside(inside, z, u.detach(), finite)
         if outside and inside is None:  # no sample of q has been inside yet: look for a point
@@ -402,7 +407,7 @@ def _fit(
         # skip the step (fused Adam leaves every parameter and moment as it was) when the
         # gradient's norm is not finite, which also keeps Adam's ĝ² from overflowing, or when
         # no sample had a finite loss
-        norm = torch.nn.utils.get_total_norm([p.grad for p in flow.parameters()])
+        norm = grad_norm([p.grad for p in flow.parameters()])
         opt.found_inf = (~norm.isfinite() | (n.max() == 0)).float()
         opt.step()
         with torch.no_grad():
@@ -487,6 +492,14 @@ def _fit(
         chosen.note if chosen.compiled or "failed" in chosen.note else None,
         pushed.note if pushed.compiled or "failed" in pushed.note else None,
     )
+
+
+def grad_norm(grads: list[Tensor]) -> Tensor:
+    """‖(g_1, …, g_n)‖₂ over every gradient as one vector (as torch.nn.utils.get_total_norm,
+    to rounding, and so equally finite or not), in two operations: at 2-D sizes the step's
+    time is the operations' count, and get_total_norm's grouping and per-tensor norms cost
+    ~60 µs a step more (one thread)."""
+    return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads if g is not None]))
 
 
 def levelled(loss: Tensor, after_anneal: int) -> bool:
