@@ -120,6 +120,7 @@ def test_refusals_with_a_model(fit1d, args, fragment):
     [
         (("--start", "mode"), "does not support --start mode"),
         (("--compile-energy", "on"), "does not support --compile-energy on"),
+        (("--compile-flow", "on"), "does not support --compile-flow on"),
         (("--device", "tpu"), "--device 'tpu' is not a device"),
         (("--dtype", "half"), "--dtype 'half' is not supported"),
         (("--resume", ONE_TARGET), "--condition cannot be given with it"),

@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from clitools import assert_refused
+from clitools import run as run_cli
 
 import nfcli.compiled as compiled
 import nfcli.transforms as transforms
@@ -174,3 +176,9 @@ def long_eager_ms(flow, shape):
 def test_an_unknown_flow_compile_mode_is_refused():
     with pytest.raises(NfcliError, match="--compile-flow sometimes"):
         FitConfig(compile_flow="sometimes").validate(2)
+
+
+def test_the_command_refuses_an_unknown_flow_compile_mode(tmp_path):
+    result = run_cli("fit", "u1", "--compile-flow", "maybe", "-o", tmp_path / "out")
+    assert_refused(result, "--compile-flow maybe: choose auto")
+    assert not (tmp_path / "out").exists()
