@@ -297,10 +297,11 @@ def _fit(
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
     loss1_hist = torch.full((config.iters, R), math.nan, device=device)
-    # counted on the device, so that no step waits for them: finite samples (of ``drawn``),
+    # counted on the device, without a wait of their own: the finite samples of steps that had a
+    # non-finite one (those of the other steps, ``plain``, are counted here; both of ``drawn``),
     # rows of ∂F/∂z zeroed, steps skipped; ``prior``: the counts of the fit being resumed
     finite_seen, bad_rows, skipped = (torch.zeros((), device=device) for _ in range(3))
-    prior, drawn = dict.fromkeys(COUNTS, 0), 0
+    prior, drawn, plain = dict.fromkeys(COUNTS, 0), 0, 0
     kept, summaries, checks, start_step, before = 0, [], [], 0, 0.0
     end, converged, calm = config.iters, None, 0
     inside = resume.inside if resume is not None else None
@@ -377,13 +378,16 @@ def _fit(
         # with a zero gradient: ``where`` passes none back to the samples it left out (when all
         # are finite, as in most steps, the same sums without it: the same values and gradients)
         finite = (u + log_q).isfinite()
-        n = finite.sum(-1)
         drawn += finite.numel()
-        finite_seen.add_(n.sum())
         all_finite = bool(finite.all())  # one sync per step, on a GPU
-        kept_q = log_q if all_finite else log_q.where(finite, 0.0)
-        kept_u = u if all_finite else u.where(finite, 0.0)
-        log_q_mean, u_mean = kept_q.sum(-1) / n, kept_u.sum(-1) / n
+        if all_finite:
+            plain += finite.numel()
+            log_q_mean, u_mean = log_q.sum(-1) / B, u.sum(-1) / B
+        else:
+            n = finite.sum(-1)
+            finite_seen.add_(n.sum())
+            log_q_mean = log_q.where(finite, 0.0).sum(-1) / n
+            u_mean = u.where(finite, 0.0).sum(-1) / n
         loss = log_q_mean + beta * u_mean  # one objective per restart
         outside = False  # any sample outside the support (U NaN or +∞ where ln q is finite)?
         if not all_finite:
@@ -461,7 +465,7 @@ def _fit(
         loss_hist[:done].cpu(),
         loss1_hist[:done].cpu(),
         {
-            "nonfinite_energies": prior["nonfinite_energies"] + drawn - int(finite_seen),
+            "nonfinite_energies": prior["nonfinite_energies"] + drawn - plain - int(finite_seen),
             "nonfinite_gradients": prior["nonfinite_gradients"] + int(bad_rows),
             "skipped_steps": prior["skipped_steps"] + int(skipped),
         },
