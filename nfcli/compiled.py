@@ -84,10 +84,10 @@ def time_eager(energy: Energy, z: Tensor, calls: int = TIMED_CALLS) -> float:
 
 
 def probe_points(
-    shape: tuple[int, int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    shape: tuple[int, ...], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Standard normal points of ``shape`` (N, D) from a generator of their own, so that timing or
-    compiling U leaves the fit's random stream as it was."""
+    """Standard normal points of ``shape`` (U's (N, D), or the flow's ε (R, N, D)) from a
+    generator of their own, so that timing or compiling leaves the fit's random stream as it was."""
     g = torch.Generator(device).manual_seed(0)
     return torch.randn(*shape, generator=g, device=device, dtype=dtype)
 
@@ -171,14 +171,6 @@ class CompiledFlow:
     eager_ms: float | None
     note: str
     compiled_ms: float | None = None
-
-
-def standard_draws(
-    shape: tuple[int, int, int], device: torch.device | str, dtype: torch.dtype
-) -> Tensor:
-    """ε of ``shape`` (R, N, D) from a generator of their own (the fit's stream stays as it was)."""
-    g = torch.Generator(device).manual_seed(0)
-    return torch.randn(*shape, generator=g, device=device, dtype=dtype)
 
 
 def time_flow(
@@ -272,7 +264,7 @@ def choose_flow(
     if device.type not in ("cpu", "cuda"):
         return CompiledFlow(flow.push, False, None, f"not compiled on {device.type}")
     backend = backend or FLOW_BACKEND
-    eps = standard_draws(shape, device, dtype)
+    eps = probe_points(shape, device, dtype)
     eager_ms = time_flow(flow.push, flow, eps, TIMED_CALLS)
     record = flow_record(flow, eps, backend)
     if mode == "auto":

@@ -148,7 +148,7 @@ def test_auto_compiles_the_flow_by_its_expected_saving_and_what_was_measured(qui
         and short.fn == flow.push
         and "less than 2 × a compilation" in (short.note)
     )
-    record = compiled.flow_record(flow, compiled.standard_draws(shape, "cpu", torch.float32),
+    record = compiled.flow_record(flow, compiled.probe_points(shape, "cpu", torch.float32),
                                   "aot_eager")  # fmt: skip
     assert record is not None and not record.exists()
     record.parent.mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_auto_compiles_the_flow_by_its_expected_saving_and_what_was_measured(qui
 
 def long_eager_ms(flow, shape):
     """The eager step as choose_flow times it (at most; the timing varies)."""
-    eps = compiled.standard_draws(shape, "cpu", torch.float32)
+    eps = compiled.probe_points(shape, "cpu", torch.float32)
     return max(compiled.time_flow(flow.push, flow, eps, 3) for _ in range(3))
 
 
