@@ -26,6 +26,7 @@ from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.mode import GaussianStart, gaussian_start, proper_mode
+from nfcli.resume import get_rng, set_rng, to_cpu
 
 
 def beta_schedule(t: int | Tensor, anneal: int, beta0: float = 0.01):
@@ -90,7 +91,7 @@ class TrainingState:
         """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
         d = asdict(self)
         d["flow"] = {k: v.detach().cpu().clone() for k, v in self.flow.items()}
-        d["optimizer"] = _to_cpu(self.optimizer)
+        d["optimizer"] = to_cpu(self.optimizer)
         return d
 
     @classmethod
@@ -101,16 +102,6 @@ class TrainingState:
         if isinstance(values.get("inside"), dict):
             values["inside"] = Inside(**values["inside"])
         return cls(**values)
-
-
-def _to_cpu(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.detach().cpu().clone()
-    if isinstance(x, dict):
-        return {k: _to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_cpu(v) for v in x)
-    return x
 
 
 @dataclass
@@ -314,7 +305,7 @@ def _fit(
         loss_hist[:start_step] = resume.loss.to(device)
         loss1_hist[:start_step] = resume.loss_beta1.to(device)
         prior = dict(resume.counts)
-        _set_rng(resume.rng, device)
+        set_rng(resume.rng, device)
         if resume.end is not None and resume.step < resume.end:  # stopped while decaying
             end, converged, calm = resume.end, resume.converged, resume.calm
     cols = slice(kept, kept + 1) if flow.restarts < R else slice(None)
@@ -470,7 +461,7 @@ def _fit(
             "skipped_steps": prior["skipped_steps"] + int(skipped),
         },
         checks,
-        _get_rng(device),
+        get_rng(device),
         seconds,
         end if converged is not None else None,
         converged,
@@ -643,19 +634,6 @@ def spread_score(checks: list[dict[str, Any]], drift: bool = True) -> float:
             score = min(score, fell / SPREAD_LOSS, max(grew / SPREAD_EXTENT, moved / SPREAD_MOVE))
         scores.append(score)
     return min(scores)
-
-
-def _get_rng(device: torch.device) -> dict[str, Tensor]:
-    rng = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def _set_rng(rng: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.Adam]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,7 +33,8 @@ from nfcli.conditions import ConditionalEnergy
 from nfcli.config import FitConfig
 from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
-from nfcli.train import _get_rng, _set_rng, _to_cpu, beta_schedule, lr_factor
+from nfcli.resume import PlainState, get_rng, set_rng
+from nfcli.train import beta_schedule, lr_factor
 
 CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split between them)
 # The hypernetwork's last weight moves every flow parameter by Σ_j ΔW_ij h_j: with Adam's
@@ -58,7 +59,7 @@ def default_config(**settings: Any) -> FitConfig:
 
 
 @dataclass
-class ConditionalTrainingState:
+class ConditionalTrainingState(PlainState):
     """Everything a conditional fit needs to go on exactly where it stopped (saved in its
     checkpoint): ``fit_conditional(..., resume=state)`` with the same config, or the config
     ``nfcli.config.extend``-ed to more steps, continues as if it had never stopped."""
@@ -71,16 +72,6 @@ class ConditionalTrainingState:
     loss: Tensor  # (step,) F_β per step
     loss_beta1: Tensor  # (step,) F at β = 1
     seconds: float  # the optimisation's wall time so far, all sessions
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types and CPU tensors only (the checkpoint is loaded with weights_only)."""
-        d = asdict(self)
-        return {k: _to_cpu(v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ConditionalTrainingState:
-        """From ``to_dict``'s dict."""
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -157,7 +148,7 @@ def _fit_conditional(
         flow.load_state_dict(resume.flow)
         opt.load_state_dict(resume.optimizer)
         g.set_state(resume.generator)
-        _set_rng(resume.rng, device)
+        set_rng(resume.rng, device)
         start_step, before = resume.step, resume.seconds
         loss_hist[:start_step] = resume.loss.to(device)
         loss1_hist[:start_step] = resume.loss_beta1.to(device)
@@ -199,7 +190,7 @@ def _fit_conditional(
         {k: v.detach().clone() for k, v in flow.state_dict().items()},
         opt.state_dict(),
         g.get_state(),
-        _get_rng(device),
+        get_rng(device),
         loss,
         loss1,
         seconds,

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from nfcli.datasets import ImageData, binarize, fixed_binarization
 from nfcli.errors import NfcliError
-from nfcli.train import _get_rng, _set_rng, _to_cpu, beta_schedule
+from nfcli.resume import PlainState, get_rng, set_rng
+from nfcli.train import beta_schedule
 from nfcli.vae import VAE, VAE_FLOWS, VaeSpec
 
 OPTIMIZERS = ("adam", "rmsprop")
@@ -146,7 +147,7 @@ class VaeHistory:
 
 
 @dataclass
-class VaeTrainingState:
+class VaeTrainingState(PlainState):
     """What ``fit_vae(..., resume=state)`` needs to go on exactly where a fit stopped."""
 
     step: int
@@ -155,13 +156,6 @@ class VaeTrainingState:
     rng: dict[str, Tensor]
     epoch_elbo: list[float]  # the current epoch's per-update training ELBOs so far
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: _to_cpu(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VaeTrainingState:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -239,7 +233,7 @@ def _fit(
     if resume is not None:
         model.load_state_dict(resume.model)
         opt.load_state_dict(resume.optimizer)
-        _set_rng(resume.rng, device)
+        set_rng(resume.rng, device)
         start_step, before, epoch_elbo = resume.step, resume.seconds, list(resume.epoch_elbo)
     every = max(config.updates // 100, 1)
     stopped, t, start = None, start_step - 1, time.perf_counter()
@@ -278,7 +272,7 @@ def _fit(
         steps,
         {k: v.detach().clone() for k, v in model.state_dict().items()},
         opt.state_dict(),
-        _get_rng(device),
+        get_rng(device),
         epoch_elbo,
         seconds,
     )
