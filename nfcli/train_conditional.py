@@ -34,7 +34,7 @@ from nfcli.config import FitConfig
 from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
 from nfcli.resume import PlainState, get_rng, set_rng
-from nfcli.train import beta_schedule, lr_factor
+from nfcli.train import beta_schedule, grad_norm, lr_factor
 
 CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split between them)
 # The hypernetwork's last weight moves every flow parameter by Σ_j ΔW_ij h_j: with Adam's
@@ -168,8 +168,7 @@ def _fit_conditional(
         loss = log_q_mean + beta * u_mean
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in flow.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = grad_norm([p.grad for p in flow.parameters()])
         if bool(norm.isfinite()) and bool(finite.any()):
             opt.step()
         loss_hist[t] = loss.detach()
