@@ -104,20 +104,23 @@ class Reference:
 
 @dataclass
 class Spec:
-    """How a posterior's reference is made. ``sample_as``: the posterior NUTS runs on (the same
-    distribution in other coordinates), mapped to this one's by ``transform`` (draws (..., D))."""
+    """How a posterior's reference is made. ``sample_as``: the potential in _jax.py NUTS runs on
+    (the same distribution in other coordinates; with no file of its own in posteriors/, it is
+    built from this posterior's data), mapped to this one's by ``transform(draws (..., D), the
+    posterior file's namespace)``, written in jax.numpy so that its Jacobian can be checked."""
 
     method: str = "nuts"
     sample_as: str | None = None
-    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    transform: Callable[[Any, dict[str, Any]], Any] | None = None
     target_accept: float = 0.9
     draws_per_chain: int = FIRST_DRAWS  # the first try's
+    note: str = ""  # why the settings differ from the defaults; stored with the settings
 
 
-def noncentered_to_centered(z: np.ndarray) -> np.ndarray:
+def noncentered_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
     """(μ, ln τ, η) → (μ, ln τ, θ = μ + τ·η)."""
     mu, log_tau, eta = z[..., :1], z[..., 1:2], z[..., 2:]
-    return np.concatenate([mu, log_tau, mu + np.exp(log_tau) * eta], axis=-1)
+    return jnp.concatenate([mu, log_tau, mu + jnp.exp(log_tau) * eta], axis=-1)
 
 
 SPECS: dict[str, Spec] = {
@@ -228,12 +231,25 @@ def laplace(potential: Callable, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mode, vectors / np.sqrt(values)  # (V Λ^{-1/2})(V Λ^{-1/2})ᵀ = H⁻¹
 
 
+def both_finite(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which points to compare: those where a point is non-finite in both (exp overflowing far
+    out: zero density either way) are left out, at most 5% of them; stop if more."""
+    keep = np.isfinite(a) | np.isfinite(b)
+    if keep.mean() < 0.95:
+        sys.exit(f"{name}: {np.sum(~keep)} of {len(keep)} check points are non-finite in both.")
+    return keep
+
+
 def check_jax_against_torch(name: str, potential: Callable, points: np.ndarray) -> dict:
     """The JAX potential and the torch U of the posterior's file agree up to a constant, in
-    float64, at ``points`` (P, D); stop with an error if not."""
+    float64, at ``points`` (P, D) (but those where both are non-finite); stop with an error if
+    not."""
     energy = load_energy(str(POSTERIORS / f"{name}.py"))
     u_torch = energy(torch.as_tensor(points, dtype=torch.float64)).numpy()
     u_jax = np.asarray(jax.vmap(potential)(jnp.asarray(points)))
+    keep = both_finite(name, u_torch, u_jax)
+    left_out = int(np.sum(~keep))
+    points, u_torch, u_jax = points[keep], u_torch[keep], u_jax[keep]
     diff = u_torch - u_jax
     const = float(np.median(diff))
     rel = np.abs(diff - const) / (1 + np.abs(u_torch))
@@ -245,7 +261,35 @@ def check_jax_against_torch(name: str, potential: Callable, points: np.ndarray) 
             f"error {worst:.2e} > {CHECK_RTOL:g} at point {i} (torch {u_torch[i]!r}, JAX "
             f"{u_jax[i]!r}, usual difference {const!r})."
         )
-    return {"points": len(points), "max_rel_diff": worst, "constant": const}
+    result = {"points": len(points), "max_rel_diff": worst, "constant": const}
+    if left_out:
+        result["points_left_out_nonfinite"] = left_out
+    return result
+
+
+def check_sampled_as(
+    name: str, potential: Callable, sample_potential: Callable, transform: Callable, u: np.ndarray
+) -> float:
+    """The potential NUTS samples is this posterior's in other coordinates: at ``u`` (P, D),
+    U(transform(u)) − U_sampled(u) − ln |det ∂transform/∂u| is a constant (1e-6 relative; but
+    at points where both are non-finite), or the script stops. Returns the worst deviation."""
+
+    def difference(point: jax.Array) -> jax.Array:
+        log_det = jnp.linalg.slogdet(jax.jacfwd(transform)(point))[1]
+        return potential(transform(point)) - sample_potential(point) - log_det
+
+    diff = np.asarray(jax.vmap(difference)(jnp.asarray(u)))
+    u_sampled = np.asarray(jax.vmap(sample_potential)(jnp.asarray(u)))
+    keep = both_finite(name, diff, u_sampled)
+    diff, scale = diff[keep], 1 + np.abs(u_sampled[keep])
+    rel = np.abs(diff - np.median(diff)) / scale
+    worst = float(rel.max()) if np.isfinite(rel).all() else float("inf")
+    if not worst <= CHECK_RTOL:
+        sys.exit(
+            f"{name}: the potential NUTS samples is not this posterior in other coordinates: "
+            f"relative error {worst:.2e} > {CHECK_RTOL:g} (check the transform's Jacobian)."
+        )
+    return worst
 
 
 def split_rhat(x: np.ndarray) -> np.ndarray:
@@ -356,6 +400,8 @@ def nuts(
         "seed": seed + attempt,
         "divergences": divergences,
     }
+    if spec.note:
+        settings["note"] = spec.note
     return z, summary, settings
 
 
@@ -366,15 +412,25 @@ def reference_for(name: str, seed: int, check_exact: bool) -> Reference:
     names = list(ns["NAMES"])
     potential = _jax.POTENTIALS[name](ns)
     sample_as = spec.sample_as or name
-    transform = spec.transform or (lambda z: z)
-    sample_ns = ns if sample_as == name else runpy.run_path(str(POSTERIORS / f"{sample_as}.py"))
+    sample_file = POSTERIORS / f"{sample_as}.py"  # none: a potential built from this one's data
+    sample_ns = ns
+    if sample_as != name and sample_file.exists():
+        sample_ns = runpy.run_path(str(sample_file))
+
+    def transform(z: np.ndarray) -> np.ndarray:
+        return np.asarray(spec.transform(z, ns)) if spec.transform else z
+
     sample_potential = _jax.POTENTIALS[sample_as](sample_ns)
     mode, chol = laplace(sample_potential, len(names))
 
     rng = np.random.default_rng(seed)
     scales = np.repeat([1.0, 2.0, 3.0], CHECK_POINTS // 3)[:, None]
-    points = transform(mode + (scales * rng.standard_normal((len(scales), len(names)))) @ chol.T)
-    agreement = check_jax_against_torch(name, potential, points)
+    u_points = mode + (scales * rng.standard_normal((len(scales), len(names)))) @ chol.T
+    agreement = check_jax_against_torch(name, potential, transform(u_points))
+    if sample_as != name:
+        agreement["sampled_as_max_rel_diff"] = check_sampled_as(
+            name, potential, sample_potential, lambda u: spec.transform(u, ns), u_points
+        )
     versions = {"numpyro": numpyro.__version__, "jax": jax.__version__, "numpy": np.__version__}
 
     if spec.method == "nuts" or check_exact:
@@ -382,7 +438,7 @@ def reference_for(name: str, seed: int, check_exact: bool) -> Reference:
         if sample_as != name:
             z = transform(z)
             summary = summarise_draws(z)
-            settings_nuts["sampled_as"] = f"{sample_as}, mapped by {transform.__name__}"
+            settings_nuts["sampled_as"] = f"{sample_as}, mapped by {spec.transform.__name__}"
     if spec.method == "nuts":
         return Reference(
             name=name,
