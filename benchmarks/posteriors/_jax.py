@@ -34,6 +34,11 @@ def _log_jacobian_logit(logit: jax.Array) -> jax.Array:
     return jax.nn.log_sigmoid(logit) + jax.nn.log_sigmoid(-logit)
 
 
+def _log_half_normal_of_log(log_x: jax.Array, scale: float) -> jax.Array:
+    """ln HalfNormal(x; scale) + ln x: the density of ln x."""
+    return LOG2 + norm.logpdf(jnp.exp(log_x), 0.0, scale) + log_x
+
+
 def _eight_schools_prior(mu: jax.Array, log_tau: jax.Array) -> jax.Array:
     """ln N(μ; 0, 5²) + ln HalfCauchy(τ; 5) + ln τ (the Jacobian of τ = e^{ln τ})."""
     tau = jnp.exp(log_tau)
@@ -186,6 +191,43 @@ def hier_logistic(ns: dict[str, Any]) -> Potential:
     return potential
 
 
+# Centred hierarchies: each has a centred potential (the torch file's coordinates) and a
+# non-centred one (the same distribution, group effects = location + scale·standard normal) on
+# which NUTS runs; posterior_reference.py maps its draws back (its Spec's transform).
+
+
+def _hier_regression(ns: dict[str, Any], centered: bool) -> Potential:
+    """z = (μ_a, μ_b, ln τ_a, ln τ_b, ln σ, a or η (J), b or ζ (J));
+    non-centred: a = μ_a + τ_a η, b = μ_b + τ_b ζ."""
+    group, x, y = jnp.asarray(ns["GROUP"]), jnp.asarray(ns["X"]), jnp.asarray(ns["Y"])
+    j = ns["N_GROUPS"]
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu_a, mu_b, log_tau_a, log_tau_b, log_sigma = z[:5]
+        tau_a, tau_b = jnp.exp(log_tau_a), jnp.exp(log_tau_b)
+        log_p = norm.logpdf(mu_a, 0.0, 5.0) + norm.logpdf(mu_b, 0.0, 5.0)
+        log_p += _log_half_normal_of_log(log_tau_a, 1.0) + _log_half_normal_of_log(log_tau_b, 1.0)
+        log_p += _log_half_normal_of_log(log_sigma, 2.0)
+        if centered:
+            a, b = z[5 : 5 + j], z[5 + j :]
+            log_p += norm.logpdf(a, mu_a, tau_a).sum() + norm.logpdf(b, mu_b, tau_b).sum()
+        else:
+            a, b = mu_a + tau_a * z[5 : 5 + j], mu_b + tau_b * z[5 + j :]
+            log_p += norm.logpdf(z[5:]).sum()
+        log_p += norm.logpdf(y, a[group] + b[group] * x, jnp.exp(log_sigma)).sum()
+        return -log_p
+
+    return potential
+
+
+def hier_regression_centered(ns: dict[str, Any]) -> Potential:
+    return _hier_regression(ns, centered=True)
+
+
+def hier_regression_noncentered(ns: dict[str, Any]) -> Potential:
+    return _hier_regression(ns, centered=False)
+
+
 POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
@@ -197,4 +239,7 @@ POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "gp_poisson": gp_poisson,
     "hier_logistic": hier_logistic,
     "logistic100": logistic100,
+    "hier_regression_centered": hier_regression_centered,
+    # no torch file: the non-centred forms NUTS samples for the five above
+    "hier_regression_noncentered": hier_regression_noncentered,
 }
