@@ -136,6 +136,14 @@ def hier_regression_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
     return jnp.concatenate([z[..., :5], a, b], axis=-1)
 
 
+def horseshoe_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
+    """(η, ln λ, ln τ, ln c, ln σ) → (β = τ λ̃ η, …), λ̃ = cλ/√(c² + τ²λ²)."""
+    p = ns["P"]
+    lam, tau, c = jnp.exp(z[..., p : 2 * p]), jnp.exp(z[..., -3:-2]), jnp.exp(z[..., -2:-1])
+    scale = tau * c * lam / jnp.sqrt(c**2 + tau**2 * lam**2)
+    return jnp.concatenate([scale * z[..., :p], z[..., p:]], axis=-1)
+
+
 SPECS: dict[str, Spec] = {
     "eight_schools_centered": Spec(
         "quadrature", "eight_schools_noncentered", noncentered_to_centered, 0.95
@@ -154,6 +162,13 @@ SPECS: dict[str, Spec] = {
         transform=hier_regression_to_centered,
         draws_per_chain=10_000,
         note="10000 draws per chain: the sd of ln tau_a (heavy left tail) to ~3% MCSE",
+    ),
+    "horseshoe": Spec(
+        sample_as="horseshoe_noncentered",
+        transform=horseshoe_to_centered,
+        target_accept=0.99,
+        draws_per_chain=5000,
+        note="target_accept 0.99: at 0.9 the non-centred form had 23 divergences in 20000 draws",
     ),
 }
 

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
-from jax.scipy.stats import cauchy, expon, multivariate_normal, norm, poisson
+from jax.scipy.stats import cauchy, expon, gamma, multivariate_normal, norm, poisson
 
 Potential = Callable[[jax.Array], jax.Array]
 LOG2 = math.log(2.0)
@@ -37,6 +37,11 @@ def _log_jacobian_logit(logit: jax.Array) -> jax.Array:
 def _log_half_normal_of_log(log_x: jax.Array, scale: float) -> jax.Array:
     """ln HalfNormal(x; scale) + ln x: the density of ln x."""
     return LOG2 + norm.logpdf(jnp.exp(log_x), 0.0, scale) + log_x
+
+
+def _log_half_cauchy_of_log(log_x: jax.Array, scale: float) -> jax.Array:
+    """ln HalfCauchy(x; scale) + ln x: the density of ln x."""
+    return LOG2 + cauchy.logpdf(jnp.exp(log_x), 0.0, scale) + log_x
 
 
 def _eight_schools_prior(mu: jax.Array, log_tau: jax.Array) -> jax.Array:
@@ -220,12 +225,47 @@ def _hier_regression(ns: dict[str, Any], centered: bool) -> Potential:
     return potential
 
 
+def _horseshoe(ns: dict[str, Any], centered: bool) -> Potential:
+    """z = (β or η (p), ln λ (p), ln τ, ln c, ln σ); β = τ λ̃ η. c² ~ InvGamma(ν/2, ν s²/2) is
+    written as 1/c² ~ Gamma(ν/2, rate ν s²/2), with |d(1/c²)/d ln c| = 2/c²."""
+    x, y, tau0 = jnp.asarray(ns["X"]), jnp.asarray(ns["Y"]), ns["TAU0"]
+    nu, s, p = ns["NU"], ns["SLAB_SCALE"], ns["P"]
+
+    def potential(z: jax.Array) -> jax.Array:
+        first, log_lam = z[:p], z[p : 2 * p]
+        log_tau, log_c, log_sigma = z[2 * p :]
+        lam, tau, c = jnp.exp(log_lam), jnp.exp(log_tau), jnp.exp(log_c)
+        lam_tilde = c * lam / jnp.sqrt(c**2 + tau**2 * lam**2)
+        log_p = _log_half_cauchy_of_log(log_lam, 1.0).sum() + _log_half_cauchy_of_log(log_tau, tau0)
+        log_p += gamma.logpdf(jnp.exp(-2 * log_c), nu / 2, scale=2 / (nu * s**2))
+        log_p += LOG2 - 2 * log_c
+        log_p += _log_half_normal_of_log(log_sigma, 2.0)
+        if centered:
+            b = first
+            log_p += norm.logpdf(b, 0.0, tau * lam_tilde).sum()
+        else:
+            b = tau * lam_tilde * first
+            log_p += norm.logpdf(first).sum()
+        log_p += norm.logpdf(y, x @ b, jnp.exp(log_sigma)).sum()
+        return -log_p
+
+    return potential
+
+
 def hier_regression_centered(ns: dict[str, Any]) -> Potential:
     return _hier_regression(ns, centered=True)
 
 
 def hier_regression_noncentered(ns: dict[str, Any]) -> Potential:
     return _hier_regression(ns, centered=False)
+
+
+def horseshoe(ns: dict[str, Any]) -> Potential:
+    return _horseshoe(ns, centered=True)
+
+
+def horseshoe_noncentered(ns: dict[str, Any]) -> Potential:
+    return _horseshoe(ns, centered=False)
 
 
 POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
@@ -240,6 +280,8 @@ POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "hier_logistic": hier_logistic,
     "logistic100": logistic100,
     "hier_regression_centered": hier_regression_centered,
+    "horseshoe": horseshoe,
     # no torch file: the non-centred forms NUTS samples for the five above
     "hier_regression_noncentered": hier_regression_noncentered,
+    "horseshoe_noncentered": horseshoe_noncentered,
 }
