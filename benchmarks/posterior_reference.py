@@ -144,6 +144,14 @@ def horseshoe_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
     return jnp.concatenate([scale * z[..., :p], z[..., p:]], axis=-1)
 
 
+def irt_2pl_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
+    """(μ_a, ln σ_a, μ_b, ln σ_b, α, δ, θ) → (…, ln a = μ_a + σ_a α, b = μ_b + σ_b δ, θ)."""
+    i = ns["N_ITEMS"]
+    log_a = z[..., :1] + jnp.exp(z[..., 1:2]) * z[..., 4 : 4 + i]
+    b = z[..., 2:3] + jnp.exp(z[..., 3:4]) * z[..., 4 + i : 4 + 2 * i]
+    return jnp.concatenate([z[..., :4], log_a, b, z[..., 4 + 2 * i :]], axis=-1)
+
+
 SPECS: dict[str, Spec] = {
     "eight_schools_centered": Spec(
         "quadrature", "eight_schools_noncentered", noncentered_to_centered, 0.95
@@ -169,6 +177,15 @@ SPECS: dict[str, Spec] = {
         target_accept=0.99,
         draws_per_chain=5000,
         note="target_accept 0.99: at 0.9 the non-centred form had 23 divergences in 20000 draws",
+    ),
+    "irt_2pl": Spec(
+        sample_as="irt_2pl_noncentered",
+        transform=irt_2pl_to_centered,
+        target_accept=0.99,
+        draws_per_chain=10_000,
+        note="target_accept 0.99 and sigma_a ~ HalfNormal(0.5) in the model: with "
+        "HalfNormal(1), 203 divergences in 20000 draws at 0.9 and 182 in 40000 at 0.99, where "
+        "the discriminations are large (a ~ 8)",
     ),
 }
 

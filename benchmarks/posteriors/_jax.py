@@ -252,6 +252,30 @@ def _horseshoe(ns: dict[str, Any], centered: bool) -> Potential:
     return potential
 
 
+def _irt_2pl(ns: dict[str, Any], centered: bool) -> Potential:
+    """z = (μ_a, ln σ_a, μ_b, ln σ_b, ln a or α (I), b or δ (I), θ (J)); ln a = μ_a + σ_a α,
+    b = μ_b + σ_b δ."""
+    y, items = jnp.asarray(ns["Y"]), ns["N_ITEMS"]
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu_a, log_sigma_a, mu_b, log_sigma_b = z[:4]
+        sigma_a, sigma_b = jnp.exp(log_sigma_a), jnp.exp(log_sigma_b)
+        first, second, theta = z[4 : 4 + items], z[4 + items : 4 + 2 * items], z[4 + 2 * items :]
+        log_p = norm.logpdf(mu_a) + _log_half_normal_of_log(log_sigma_a, 0.5)
+        log_p += norm.logpdf(mu_b, 0.0, 2.0) + _log_half_normal_of_log(log_sigma_b, 2.0)
+        log_p += norm.logpdf(theta).sum()
+        if centered:
+            log_a, b = first, second
+            log_p += norm.logpdf(log_a, mu_a, sigma_a).sum() + norm.logpdf(b, mu_b, sigma_b).sum()
+        else:
+            log_a, b = mu_a + sigma_a * first, mu_b + sigma_b * second
+            log_p += norm.logpdf(first).sum() + norm.logpdf(second).sum()
+        logit = jnp.exp(log_a) * (theta[:, None] - b)  # (persons, items)
+        return -(log_p + _bernoulli_logit(y, logit).sum())
+
+    return potential
+
+
 def hier_regression_centered(ns: dict[str, Any]) -> Potential:
     return _hier_regression(ns, centered=True)
 
@@ -268,6 +292,14 @@ def horseshoe_noncentered(ns: dict[str, Any]) -> Potential:
     return _horseshoe(ns, centered=False)
 
 
+def irt_2pl(ns: dict[str, Any]) -> Potential:
+    return _irt_2pl(ns, centered=True)
+
+
+def irt_2pl_noncentered(ns: dict[str, Any]) -> Potential:
+    return _irt_2pl(ns, centered=False)
+
+
 POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
@@ -281,7 +313,9 @@ POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "logistic100": logistic100,
     "hier_regression_centered": hier_regression_centered,
     "horseshoe": horseshoe,
+    "irt_2pl": irt_2pl,
     # no torch file: the non-centred forms NUTS samples for the five above
     "hier_regression_noncentered": hier_regression_noncentered,
     "horseshoe_noncentered": horseshoe_noncentered,
+    "irt_2pl_noncentered": irt_2pl_noncentered,
 }
