@@ -152,6 +152,13 @@ def irt_2pl_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
     return jnp.concatenate([z[..., :4], log_a, b, z[..., 4 + 2 * i :]], axis=-1)
 
 
+def glmm_poisson_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
+    """(β_0, β_1, ln σ_u, ln σ_ε, ν, ξ) → (…, u = σ_u ν, ε = σ_ε ξ)."""
+    g = ns["N_GROUPS"]
+    u, eps = jnp.exp(z[..., 2:3]) * z[..., 4 : 4 + g], jnp.exp(z[..., 3:4]) * z[..., 4 + g :]
+    return jnp.concatenate([z[..., :4], u, eps], axis=-1)
+
+
 SPECS: dict[str, Spec] = {
     "eight_schools_centered": Spec(
         "quadrature", "eight_schools_noncentered", noncentered_to_centered, 0.95
@@ -186,6 +193,13 @@ SPECS: dict[str, Spec] = {
         note="target_accept 0.99 and sigma_a ~ HalfNormal(0.5) in the model: with "
         "HalfNormal(1), 203 divergences in 20000 draws at 0.9 and 182 in 40000 at 0.99, where "
         "the discriminations are large (a ~ 8)",
+    ),
+    "glmm_poisson": Spec(
+        sample_as="glmm_poisson_noncentered",
+        transform=glmm_poisson_to_centered,
+        target_accept=0.99,
+        draws_per_chain=10_000,
+        note="target_accept 0.99: at 0.9, a few divergences (1 in 10000 draws)",
     ),
 }
 

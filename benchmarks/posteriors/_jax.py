@@ -276,6 +276,29 @@ def _irt_2pl(ns: dict[str, Any], centered: bool) -> Potential:
     return potential
 
 
+def _glmm_poisson(ns: dict[str, Any], centered: bool) -> Potential:
+    """z = (β_0, β_1, ln σ_u, ln σ_ε, u or ν (G), ε or ξ (n)); u = σ_u ν, ε = σ_ε ξ."""
+    group, x, y = jnp.asarray(ns["GROUP"]), jnp.asarray(ns["X"]), jnp.asarray(ns["Y"])
+    g = ns["N_GROUPS"]
+
+    def potential(z: jax.Array) -> jax.Array:
+        b0, b1, log_sigma_u, log_sigma_eps = z[:4]
+        sigma_u, sigma_eps = jnp.exp(log_sigma_u), jnp.exp(log_sigma_eps)
+        log_p = norm.logpdf(b0, 0.0, 2.0) + norm.logpdf(b1, 0.0, 2.0)
+        log_p += _log_half_normal_of_log(log_sigma_u, 1.0)
+        log_p += _log_half_normal_of_log(log_sigma_eps, 1.0)
+        if centered:
+            u, eps = z[4 : 4 + g], z[4 + g :]
+            log_p += norm.logpdf(u, 0.0, sigma_u).sum() + norm.logpdf(eps, 0.0, sigma_eps).sum()
+        else:
+            u, eps = sigma_u * z[4 : 4 + g], sigma_eps * z[4 + g :]
+            log_p += norm.logpdf(z[4:]).sum()
+        log_rate = b0 + b1 * x + u[group] + eps
+        return -(log_p + poisson.logpmf(y, jnp.exp(log_rate)).sum())
+
+    return potential
+
+
 def hier_regression_centered(ns: dict[str, Any]) -> Potential:
     return _hier_regression(ns, centered=True)
 
@@ -300,6 +323,14 @@ def irt_2pl_noncentered(ns: dict[str, Any]) -> Potential:
     return _irt_2pl(ns, centered=False)
 
 
+def glmm_poisson(ns: dict[str, Any]) -> Potential:
+    return _glmm_poisson(ns, centered=True)
+
+
+def glmm_poisson_noncentered(ns: dict[str, Any]) -> Potential:
+    return _glmm_poisson(ns, centered=False)
+
+
 POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
@@ -314,8 +345,10 @@ POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "hier_regression_centered": hier_regression_centered,
     "horseshoe": horseshoe,
     "irt_2pl": irt_2pl,
+    "glmm_poisson": glmm_poisson,
     # no torch file: the non-centred forms NUTS samples for the five above
     "hier_regression_noncentered": hier_regression_noncentered,
     "horseshoe_noncentered": horseshoe_noncentered,
     "irt_2pl_noncentered": irt_2pl_noncentered,
+    "glmm_poisson_noncentered": glmm_poisson_noncentered,
 }
