@@ -159,6 +159,23 @@ def glmm_poisson_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
     return jnp.concatenate([z[..., :4], u, eps], axis=-1)
 
 
+def stochastic_volatility_to_centered(z: Any, ns: dict[str, Any]) -> jax.Array:
+    """(μ, ℓ, ln σ, η) → (μ, ℓ, ln σ, h): h_1 = μ + σ η_1/√(1 − φ²), h_t = μ + φ (h_{t−1} − μ)
+    + σ η_t, with φ = 2·logistic(ℓ) − 1."""
+    z = jnp.asarray(z)
+    mu, phi, sigma = z[..., 0], 2 * jax.nn.sigmoid(z[..., 1]) - 1, jnp.exp(z[..., 2])
+    eta = jnp.moveaxis(z[..., 3:], -1, 0)  # time first, for the scan
+
+    def step(d_prev: jax.Array, eta_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        d = phi * d_prev + sigma * eta_t
+        return d, d
+
+    d_1 = sigma / jnp.sqrt(1 - phi**2) * eta[0]
+    _, d_later = jax.lax.scan(step, d_1, eta[1:])
+    h = mu[..., None] + jnp.moveaxis(jnp.concatenate([d_1[None], d_later]), 0, -1)
+    return jnp.concatenate([z[..., :3], h], axis=-1)
+
+
 SPECS: dict[str, Spec] = {
     "eight_schools_centered": Spec(
         "quadrature", "eight_schools_noncentered", noncentered_to_centered, 0.95
@@ -200,6 +217,15 @@ SPECS: dict[str, Spec] = {
         target_accept=0.99,
         draws_per_chain=10_000,
         note="target_accept 0.99: at 0.9, a few divergences (1 in 10000 draws)",
+    ),
+    "stochastic_volatility": Spec(
+        sample_as="stochastic_volatility_noncentered",
+        transform=stochastic_volatility_to_centered,
+        target_accept=0.995,
+        draws_per_chain=20_000,
+        note="target_accept 0.995: 46 divergences in 20000 draws at 0.9 and 7 at 0.99, where "
+        "phi -> 1 and mu is barely identified; 20000 draws per chain as mu's tails are heavy "
+        "(excess kurtosis ~12), for its sd to ~3% MCSE",
     ),
 }
 

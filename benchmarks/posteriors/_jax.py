@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
-from jax.scipy.stats import cauchy, expon, gamma, multivariate_normal, norm, poisson
+from jax.scipy.stats import beta, cauchy, expon, gamma, multivariate_normal, norm, poisson
 
 Potential = Callable[[jax.Array], jax.Array]
 LOG2 = math.log(2.0)
@@ -299,6 +299,37 @@ def _glmm_poisson(ns: dict[str, Any], centered: bool) -> Potential:
     return potential
 
 
+def _stochastic_volatility(ns: dict[str, Any], centered: bool) -> Potential:
+    """z = (μ, ℓ = logit((φ + 1)/2), ln σ, h or η (T)); non-centred: h_1 = μ + σ η_1/√(1 − φ²),
+    h_t = μ + φ (h_{t−1} − μ) + σ η_t (a lax.scan)."""
+    y = jnp.asarray(ns["Y"])
+
+    def potential(z: jax.Array) -> jax.Array:
+        mu, logit_phi, log_sigma, rest = z[0], z[1], z[2], z[3:]
+        pi = jax.nn.sigmoid(logit_phi)
+        phi, sigma = 2 * pi - 1, jnp.exp(log_sigma)
+        log_p = norm.logpdf(mu, 0.0, 10.0) + beta.logpdf(pi, 20.0, 1.5)
+        log_p += _log_jacobian_logit(logit_phi) + _log_half_normal_of_log(log_sigma, 1.0)
+        sd_1 = sigma / jnp.sqrt(1 - phi**2)
+        if centered:
+            h = rest
+            log_p += norm.logpdf(h[0], mu, sd_1)
+            log_p += norm.logpdf(h[1:], mu + phi * (h[:-1] - mu), sigma).sum()
+        else:
+
+            def step(d_prev: jax.Array, eta: jax.Array) -> tuple[jax.Array, jax.Array]:
+                d = phi * d_prev + sigma * eta
+                return d, d
+
+            d_1 = sd_1 * rest[0]
+            _, d_later = jax.lax.scan(step, d_1, rest[1:])
+            h = mu + jnp.concatenate([d_1[None], d_later])
+            log_p += norm.logpdf(rest).sum()
+        return -(log_p + norm.logpdf(y, 0.0, jnp.exp(h / 2)).sum())
+
+    return potential
+
+
 def hier_regression_centered(ns: dict[str, Any]) -> Potential:
     return _hier_regression(ns, centered=True)
 
@@ -331,6 +362,14 @@ def glmm_poisson_noncentered(ns: dict[str, Any]) -> Potential:
     return _glmm_poisson(ns, centered=False)
 
 
+def stochastic_volatility(ns: dict[str, Any]) -> Potential:
+    return _stochastic_volatility(ns, centered=True)
+
+
+def stochastic_volatility_noncentered(ns: dict[str, Any]) -> Potential:
+    return _stochastic_volatility(ns, centered=False)
+
+
 POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
@@ -346,9 +385,11 @@ POTENTIALS: dict[str, Callable[[dict[str, Any]], Potential]] = {
     "horseshoe": horseshoe,
     "irt_2pl": irt_2pl,
     "glmm_poisson": glmm_poisson,
+    "stochastic_volatility": stochastic_volatility,
     # no torch file: the non-centred forms NUTS samples for the five above
     "hier_regression_noncentered": hier_regression_noncentered,
     "horseshoe_noncentered": horseshoe_noncentered,
     "irt_2pl_noncentered": irt_2pl_noncentered,
     "glmm_poisson_noncentered": glmm_poisson_noncentered,
+    "stochastic_volatility_noncentered": stochastic_volatility_noncentered,
 }
