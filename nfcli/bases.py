@@ -121,6 +121,100 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 @register_base
+class GaussianMixture(Base):
+    """q0(z) = Σ_m w_m N(y; a_m, L_m L_mᵀ)/Π_d σ_d at y = (z − loc)/σ: a mixture of M
+    full-covariance Gaussians for R flows, the start from several modes of p (``nfcli.mixture``).
+
+        ln q0(z) = logsumexp_m [ln w_m − ½‖L_m⁻¹(y − a_m)‖² − Σ_d ln L_m,dd] − (D/2) ln 2π
+                   − Σ_d ln σ_d,
+
+    with means a (R, M, D) and Cholesky factors L = tril(T, −1) + diag(exp(ℓ)) (T (R, M, D, D),
+    ℓ (R, M, D)) learnt, and the weights w a buffer ``log_weights`` (R, M), not learnt by the
+    gradient: reverse KL would anneal a mode's weight away (the mode-seeking that loses modes), so
+    they are set from importance sampling instead (``nfcli.mixture.reweight``).
+
+    Draws: the components are chosen by systematic sampling, about n·w_m draws of each (an
+    unbiased, stratified estimate of an expectation under q0, with a random offset per restart)
+    and shuffled, and y = a_m + L_m η, η ~ N(0, I): reparametrised in a and L, not in w."""
+
+    name = "gaussian_mixture"
+
+    def __init__(self, dim: int, scale: float = 1.0, components: int = 2, restarts: int = 1):
+        super().__init__(dim, scale, restarts)
+        if components < 1:
+            raise NfcliError(
+                f"A Gaussian mixture base needs at least 1 component; got {components}."
+            )
+        self.components = int(components)
+        M = self.components
+        self.means = nn.Parameter(torch.zeros(restarts, M, dim))
+        self.tril = nn.Parameter(torch.zeros(restarts, M, dim, dim))
+        self.log_diag = nn.Parameter(torch.zeros(restarts, M, dim))
+        self.register_buffer("log_weights", torch.full((restarts, M), -math.log(M)))
+
+    def options(self) -> dict[str, Any]:
+        return {"scale": self.scale, "components": self.components}
+
+    @property
+    def cholesky(self) -> Tensor:
+        """L_m (R, M, D, D): lower triangular with a positive diagonal."""
+        return torch.tril(self.tril, -1) + torch.diag_embed(self.log_diag.exp())
+
+    def choose(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """n component indices per restart (R, n) by systematic sampling on the weights."""
+        R, M = self.log_weights.shape
+        w = torch.softmax(self.log_weights.double(), -1)
+        edges = w.cumsum(-1)
+        edges[:, -1] = 1.0
+        offset = torch.rand(R, 1, generator=generator, dtype=torch.float64, device=w.device)
+        points = (offset + torch.arange(n, dtype=torch.float64, device=w.device)) / n
+        c = torch.searchsorted(edges, points.contiguous()).clamp_max(M - 1)
+        # in random order: the first k of n draws are then draws of q too, not of one component
+        order = torch.rand(R, n, generator=generator, device=w.device).argsort(-1)
+        return c.gather(1, order)
+
+    def standard_rsample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        R, D = self.loc.shape
+        c = self.choose(n, generator)  # (R, n)
+        eta = torch.randn(
+            R, n, D, generator=generator, dtype=self.loc.dtype, device=self.loc.device
+        )
+        rows = torch.arange(R, device=c.device)[:, None]
+        L = self.cholesky[rows, c]  # (R, n, D, D)
+        return self.means[rows, c] + (L @ eta.unsqueeze(-1)).squeeze(-1)
+
+    def component_log_prob(self, eps: Tensor) -> Tensor:
+        """ln N(y; a_m, L_m L_mᵀ) of each component at standardised points y (R, N, D) →
+        (R, M, N)."""
+        L = self.cholesky  # (R, M, D, D)
+        diff = eps.unsqueeze(1) - self.means.unsqueeze(2)  # (R, M, N, D)
+        r = torch.linalg.solve_triangular(L, diff.transpose(-1, -2), upper=False)
+        log_det = self.log_diag.sum(-1, keepdim=True)  # (R, M, 1)
+        return -0.5 * r.square().sum(-2) - log_det - 0.5 * eps.shape[-1] * _LOG_2PI
+
+    def log_prob_standard(self, eps: Tensor) -> Tensor:
+        log_w = self.log_weights.to(eps.dtype).unsqueeze(-1)  # (R, M, 1)
+        mixed = torch.logsumexp(log_w + self.component_log_prob(eps), 1)
+        return mixed - self.log_scale.sum(-1, keepdim=True)
+
+    @torch.no_grad()
+    def set_components(self, means: Tensor, covariances: Tensor, log_weights: Tensor) -> None:
+        """Every restart's components to N(means[m], covariances[m]) (M, D), (M, D, D) in the
+        standardised coordinates y, with weights exp(log_weights) (M,), normalised here."""
+        L = torch.linalg.cholesky(covariances.to(torch.float64))
+        self.means.copy_(means.to(self.means).expand_as(self.means))
+        self.log_diag.copy_(
+            L.diagonal(dim1=-2, dim2=-1).log().to(self.log_diag).expand_as(self.log_diag)
+        )
+        self.tril.copy_(torch.tril(L, -1).to(self.tril).expand_as(self.tril))
+        self.log_weights.copy_(
+            torch.log_softmax(log_weights.double(), -1)
+            .to(self.log_weights)
+            .expand_as(self.log_weights)
+        )
+
+
+@register_base
 class StudentT(Base):
     """q0(z) = Π_d t_ν_d((z_d − loc_d)/σ_d)/σ_d: independent Student-t coordinates with learnt
     location, scale and degrees of freedom ν_d, all of shape (R, D).

@@ -58,6 +58,7 @@ from nfcli.mcmc import (
     run_mcmc,
     write_mcmc,
 )
+from nfcli.mixture import is_mixture
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
 from nfcli.run_conditional import REPORT_DRAWS, check_conditional_options, run_conditional_fit
@@ -73,7 +74,7 @@ from nfcli.summary import (
 )
 from nfcli.targets import FAMILIES, TARGETS
 from nfcli.threads import Work, use_threads
-from nfcli.train import TrainingState
+from nfcli.train import TrainingState, plan
 from nfcli.train_conditional import CONDITIONAL_ITERS, ConditionalTrainingState
 
 app = typer.Typer(
@@ -551,7 +552,7 @@ def fit(
         out_dir = check_output(Path(values.get("output") or "."), force)
         if threads is None and values.get("threads") is not None:  # threads: in the YAML
             threads = str(values["threads"])
-    cfg = cfg.resolve(energy.dim)
+    cfg = plan(energy, cfg)
     use_threads(threads, Work(cfg.batch * cfg.restarts, energy.dim))
     done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
@@ -1625,8 +1626,9 @@ def mcmc(
         constants = parse_constants([*bindings, *(const or [])])
         energy = load_energy(target, _split_vars(vars), constants)
     asked = McmcSettings(method, chains, draws, warmup, steps, seed)
-    settings = asked.resolve(flow is not None, verdict)
-    why = "" if method else f" ({default_method(flow is not None, verdict)[1]})"
+    mixture = flow is not None and is_mixture(flow)
+    settings = asked.resolve(flow is not None, verdict, mixture)
+    why = "" if method else f" ({default_method(flow is not None, verdict, mixture)[1]})"
     use_threads(threads, Work(chains, energy.dim))
     err.print(
         f"sampling {energy.label} over ({', '.join(energy.names)}), D = {energy.dim}: "

@@ -63,6 +63,10 @@ class FitConfig:
     # torch.compile the flow's step (ε → z, ln q) for the training loop: auto (when the time it
     # is expected to save exceeds compiling's; nfcli.compiled.choose_flow), on, or off
     compile_flow: str = "auto"
+    # the base's components: 1, a Gaussian; M > 1, a mixture of the M modes' Gaussians that the
+    # start's survey found (nfcli.mixture). Set by the fit, not an option: it records, for resume
+    # and the checkpoint, what the start was
+    components: int = 1
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -235,6 +239,7 @@ class FitConfig:
             start=self.start,
             base=self.base,
             dim=dim,
+            components=self.components,
         )
 
     @property

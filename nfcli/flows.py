@@ -48,6 +48,7 @@ def architecture(
     start: str = "origin",
     base: str = "gaussian",
     dim: int | None = None,
+    components: int = 1,
 ) -> dict[str, Any]:
     """The spec of a flow type (one of FLOW_TYPES) with K layers, on a ``base`` of BASE_TYPES
     (``base_spec``; the base's initial scale is as below whichever it is).
@@ -66,7 +67,9 @@ def architecture(
     affine layer (the identity at first) → a fixed one, y = Lz + m, which ``Flow.start_at`` sets
     to a Gaussian start N(m, LLᵀ) (the Laplace approximation, ``nfcli.mode.gaussian_start``):
     every learnt layer then works in coordinates where the posterior is roughly standard,
-    whatever its scales and correlations."""
+    whatever its scales and correlations. With ``components`` M > 1 (a start from several modes,
+    ``nfcli.mixture``) the base is a mixture of M Gaussians instead (``GaussianMixture``), set by
+    ``Flow.start_at_modes``."""
     base_spec(base, 1.0)  # an unknown base is refused before anything else
     if start not in ("origin", "mode"):
         raise NfcliError(f"unknown start {start!r}: choose origin or mode")
@@ -75,8 +78,11 @@ def architecture(
         layers = [
             t for t in spec["transforms"] if t["type"] not in ("elementwise_affine", "affine")
         ]
+        first = base_spec(base, 1.0)
+        if components > 1:
+            first = {"type": "gaussian_mixture", "scale": 1.0, "components": components}
         return {
-            "base": base_spec(base, 1.0),
+            "base": first,
             "transforms": [*layers, {"type": "affine"}, {"type": "fixed_affine"}],
         }
     if flow in ("planar", "radial"):
@@ -241,6 +247,28 @@ class Flow(nn.Module):
         L = cholesky(covariance.to(torch.float64)).to(last.scale_tril)
         last.shift.copy_(mean.to(last.shift).expand_as(last.shift))
         last.scale_tril.copy_(L.expand_as(last.scale_tril))
+
+    @torch.no_grad()
+    def start_at_modes(self, components: Any) -> None:
+        """A start from several modes (``nfcli.mixture.Components``): the fixed affine layer at
+        their mixture's moments and the mixture base's components, in its coordinates, at the
+        modes' Gaussians."""
+        self.start_at(components.mean, components.covariance)
+        # the layers before the fixed affine start as a linear map y ↦ Ay + b (couplings at the
+        # identity, fixed rotations between them): the base's components are the modes' mapped
+        # back through it, so that q starts as the modes' mixture
+        D = self.dim
+        points = torch.cat([torch.zeros(1, D), torch.eye(D)]).to(self.base.loc)
+        y = points.unsqueeze(0).expand(self.restarts, -1, -1)
+        for t in self.transforms[:-1]:
+            y, _ = t(y)
+        b = y[0, 0].double()
+        A = (y[0, 1:].double() - b).T
+        means = torch.linalg.solve(A, (components.means - b).T).T
+        A_inv = torch.linalg.inv(A)
+        covariances = A_inv @ components.covariances @ A_inv.T
+        symmetric = 0.5 * (covariances + covariances.transpose(-1, -2))
+        self.base.set_components(means, symmetric, components.log_weights)
 
     def float64(self) -> Flow:
         """This flow in float64, for exact densities: itself if it already is, else a float64

@@ -32,6 +32,7 @@ from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, check_sample_path, save_samples
+from nfcli.mixture import is_mixture
 from nfcli.samplers import Chains, Watch, hmc, independence, neutra, rwmh
 
 METHODS = ("neutra", "independence", "hmc", "rwmh")
@@ -40,7 +41,9 @@ DEFAULT_WARMUP = {"neutra": 500, "independence": 100, "hmc": 1000, "rwmh": 1000}
 DEFAULT_PLAIN_METHOD = "hmc"
 
 
-def default_method(has_flow: bool, verdict: str | None = None) -> tuple[str, str]:
+def default_method(
+    has_flow: bool, verdict: str | None = None, mixture: bool = False
+) -> tuple[str, str]:
     """The sampler to use when none is asked for, and why, in words.
 
     Measured by ``benchmarks/mcmc.py`` (README, Exact samples): where the fit's verdict is
@@ -48,9 +51,16 @@ def default_method(has_flow: bool, verdict: str | None = None) -> tuple[str, str
     is not, independence MH once failed silently (the centred eight schools: a mean 8 MCSEs off
     with R-hat 1.000, q's tails too light for the chains ever to reach the neck), while every
     NeuTra failure measured showed in R-hat. So: independence after a good fit, NeuTra otherwise;
-    HMC without a flow."""
+    HMC without a flow. A flow whose base is a mixture of modes (``mixture``: a fit that kept
+    several modes, ``nfcli.mixture``) has no Gaussian base space for NeuTra, and independence MH
+    is what moves between its modes: independence, whatever the verdict."""
     if not has_flow:
         return DEFAULT_PLAIN_METHOD, "no fitted flow: plain HMC"
+    if mixture:
+        return "independence", (
+            "q is a mixture over several modes of p: independence MH, which moves between them "
+            "(NeuTra needs a flow with a Gaussian base)"
+        )
     if verdict == "good":
         return "independence", "the fit's verdict is good: q itself as the proposal"
     shown = verdict or "unknown"
@@ -73,10 +83,18 @@ class McmcSettings:
     steps: int = 10
     seed: int = 0
 
-    def resolve(self, has_flow: bool, verdict: str | None = None) -> McmcSettings:
+    def resolve(
+        self, has_flow: bool, verdict: str | None = None, mixture: bool = False
+    ) -> McmcSettings:
         """The settings with every default filled in (the method by ``default_method`` from
         the fit's ``verdict``), or a one-paragraph error."""
-        method = self.method or default_method(has_flow, verdict)[0]
+        method = self.method or default_method(has_flow, verdict, mixture)[0]
+        if method == "neutra" and mixture:
+            raise NfcliError(
+                "--method neutra runs HMC in the flow's Gaussian base space, and this fit's base "
+                "is a mixture over several modes of p (it started from the modes its search "
+                "found). Use --method independence, which moves between the modes, or hmc."
+            )
         if method not in METHODS:
             raise NfcliError(
                 f"--method {method}: not a sampler nfcli has. Use one of {', '.join(METHODS)} "
@@ -199,8 +217,9 @@ def run_mcmc(
     """Run ``settings.chains`` chains of the chosen sampler on ``energy`` (with ``flow`` for the
     flow samplers, and as the start of the plain ones) and summarise them. ``verdict``: the
     fit's trust-report verdict, which chooses the method when none is set."""
-    s = settings.resolve(flow is not None, verdict)
-    why = "asked for" if settings.method else default_method(flow is not None, verdict)[1]
+    mixture = flow is not None and is_mixture(flow)
+    s = settings.resolve(flow is not None, verdict, mixture)
+    why = "asked for" if settings.method else default_method(flow is not None, verdict, mixture)[1]
     watch = watch or Watch()
     t0 = time.perf_counter()
     if s.method == "independence":

@@ -41,6 +41,7 @@ from nfcli.train import (
     TrainingState,
     beta_schedule,
     fit,
+    plan,
     restart_disagreement,
 )
 
@@ -207,7 +208,7 @@ def run_fit(
     files for the steps it did, with the report's ``stopped`` and ``stop_message`` saying why;
     model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``). ``config`` is
     resolved for the target (``FitConfig.resolve``); the checkpoint holds the resolved one."""
-    config = config.resolve(energy.dim)
+    config = plan(energy, config)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
     result = fit(energy, config, progress, device=device, stop=stop, resume=resume)

@@ -25,6 +25,13 @@ from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
+from nfcli.mixture import (
+    REWEIGHT_EVERY,
+    is_mixture,
+    mixture_start,
+    modes_out_of_reach,
+    reweight,
+)
 from nfcli.mode import GaussianStart, gaussian_start, proper_mode
 from nfcli.resume import get_rng, set_rng, to_cpu
 
@@ -169,7 +176,7 @@ def fit(
     CONVERGE_WINDOW steps at CONVERGE_CALM checks in a row (``converged``), the learning rate's
     cosine decay starts there, as if ``iters`` had been that step / (1 − ``decay``), and the fit
     ends at that new end."""
-    config = config.resolve(energy.dim)
+    config = plan(energy, config)
     config.validate(energy.dim)
     reuse_freed_memory()
     device = torch.device(device)
@@ -181,6 +188,34 @@ def fit(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _fit(energy, config, progress, every, device, monitor, stop, resume)
+
+
+def plan(energy: Energy, config: FitConfig) -> FitConfig:
+    """What is fitted to ``energy``: ``config`` with its start chosen in 2-D where the target asks
+    for it (``low_dimensional_start``), then resolved for the dimension (``FitConfig.resolve``).
+    Idempotent: a planned config plans to itself (so resume, whose config was planned, keeps it)."""
+    return low_dimensional_start(energy, config).resolve(energy.dim)
+
+
+def low_dimensional_start(energy: Energy, config: FitConfig) -> FitConfig:
+    """``config`` with its start chosen where it is "auto" in 2-D: the paper's (origin,
+    annealed; ``FitConfig.resolve``) unless p has several modes of which some lie beyond the
+    reach of its N(0, base_scale²), three of its sds (``nfcli.mixture.modes_out_of_reach``):
+    then the start from the modes (``--start mode``, which keeps every mode the survey finds), with
+    what "auto" gives such a start from 3-D on: a RealNVP flow (its layers start as the identity,
+    so the modes' mixture is q's start exactly; planar layers start as a random map), 256 draws
+    per step, and a fit that stops once converged."""
+    if config.start != "auto" or energy.dim != 2 or config.base != "gaussian":
+        return config
+    config.validate(energy.dim)
+    if not modes_out_of_reach(energy, 3 * config.base_scale, seed=config.seed):
+        return config
+    return replace(
+        config,
+        start="mode",
+        flow="realnvp" if config.flow == "auto" else config.flow,
+        converge=True if config.converge is None else config.converge,
+    )
 
 
 @dataclass
@@ -276,15 +311,27 @@ def _fit(
     R, B, D = config.restarts, config.batch, energy.dim
     dtype = resolve_dtype(config.dtype)
     restarts_now = resume.flow_restarts if resume is not None else R
-    flow = Flow(D, config.architecture(D), restarts_now)
     began = time.perf_counter()
-    start_at = None
+    start_at, components = None, None
     if resume is None and config.start == "mode":
         start_at = gaussian_start(energy, seed=config.seed)
-        flow.start_at(start_at.mean, start_at.covariance)
-        if start_at.modes > 1 and config.anneal is None:  # several modes: anneal, as the paper
+        several = start_at.modes > 1 or D <= 2  # (in 2-D, surveying U is cheap)
+        if several and config.base == "gaussian":  # keep every mode the survey finds
+            components = mixture_start(energy, start_at.laplace, seed=config.seed)
+        if components is not None:
+            config = replace(config, components=components.count)
+            start_at = replace(start_at, source="mixture", modes=components.count)
+        elif start_at.modes > 1 and config.anneal is None:  # one Gaussian over them: anneal
             config = replace(config, anneal=round(ANNEAL_FRACTION * config.iters))
+    flow = Flow(D, config.architecture(D), restarts_now)
+    if components is not None:
+        flow.start_at_modes(components)
+    elif start_at is not None:
+        flow.start_at(start_at.mean, start_at.covariance)
     flow = flow.to(device=device, dtype=dtype)
+    mixture = is_mixture(flow)
+    if mixture and resume is None:  # the modes' masses by importance sampling, not Laplace's
+        reweight(flow, energy, seed=config.seed)
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, fused=True)
     loss_hist = torch.full((config.iters, R), math.nan, device=device)
     loss1_hist = torch.full((config.iters, R), math.nan, device=device)
@@ -408,6 +455,8 @@ def _fit(
         bad = ~norm.isfinite()
         opt.found_inf = (bad if all_finite else bad | (n.max() == 0)).float()  # all finite: n > 0
         opt.step()
+        if mixture and (t + 1) % REWEIGHT_EVERY == 0:  # the weights follow the components
+            reweight(flow, energy, seed=config.seed + t + 1)
         with torch.no_grad():
             skipped.add_(opt.found_inf)
             loss_hist[t, cols] = loss
@@ -440,6 +489,8 @@ def _fit(
             message = f"Interrupted at step {t + 1} of {config.iters}."
         if stopped is not None:
             break
+    if mixture and stopped is None and (t + 1) % REWEIGHT_EVERY:  # the end: weights once more
+        reweight(flow, energy, seed=config.seed + t + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the clock must not stop before the GPU does
     seconds = before + time.perf_counter() - start

@@ -36,6 +36,7 @@ RECIPES = {
     "realnvp-reverse-2d": _recipe("realnvp", 2, mixing="reverse"),
     "spline-mode-student-2d": _recipe("spline", 2, start="mode", base="student_t"),
     "planar-mode-3d": _recipe("planar", 3, start="mode"),
+    "realnvp-modes-2d": _recipe("realnvp", 2, start="mode", components=3),
 }
 LOW_DIM = [name for name, (dim, _) in RECIPES.items() if dim <= 2]
 
