@@ -400,7 +400,7 @@ def _spread(path: list[Tensor], n: int) -> list[Tensor]:
 def proper_mode(energy: Energy, centre: Tensor, max_iter: int = 500) -> Tensor | None:
     """The proper mode of p (``_is_proper``) that L-BFGS reaches from ``centre`` (D,), or None:
     what tells a proper target whose q is still travelling to its mass from an improper one
-    (``nfcli.train.travelling``). An improper U has no such point: L-BFGS runs off (U without a
+    (``nfcli.improper.travelling``). An improper U has no such point: L-BFGS runs off (U without a
     lower bound), or stops where U is flat in some direction (a free variable, a valley of
     constant depth)."""
     try:

@@ -8,7 +8,6 @@ The learning rate is held, then decays by cosine to zero over the last ``decay``
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable
@@ -21,10 +20,23 @@ from torch import Tensor
 from nfcli.compiled import CONVERGED_STEPS, choose_energy, choose_flow
 from nfcli.config import ANNEAL_FRACTION, FitConfig, extend  # noqa: F401  (re-exported)
 from nfcli.devices import resolve_dtype, reuse_freed_memory
-from nfcli.diagnostics import KHAT_TRUST, choose_window, importance_sampling
+from nfcli.diagnostics import KHAT_TRUST, importance_sampling
 from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
+from nfcli.improper import (  # noqa: F401  (SPREAD_*, proper_by_quadrature re-exported)
+    SPREAD_EXTENT,
+    SPREAD_LOSS,
+    SPREAD_MOVE,
+    SPREAD_SPAN,
+    SPREAD_TREND,
+    improper,
+    proper_by_quadrature,
+    spread_score,
+    spreading,
+    travelling,
+    where_q_is,
+)
 from nfcli.mixture import (
     REWEIGHT_EVERY,
     is_mixture,
@@ -32,7 +44,7 @@ from nfcli.mixture import (
     modes_out_of_reach,
     reweight,
 )
-from nfcli.mode import GaussianStart, gaussian_start, proper_mode
+from nfcli.mode import GaussianStart, gaussian_start
 from nfcli.resume import get_rng, set_rng, to_cpu
 
 
@@ -63,9 +75,6 @@ CONVERGE_WINDOW, CONVERGE_TOL, CONVERGE_CALM, CONVERGE_MIN = 500, 0.01, 3, 1000
 
 # the wall energy's rise outside the support, in nats per standard deviation of q (``wall_rise``)
 WALL_SLOPE = 100.0
-
-# ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
-SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.1, 0.1, 0.5, 0.7
 
 
 @dataclass
@@ -590,101 +599,8 @@ def _check(
     if step - CHECK_EVERY < anneal:
         return None, ""
     checks.append({"step": step, "loss": window.nanmean(0).tolist(), **where_q_is(z)})
-    message = spreading(checks, config)
-    if message and energy.dim <= 2 and proper_by_quadrature(energy, z):
-        checks[-1]["proper"] = True  # q travels, or spreads into a heavy tail: p has finite mass
-        message = ""
-    if message:
-        modes = [
-            proper_mode(energy, torch.tensor(mid, dtype=torch.float64))
-            for mid in checks[-1]["median"]
-        ]
-        if all(m is not None for m in modes):  # a proper target: q travelled, or still does
-            checks[-1]["modes"] = [m.tolist() for m in modes]
-            message = "" if travelling(checks[-1]) else spreading(checks, config, drift=False)
+    message = improper(checks, config, energy, z)
     return ("improper" if message else None), message
-
-
-def proper_by_quadrature(energy: Energy, z: Tensor, tol: float = 1e-6) -> bool:
-    """In 1-D and 2-D, whether p is proper can be measured rather than guessed: grid quadrature
-    on a window grown from q's samples z (R, N, D) (``choose_window``) gives a finite ln Z with
-    at most ``tol`` of the mass at the window's edge. An improper target keeps mass at the edge
-    however far the window grows; a heavy-tailed one (an inverse gamma, whose q may spread into
-    its x⁻⁴ tail while the loss falls) does not."""
-    grid = choose_window(z.detach().reshape(-1, z.shape[-1]).double().cpu(), energy, tol=tol)
-    return math.isfinite(grid.log_z) and grid.edge_mass <= tol
-
-
-def travelling(check: dict[str, Any]) -> bool:
-    """Whether some restart's q is still on its way to the proper mode of p found from its median
-    (``check["modes"]``): farther than its interquartile range in some coordinate. Then a
-    falling loss and a moving q are a journey; once q has arrived, only spreading counts
-    (``spreading(drift=False)``), which an improper target with a mode (U growing too slowly
-    for p to have finite mass) still shows."""
-    return any(
-        abs(m - c) > w
-        for mode, mid, iqr in zip(check["modes"], check["median"], check["iqr"], strict=True)
-        for m, c, w in zip(mode, mid, iqr, strict=True)
-    )
-
-
-def where_q_is(z: Tensor) -> dict[str, list]:
-    """Where a batch z (R, N, D) of each restart lies, robustly: the median and the interquartile
-    range of each coordinate, and ln of the largest 90% quantile of |z_d| (how far q reaches)."""
-    z = z.detach().float()
-    lo, mid, hi = z.quantile(torch.tensor([0.25, 0.5, 0.75], device=z.device), dim=1)
-    reach = z.abs().quantile(0.9, dim=1).amax(-1).clamp(min=1e-30).log()
-    return {"median": mid.tolist(), "iqr": (hi - lo).tolist(), "extent": reach.tolist()}
-
-
-def spreading(checks: list[dict[str, Any]], config: FitConfig, drift: bool = True) -> str:
-    """A message if q keeps spreading or drifting (``drift``: or only spreading) while the loss
-    keeps falling (``spread_score`` ≥ 1), else ''."""
-    if spread_score(checks, drift) < 1:
-        return ""
-    a, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1]
-    fell = min(x - y for x, y in zip(a["loss"], b["loss"], strict=True))
-    grew = min(y - x for x, y in zip(a["extent"], b["extent"], strict=True))
-    return (
-        f"Stopped at step {b['step']} of {config.iters}: the fit keeps spreading. Over the last "
-        f"{b['step'] - a['step']} steps the loss fell steadily, by {fell:.2f} nats, while q "
-        f"reached {math.exp(grew):.1f}× as far, with no sign of levelling off. The target is "
-        "probably improper: exp(−U) has infinite mass, or U has no lower bound, so there is "
-        "nothing to converge to. Check that U grows in every direction: every variable in --vars "
-        "must appear in U (x**2 with --vars x,y leaves y free), and a term such as −y or sin(x) "
-        "alone does not confine its variable. Add a confining term (e.g. + 0.01*(x**2 + y**2)) "
-        "or a soft box."
-    )
-
-
-def spread_score(checks: list[dict[str, Any]], drift: bool = True) -> float:
-    """How close the last checks come to calling the target improper; ≥ 1 stops the fit. For
-    every restart, over each of the last two spans of SPREAD_SPAN checks (500 steps), the loss
-    must have fallen by over SPREAD_LOSS nats while q reached farther (ln extent up by over
-    SPREAD_EXTENT) or moved (its median by over SPREAD_MOVE interquartile ranges in some
-    coordinate); and the loss must have fallen from check to check at least SPREAD_TREND of the
-    time, so that one jump (a mode found late) is no trend. The score is the smallest of these
-    measures over its threshold. F ≥ −ln Z when the target is proper, so F cannot fall for
-    ever; heavy tails make q reach farther without F falling (README, "Robustness"). Without
-    ``drift``, a move of the median does not count (q arriving at a mode it has found)."""
-    if len(checks) < 2 * SPREAD_SPAN + 1:
-        return 0.0
-    a, m, b = checks[-1 - 2 * SPREAD_SPAN], checks[-1 - SPREAD_SPAN], checks[-1]
-    recent = checks[-1 - 2 * SPREAD_SPAN :]
-    scores = []
-    for r in range(len(b["loss"])):
-        falls = sum(y["loss"][r] < x["loss"][r] for x, y in itertools.pairwise(recent))
-        score = falls / (len(recent) - 1) / SPREAD_TREND
-        for x, y in ((a, m), (m, b)):
-            moved = max(
-                abs(m1 - m0) / max(w, 1e-30)
-                for m0, m1, w in zip(x["median"][r], y["median"][r], x["iqr"][r], strict=True)
-            )
-            fell, grew = x["loss"][r] - y["loss"][r], y["extent"][r] - x["extent"][r]
-            moved = moved if drift else 0.0
-            score = min(score, fell / SPREAD_LOSS, max(grew / SPREAD_EXTENT, moved / SPREAD_MOVE))
-        scores.append(score)
-    return min(scores)
 
 
 def _keep(flow: Flow, opt: torch.optim.Adam, r: int) -> tuple[Flow, torch.optim.Adam]:
