@@ -272,6 +272,7 @@ def gaussian_start(
     points_per_path: int = 6,
     draws: int = 256,
     floor: float = 1e-8,
+    resolution: float = 0.0,
 ) -> GaussianStart:
     """The best Gaussian to start a fit from, by ELBO on ``draws`` common standard-normal draws:
     N(0, scale²·I) (the paper's start, "origin"), the Laplace approximation at the lowest mode
@@ -280,7 +281,14 @@ def gaussian_start(
     sampled densely). The Laplace Gaussian is kept unless another candidate beats it by more
     than noise on the common draws (``_better``), so a start is not chosen for one lucky set of
     draws; without it, the candidate with the best mean ELBO, likewise. Where U is not finite at
-    some draw of every candidate, the start is the origin's (the paper's), with ELBO −inf."""
+    some draw of every candidate, the start is the origin's (the paper's), with ELBO −inf.
+
+    ``resolution``: the relative precision of the fit's floating-point type (``RESOLUTION``);
+    candidates narrower than that (``resolvable``) are left out. Down a funnel's neck, where U
+    falls without bound, L-BFGS paths end at Gaussians whose sds are 1e-12 of their means (a
+    centred stochastic-volatility posterior: ln σ = −32, every h_t equal to 12 digits): in
+    float32 such a q's draws round to one point, its loss is rounding, and the fit stayed there
+    with a "loss" of −538 whose float64 value is −1.1e10."""
     paths: list[list[Tensor]] = []
     ends: list[Tensor] = []
     try:
@@ -318,6 +326,9 @@ def gaussian_start(
     # the incumbent: the Laplace Gaussian if its ELBO is finite, else the best by mean; another
     # candidate replaces it only if better by more than noise
     finite_scored = [c for c in scored if bool(c[0].isfinite().all())] or scored
+    if resolution > 0:  # what the fit's precision can hold (the origin's always can)
+        finite_scored = [c for c in finite_scored if resolvable(c[1], c[2], resolution)]
+        finite_scored = finite_scored or [scored[-1]]
     laplaces = [c for c in finite_scored if c[3] == "laplace"]
     best = laplaces[0] if laplaces else max(finite_scored, key=lambda c: float(c[0].mean()))
     for c in finite_scored:
@@ -334,6 +345,23 @@ def gaussian_start(
     terms, mean, cov, source = best
     elbo = float(terms.mean())
     return GaussianStart(mean, cov, elbo, source, lap, candidates, draws, max(1, len(modes)))
+
+
+# a Gaussian start must be at least this many rounding units of the fit's type wide, relative to
+# its location, in every coordinate (``resolvable``): float32's eps is 1.2e-7, so 1.2e-6 (a
+# neck's candidates were at 1.8e-12; the narrowest proper posterior of benchmarks/: 0.07)
+RESOLUTION_ULPS = 10.0
+
+
+def resolution(dtype: torch.dtype) -> float:
+    """The relative width below which a fit in ``dtype`` cannot resolve q (``RESOLUTION_ULPS``)."""
+    return RESOLUTION_ULPS * torch.finfo(dtype).eps
+
+
+def resolvable(mean: Tensor, covariance: Tensor, relative: float) -> bool:
+    """Whether N(mean, covariance) is wider than ``relative`` × |mean| in every coordinate."""
+    sd = covariance.diagonal().clamp_min(0).sqrt()
+    return bool((sd >= relative * mean.abs()).all())
 
 
 def distinct_modes(energy: Energy, ends: list[Tensor], floor: float = 1e-8) -> list[Laplace]:

@@ -44,7 +44,7 @@ from nfcli.mixture import (
     modes_out_of_reach,
     reweight,
 )
-from nfcli.mode import GaussianStart, gaussian_start
+from nfcli.mode import GaussianStart, gaussian_start, resolution
 from nfcli.resume import get_rng, set_rng, to_cpu
 
 
@@ -323,7 +323,7 @@ def _fit(
     began = time.perf_counter()
     start_at, components = None, None
     if resume is None and config.start == "mode":
-        start_at = gaussian_start(energy, seed=config.seed)
+        start_at = gaussian_start(energy, seed=config.seed, resolution=resolution(dtype))
         several = start_at.modes > 1 or D <= 2  # (in 2-D, surveying U is cheap)
         if several and config.base == "gaussian":  # keep every mode the survey finds
             components = mixture_start(energy, start_at.laplace, seed=config.seed)

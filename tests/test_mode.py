@@ -164,3 +164,19 @@ def test_mode_search_survives_the_walls_of_a_bounded_support():
         assert finite == 1 and 0 < mode[0] < 1
     start = gaussian_start(energy, seed=0)
     assert 0 < float(start.mean[0]) < 1
+
+
+def test_a_start_narrower_than_the_fits_precision_resolves_is_left_out():
+    """A mode at x = 1000 with sd 1e-4 (1e-7 of its location, under float32's rounding unit):
+    its Laplace Gaussian is the start in float64, and left out in float32, where q's draws would
+    round to a handful of values (down a funnel's neck L-BFGS ends at such Gaussians, sd 1e-12
+    of the mean, and a float32 fit started there stayed, its loss pure rounding)."""
+    from nfcli.mode import resolution, resolvable
+
+    energy = load_energy("((x - 1000)/1e-4)**2/2 + y**2/2 + z**2/2")
+    wide = gaussian_start(energy, resolution=resolution(torch.float64))
+    assert wide.source == "laplace" and abs(float(wide.mean[0]) - 1000) < 1e-6
+    narrow = gaussian_start(energy, resolution=resolution(torch.float32))
+    assert narrow.source != "laplace"
+    assert resolvable(narrow.mean, narrow.covariance, resolution(torch.float32))
+    assert not resolvable(wide.mean, wide.covariance, resolution(torch.float32))
