@@ -7,7 +7,9 @@ mass) it falls as q spreads into a free direction or drifts down an unbounded sl
 (README, "Robustness"): q keeps spreading or drifting while the loss keeps falling
 (``spreading``), unless that is explained otherwise: in 1-D and 2-D grid quadrature measures that
 p is proper (``proper_by_quadrature``); in any dimension, q travelling to a proper mode of p that
-L-BFGS finds from its median (``travelling``).
+L-BFGS finds from its median (``travelling``); from 3-D on, p's mass ahead of q falling off
+(``finite_ahead``): a funnel's neck, where U → −∞ and yet the mass is finite, has no proper mode
+to travel to.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 from nfcli.config import FitConfig
 from nfcli.diagnostics import choose_window
 from nfcli.energy import Energy
-from nfcli.mode import proper_mode
+from nfcli.mode import derivatives, proper_mode
 
 # ``spreading``: the thresholds that call a target improper (measured: README, "Robustness").
 SPREAD_SPAN, SPREAD_LOSS, SPREAD_EXTENT, SPREAD_MOVE, SPREAD_TREND = 5, 0.1, 0.1, 0.5, 0.7
@@ -43,7 +45,65 @@ def improper(checks: list[dict[str, Any]], config: FitConfig, energy: Energy, z:
         if all(m is not None for m in modes):  # a proper target: q travelled, or still does
             checks[-1]["modes"] = [m.tolist() for m in modes]
             message = "" if travelling(checks[-1]) else spreading(checks, config, drift=False)
+    if message and energy.dim > 2:
+        before, now = checks[-1 - SPREAD_SPAN], checks[-1]
+        if all(finite_ahead(energy, before, now, r) for r in range(len(now["median"]))):
+            checks[-1]["finite_ahead"] = True  # a neck, a heavy tail, or the way to the mass
+            message = ""
     return message
+
+
+# ``finite_ahead``: how far ahead the mass is looked at, in multiples of q's last move, and by how
+# much ln m must fall from its peak there for the mass ahead to be finite
+AHEAD = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+AHEAD_FALL = 2.0
+
+
+def log_mass(energy: Energy, points: Tensor, floor: float = 1e-8) -> Tensor:
+    """ln m(x) = −U(x) − ½ ln det |∇²U(x)| at each of P points (P, D) → (P,): the log of the
+    Laplace mass of p around x, the density times the volume over which it holds. Eigenvalues
+    of ∇²U are taken in absolute value and raised to ``floor`` × the largest (a flat direction:
+    a constant, large volume); −∞ where U is not finite."""
+    u, _, h = derivatives(energy, points)
+    ev = torch.linalg.eigvalsh(h.nan_to_num()).abs()
+    ev = ev.clamp_min(floor * ev.max(-1, keepdim=True).values.clamp_min(1e-300))
+    m = -u - 0.5 * ev.log().sum(-1)
+    return torch.where(torch.isfinite(m), m, -math.inf)
+
+
+def finite_ahead(energy: Energy, before: dict[str, Any], now: dict[str, Any], r: int) -> bool:
+    """Whether p's mass is finite where restart r's q is heading, from two checks: along the
+    coordinates whose median moved by over SPREAD_MOVE interquartile ranges (a drift), and both
+    ways along the coordinate whose range grew most, if by over SPREAD_EXTENT (a spread), the
+    Laplace mass ln m (``log_mass``) at AHEAD multiples of that move from q's median must fall by
+    AHEAD_FALL nats from its peak by the farthest point. So a neck is told from infinite mass:
+    down a centred hierarchy's neck (scale → 0) the density grows like τ^−(n−1) and the volume
+    shrinks like τ^n, so ln m falls; along a free or flat direction it stays level, and down an
+    unbounded slope it rises. A heavy tail (U ~ a ln r, a > 1) falls too; q travelling towards
+    the mass from a bad start sees it rise, then fall beyond."""
+    m0 = torch.tensor(before["median"][r], dtype=torch.float64)
+    m1 = torch.tensor(now["median"][r], dtype=torch.float64)
+    w0 = torch.tensor(before["iqr"][r], dtype=torch.float64).clamp_min(1e-30)
+    w1 = torch.tensor(now["iqr"][r], dtype=torch.float64)
+    move = m1 - m0
+    directions = []
+    drift = torch.where(move.abs() > SPREAD_MOVE * w0, move, 0.0)
+    if bool(drift.any()):
+        directions.append(drift)
+    grew = w1 / w0
+    i = int(grew.argmax())
+    if float(grew[i]) > math.exp(SPREAD_EXTENT):
+        spread = torch.zeros_like(m1)
+        spread[i] = w1[i]
+        directions += [spread, -spread]
+    if not directions:
+        return False
+    scales = torch.tensor(AHEAD, dtype=torch.float64)
+    for d in directions:
+        ln_m = log_mass(energy, m1 + scales[:, None] * d)
+        if not float(ln_m[-1]) < float(ln_m.max()) - AHEAD_FALL:
+            return False
+    return True
 
 
 def proper_by_quadrature(energy: Energy, z: Tensor, tol: float = 1e-6) -> bool:

@@ -40,7 +40,8 @@ the start box (more than about three times as far from q's mean as q's draws rea
 coordinate); a mode that is no proper minimum (a ridge or flat valley of mass, a funnel's neck:
 its mass is not compared); a mode with less than MIN_P_SHARE of p's mass by the Laplace
 approximation. And very high D makes it slow: the BFGS estimates hold S·D² numbers and cost
-S·D² per step, and more steps are needed as D grows.
+S·D² per step, and more steps are needed as D grows; so S is capped where S·D² would pass
+BFGS_BUDGET (19 starts in 1,600-D), which leaves the search thinner there.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ STARTS = 256
 MIN_P_SHARE = 0.02
 LOST_RATIO = 0.1
 MAX_DRAWS = 20_000  # of q's draws, assigned to the modes found
+# the starts' BFGS inverse Hessians hold S·D² numbers: at most BFGS_BUDGET of them (400 MB), so
+# from 443-D on there are fewer starts than STARTS (a 1,600-D target: 19), and at least MIN_STARTS
+BFGS_BUDGET, MIN_STARTS = 50_000_000, 16
 
 
 @dataclass
@@ -132,6 +136,7 @@ def search_modes(
     t0 = time.perf_counter()
     x = draws.detach().to(torch.float64)
     x = x[torch.isfinite(x).all(-1)]
+    starts = min(starts, max(MIN_STARTS, BFGS_BUDGET // x.shape[-1] ** 2))
     result = ModeSearch(starts=starts, draws=len(x))
     if len(x) < 2:
         result.note = f"{len(x)} of q's draws are finite"

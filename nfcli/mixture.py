@@ -47,7 +47,7 @@ from nfcli.bases import GaussianMixture
 from nfcli.diagnostics import psis
 from nfcli.energy import Energy
 from nfcli.flows import Flow
-from nfcli.lost_modes import _minima, _unique, into_support, minimise
+from nfcli.lost_modes import BFGS_BUDGET, MIN_STARTS, _minima, _unique, into_support, minimise
 from nfcli.mode import Laplace, derivatives, distinct_modes
 
 SURVEY_STARTS = {1: 1024, 2: 1024}  # starts in 1-D and 2-D, where they are cheap
@@ -82,7 +82,10 @@ class Survey:
 
 
 def survey_starts(dim: int) -> int:
-    return SURVEY_STARTS.get(dim, SURVEY_STARTS_HIGH)
+    """Starts for a survey in ``dim`` dimensions, within the BFGS memory budget of the lost-mode
+    search (``nfcli.lost_modes.BFGS_BUDGET``)."""
+    wanted = SURVEY_STARTS.get(dim, SURVEY_STARTS_HIGH)
+    return min(wanted, max(MIN_STARTS, BFGS_BUDGET // dim**2))
 
 
 def survey(
