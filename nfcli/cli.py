@@ -40,7 +40,7 @@ from nfcli.conditional_figures import write_conditional_figures
 from nfcli.conditional_metrics import ConditionalReport
 from nfcli.conditional_report import ConditionalSummary, ConditionPoint, evaluate_at, summarise
 from nfcli.conditions import ConditionalEnergy, load_conditional_energy, parse_at, parse_conditions
-from nfcli.config import AUTO_FLOW, FitConfig, extend
+from nfcli.config import AUTO_FLOW, SET_BY_THE_FIT, FitConfig, extend
 from nfcli.devices import generator as make_generator
 from nfcli.devices import resolve_device, resolve_dtype
 from nfcli.diagnostics import khat_verdict, log_prob, resample
@@ -170,7 +170,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise NfcliError(f"The config file {path} must be a mapping of option: value lines.")
-    allowed = set(FitConfig.field_names()) | set(RUN_KEYS)
+    allowed = (set(FitConfig.field_names()) - set(SET_BY_THE_FIT)) | set(RUN_KEYS)
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
         raise NfcliError(
@@ -192,7 +192,7 @@ def make_config(values: dict[str, Any]) -> FitConfig:
     defaults = FitConfig(flow="spline")  # every optional field filled in, for the examples
     kwargs: dict[str, Any] = {}
     for name in FitConfig.field_names():
-        if name not in values or values[name] is None:
+        if name not in values or values[name] is None or name in SET_BY_THE_FIT:
             continue
         v = values[name]
         kind = int if name in ("anneal", "K", "bins", "batch") else type(getattr(defaults, name))
@@ -361,6 +361,15 @@ CompileFlowOpt = Annotated[
         "the compilation's, ~30 s, or ~3 s once cached), on, or off. (default: auto)",
     ),
 ]
+SamplerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sampler",
+        help="The draws written to samples.npy: auto (MCMC with the flow, 16 chains, where the "
+        "verdict is not good, from 3-D on), q (the flow's own), neutra or independence. "
+        "(default: auto)",
+    ),
+]
 ThreadsOpt = Annotated[
     str | None,
     typer.Option(
@@ -459,6 +468,7 @@ def fit(
     dtype: DtypeOpt = None,
     compile_energy: CompileOpt = None,
     compile_flow: CompileFlowOpt = None,
+    sampler: SamplerOpt = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     force: Annotated[
@@ -517,6 +527,7 @@ def fit(
         device=device,
         compile_energy=compile_energy,
         compile_flow=compile_flow,
+        sampler=sampler,
         output=output,
         vars=vars,
         force=force,
@@ -568,8 +579,23 @@ def fit(
             + f" on {where}; Ctrl-C stops after the current step and keeps the fit so far",
             soft_wrap=True,
         )
+        bars: dict[str, Callable[..., None]] = {}
+
+        def chains(done: int, total: int) -> None:  # a second bar, once the chains start
+            if "chains" not in bars:
+                bars["chains"] = progress("chains", total)
+            bars["chains"](done, math.nan, 1.0, total)
+
         ckpt, report = run_fit(
-            energy, cfg, out_dir, force, progress("fit", cfg.iters, done), where, stop, state
+            energy,
+            cfg,
+            out_dir,
+            force,
+            progress("fit", cfg.iters, done),
+            where,
+            stop,
+            state,
+            chains,
         )
     err.print(summary_table(report, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
     err.print(flow_summary_table(ckpt.flow, ckpt.names))
@@ -587,6 +613,15 @@ def fit(
             f"{report.stop_message} The fit so far is in {out_dir}/ for inspection "
             "(nfcli plot shows where q went)."
         )
+    if report.chains is not None and report.chains["interrupted"]:
+        err.print(
+            f"[bold yellow]{stop.name or 'interrupted'}[/]: the fit finished, and its chains were "
+            f"stopped after {report.chains['draws_per_chain']} draws each; samples.npy holds "
+            f"{'those' if report.sampler != 'q' else 'q’s own draws'}. nfcli mcmc {model} runs "
+            "them in full.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
 
 
 def _condition_texts(flags: list[str] | None, from_yaml: Any) -> list[str]:
@@ -1222,9 +1257,36 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
     t.add_row("verdict", Text(r.verdict.upper(), style=style))
     for reason in r.verdict_reasons:
         t.add_row("", reason)
+    if r.sampler is not None:
+        t.add_row("draws (samples.npy)", draws_row(r))
     if written:
         t.add_row("written", written)
     return t
+
+
+def draws_row(r: TrustReport) -> Text:
+    """Where samples.npy's draws come from, and for MCMC how far to trust its chains."""
+    c = r.chains
+    if r.sampler == "q" and c is None:
+        return Text(f"q's own ({r.sampler_reason})")
+    if c is None:
+        return Text(f"{r.sampler}: {r.sampler_reason}")
+    head = (
+        f"{c['method']} MCMC with the flow, {c['chains']} chains × {c['draws_per_chain']} after "
+        f"{c['warmup']} warm-up, {c['seconds']:.1f} s: R-hat ≤ {_num(c['max_rhat'], '.3f')}, "
+        f"ESS bulk ≥ {_num(c['min_ess_bulk'], ',.0f')}, tail ≥ {_num(c['min_ess_tail'], ',.0f')}"
+    )
+    style = "bold green" if c["verdict"] == "good" else "bold red"
+    text = Text.assemble(head, " — ", (c["verdict"].upper(), style))
+    for worry in c["worries"]:
+        text.append(f"\n{worry}")
+    if r.sampler == "q":
+        text.append(f"\nsamples.npy holds q's own draws: {r.sampler_reason}")
+    return text
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
 
 
 # --- sample, plot, targets ---------------------------------------------------------------------

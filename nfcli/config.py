@@ -23,6 +23,8 @@ from nfcli.flows import (
 ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 FLOW_CHOICES = ("auto", *FLOW_TYPES)
 STARTS = ("auto", "origin", "mode")
+SAMPLERS = ("auto", "q", "neutra", "independence")  # the draws a fit writes (nfcli.mcmc)
+SET_BY_THE_FIT = ("components",)  # FitConfig fields that record what the fit chose: no options
 AUTO_FLOW = "realnvp"  # --flow auto from 3 dimensions on (README, "Real posteriors")
 # what auto resolves to in 1-2 D, for any D: the settings every measurement before issue 13 used
 # (benchmarks that reproduce those tables pin it; the flow type they set themselves)
@@ -63,6 +65,9 @@ class FitConfig:
     # torch.compile the flow's step (ε → z, ln q) for the training loop: auto (when the time it
     # is expected to save exceeds compiling's; nfcli.compiled.choose_flow), on, or off
     compile_flow: str = "auto"
+    # the draws the fit writes: auto (MCMC with the flow where the verdict is not good, from 3-D
+    # on; nfcli.mcmc.draws_sampler), q (the flow's own), neutra or independence
+    sampler: str = "auto"
     # the base's components: 1, a Gaussian; M > 1, a mixture of the M modes' Gaussians that the
     # start's survey found (nfcli.mixture). Set by the fit, not an option: it records, for resume
     # and the checkpoint, what the start was
@@ -124,6 +129,11 @@ class FitConfig:
             raise NfcliError(
                 f"--compile-flow {self.compile_flow}: choose auto (compile the flow's training "
                 "step when the time it saves exceeds the compilation's), on or off."
+            )
+        if self.sampler not in SAMPLERS:
+            raise NfcliError(
+                f"--sampler {self.sampler}: choose auto (MCMC with the flow where the verdict is "
+                "not good, from 3-D on), q (the flow's own draws), neutra or independence."
             )
         if self.base not in BASE_TYPES:
             raise NfcliError(

@@ -27,6 +27,7 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
+from nfcli.config import SAMPLERS
 from nfcli.convergence import RHAT_OK, VariableConvergence, convergence, worries
 from nfcli.energy import Energy
 from nfcli.errors import NfcliError
@@ -68,6 +69,42 @@ def default_method(
         f"the fit's verdict is {shown}: NeuTra HMC, which does not rely on q's tails (independence "
         "MH with a q whose tails are too light can stick without R-hat noticing)"
     )
+
+
+# ``nfcli fit --sampler``: which sampler gives the draws a fit writes (samples.npy), and the
+# chains it runs when that is MCMC: many short chains run as one batch, where each HMC iteration
+# costs about the same for 16 chains as for 4 (measured: README, "Fits that cover p")
+AFTER_FIT = {"chains": 16, "draws": 625, "warmup": 300}  # 10,000 draws, as q's samples.npy
+
+
+def draws_sampler(
+    asked: str, dim: int, verdict: str | None, stopped: str | None, mixture: bool
+) -> tuple[str, str]:
+    """The sampler whose draws ``nfcli fit`` writes, and why, in words. "auto": q's own draws
+    where they can be trusted or checked (a "good" verdict; 1-D and 2-D, where quadrature measures
+    q against p: KL(p‖q), TV), and where the fit stopped early (its q is what there is); else MCMC
+    with the flow (``default_method``: NeuTra after a fit that is not "good", independence MH for
+    a mixture of modes), whose draws are p's whatever q's errors, as far as the chains mix."""
+    if asked not in SAMPLERS:
+        raise NfcliError(
+            f"--sampler {asked}: choose auto (MCMC with the flow where the verdict is not good, "
+            "from 3-D on), q (the flow's own draws), neutra or independence."
+        )
+    if asked != "auto":
+        if asked == "neutra" and mixture:
+            raise NfcliError(
+                "--sampler neutra runs HMC in the flow's Gaussian base space, and this fit's base "
+                "is a mixture over several modes of p. Use --sampler independence."
+            )
+        return asked, "asked for"
+    if stopped is not None:
+        return "q", f"the fit stopped early ({stopped}): q's own draws"
+    if dim <= 2:
+        return "q", "in 1-D and 2-D quadrature measures q against p itself (KL, TV)"
+    if verdict == "good":
+        return "q", "the fit's verdict is good: q's own draws"
+    method, why = default_method(True, verdict, mixture)
+    return method, f"MCMC corrects q's draws: {why}"
 
 
 @dataclass
@@ -249,6 +286,30 @@ def run_mcmc(
         target=target,
         why=why,
     )
+
+
+def chains_summary(run: McmcRun, why: str) -> dict:
+    """What metrics.json keeps of the chains behind a fit's draws (``draws_sampler``): the
+    settings, the worst R-hat and smallest bulk and tail ESS over the variables, the acceptance,
+    the seconds, the worries in words (``nfcli.convergence.worries``) and the verdict on the
+    draws: "good" where there are none, else "do not trust"."""
+    v = run.variables
+    finite = [x for x in v if math.isfinite(x.rhat)]
+    return {
+        "method": run.settings.method,
+        "why": why,
+        "chains": run.settings.chains,
+        "draws_per_chain": run.kept,
+        "warmup": run.chains.warmup_done,
+        "seconds": run.seconds,
+        "accept": _finite(float(run.chains.accept.mean())),
+        "max_rhat": _finite(max((x.rhat for x in finite), default=math.nan)),
+        "min_ess_bulk": _finite(min((x.ess_bulk for x in v), default=math.nan)),
+        "min_ess_tail": _finite(min((x.ess_tail for x in v), default=math.nan)),
+        "interrupted": run.interrupted,
+        "worries": run.worries,
+        "verdict": "do not trust" if run.worries or run.interrupted else "good",
+    }
 
 
 def check_draws_path(path: str, force: bool) -> tuple[str, Path]:

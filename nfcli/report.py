@@ -107,6 +107,11 @@ class TrustReport:
     # nfcli.diagnostics.verdict of all the above
     verdict: str | None = None  # "good", "usable", "do not trust"
     verdict_reasons: list[str] = field(default_factory=list)
+    # the draws the fit wrote (nfcli.mcmc.draws_sampler): "q", "neutra" or "independence", why,
+    # and for MCMC its chains' summary (nfcli.mcmc.chains_summary); None before issue 27
+    sampler: str | None = None
+    sampler_reason: str | None = None
+    chains: dict[str, Any] | None = None
     # round trips (from_dict): the keys this nfcli does not know, with their values; and the keys
     # it writes whatever their value that the dict lacked (an older nfcli's), which to_dict skips
     extra: dict[str, Any] = field(default_factory=dict)
@@ -152,6 +157,8 @@ class TrustReport:
             put(key, getattr(self, key), always=False)
         put("verdict", self.verdict)
         put("verdict_reasons", self.verdict_reasons)
+        for key in _SAMPLER_KEYS:
+            put(key, getattr(self, key), always=False)
         d.update(self.extra)
         return d
 
@@ -190,6 +197,8 @@ class TrustReport:
         for key in ("warnings", "verdict_reasons"):
             values[key] = take(key, [])
         values["verdict"] = take("verdict")
+        for key in _SAMPLER_KEYS:
+            values[key] = take(key, always=False)
         return cls(**values, extra=rest, absent=frozenset(missing))
 
 
@@ -210,6 +219,7 @@ _IS_OPTIONAL_KEYS = (
 )  # fmt: skip
 _QUADRATURE_KEYS = ("log_z_quadrature", "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window")
 _RESTART_KEYS = ("restarts", "restart_kept", "restarts_log_z_spread", "restarts_log_z_noise")
+_SAMPLER_KEYS = ("sampler", "sampler_reason", "chains")
 
 
 def _quadrature_values(q: Quadrature) -> tuple[Any, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +34,10 @@ from nfcli.figures import N_SAMPLES, density_q, preset_window, write_figures
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.lost_modes import search_modes
+from nfcli.mcmc import AFTER_FIT, McmcSettings, chains_summary, draws_sampler, run_mcmc
+from nfcli.mixture import is_mixture
 from nfcli.report import Quadrature, TrustReport
+from nfcli.samplers import Watch
 from nfcli.train import (
     FitConfig,
     Progress,
@@ -45,6 +49,14 @@ from nfcli.train import (
     restart_disagreement,
 )
 
+NECK_WARNING = (
+    "q kept moving (or spreading) while its loss fell, where U has no proper mode, and p's mass "
+    "ahead of it falls off (nfcli.improper.finite_ahead): a funnel's neck, such as a centred "
+    "hierarchy's scale going to 0, where the density grows without bound but the mass is "
+    "finite. Reverse KL under-covers a neck, so q's scale-like variables are too narrow; MCMC "
+    "with the flow (the draws row) corrects the draws as far as its chains mix, and writing the "
+    "model non-centred (θ = μ + τ·η with η ~ N(0, 1)) removes the neck for the fit itself."
+)
 N_MONTE_CARLO = 100_000
 N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS and ln Z
 
@@ -201,13 +213,18 @@ def run_fit(
     device: str | torch.device = "cpu",
     stop: Stop | None = None,
     resume: TrainingState | None = None,
+    chains_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Checkpoint, TrustReport]:
     """Fit on ``device``, evaluate on the CPU and write model.pt, samples.npy, metrics.json and
     the figures (density, layers, loss; pairs for D > 2) as PNG. A fit that stops early (``stop``
     returned True, or ``fit`` found the loss non-finite or the target improper) writes the same
     files for the steps it did, with the report's ``stopped`` and ``stop_message`` saying why;
     model.pt always holds what ``resume`` needs to go on (``nfcli fit --resume``). ``config`` is
-    resolved for the target (``FitConfig.resolve``); the checkpoint holds the resolved one."""
+    resolved for the target (``FitConfig.resolve``); the checkpoint holds the resolved one.
+
+    samples.npy holds the draws of ``config.sampler`` (``correct_draws``): q's own, or, from 3-D on
+    where the verdict is not good, MCMC's with the flow (``chains_progress(done, total)`` is
+    told how the chains go), summarised in the report's ``chains``."""
     config = plan(energy, config)
     config.validate(energy.dim)
     out = check_output(Path(output), force)
@@ -236,6 +253,8 @@ def run_fit(
         report.warnings.append(
             f"the fit stopped while annealing (β = {beta_end:.2f}): q was fitted to a flattened p."
         )
+    if result.state is not None and any(c.get("finite_ahead") for c in result.state.checks):
+        report.warnings.append(NECK_WARNING)
     bad = {k: v for k, v in result.counts.items() if v}
     if bad:
         report.warnings.append(
@@ -280,6 +299,7 @@ def run_fit(
         if note is not None and "failed" in note:
             report.warnings.append(note)
     report.verdict, report.verdict_reasons = verdict(report)
+    samples = correct_draws(flow, energy, config, report, samples, stop, chains_progress)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
     ckpt = Checkpoint(flow, config, energy.source, history, report, versions(), result.state)
     save_checkpoint(out / "model.pt", ckpt)
@@ -287,6 +307,36 @@ def run_fit(
     write_metrics(out / "metrics.json", report)
     write_figures(ckpt, energy, out, known=known)
     return ckpt, report
+
+
+def correct_draws(
+    flow: Flow,
+    energy: Energy,
+    config: FitConfig,
+    report: TrustReport,
+    samples: Tensor,
+    stop: Stop | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """The draws the fit writes (N_SAMPLES of them): q's ``samples``, or, where
+    ``nfcli.mcmc.draws_sampler`` says so, those of ``AFTER_FIT`` chains of MCMC with the flow
+    (16 × 625 after 300 warm-up iterations), with their summary in ``report.chains``. Chains
+    stopped (``stop``) before any draw was kept leave q's draws, and the report says so."""
+    sampler, why = draws_sampler(
+        config.sampler, energy.dim, report.verdict, report.stopped, is_mixture(flow)
+    )
+    report.sampler, report.sampler_reason = sampler, why
+    if sampler == "q":
+        return samples
+    settings = McmcSettings(method=sampler, seed=config.seed, **AFTER_FIT)
+    watch = Watch(progress, stop or (lambda: False))
+    run = run_mcmc(energy, settings, flow, watch, energy.label, report.verdict)
+    report.chains = chains_summary(run, why)
+    if run.kept == 0:
+        report.sampler = "q"
+        report.sampler_reason = "the chains were stopped in their warm-up: q's own draws"
+        return samples
+    return run.chains.draws.reshape(-1, flow.dim).to(samples.dtype)
 
 
 def write_metrics(path: Path, report: TrustReport) -> None:

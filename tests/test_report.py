@@ -16,7 +16,7 @@ from nfcli.train import FitConfig
 
 # metrics.json of a 2-D fit whose k̂ is good, key by key, as nfcli has written it since replicates
 # ("start" since issue 13; start_source, start_elbo and converged_step only from the mode;
-# energy_share since issue 18, for fits on the CPU)
+# energy_share since issue 18, for fits on the CPU; sampler and sampler_reason since issue 27)
 KEYS = [
     "target", "dim", "vars", "K", "flow", "restarts_fitted", "device", "threads", "dtype", "iters",
     "anneal", "steps_done", "stopped", "stop_message", "start", "nonfinite_energies",
@@ -27,7 +27,8 @@ KEYS = [
     "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window", "quadrature_edge_mass", "warnings",
 ]  # fmt: skip
 RESTART_KEYS = ["restarts", "restart_kept", "restarts_log_z_spread", "restarts_log_z_noise"]
-VERDICT_KEYS = ["verdict", "verdict_reasons"]
+# the verdict, then where samples.npy's draws came from (since issue 27; "chains" only with MCMC)
+VERDICT_KEYS = ["verdict", "verdict_reasons", "sampler", "sampler_reason"]
 # what nfcli wrote before replicates, restarts, annealing, stopping and event counts were recorded
 NEWER = [
     "start", "restarts_fitted", "device", "threads", "dtype", "anneal", "steps_done", "stopped",
