@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint format clean figures figures-flows bench-setup bench bench-gpu fuzz \
-	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist bench-vae
+	bench-posteriors posterior-reference bench-textbook bench-mcmc mnist bench-vae bench-suite
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,16 @@ bench-gpu: bench-setup
 # the reference moments are committed; `posterior-reference` remakes them with NumPyro, ~15 min)
 bench-posteriors: setup
 	$(BIN)/python benchmarks/posteriors.py --threads 2
+
+# README, "Fits that cover p": the sampling suite (benchmarks/suite.py: funnel, 40 modes, many
+# wells, a Student-t mixture, three modes, German credit, breast cancer, the 1,600-D LGCP) and the
+# hierarchical posteriors of benchmarks/posteriors/, at the defaults, seed 0, one fit per core
+# (~40 min on 2 cores)
+bench-suite: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/suite.py --csv runs/suite.csv
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/posteriors.py --threads 1 --csv runs/hierarchical.csv \
+		hier_regression_centered horseshoe irt_2pl glmm_poisson stochastic_volatility \
+		eight_schools_centered hier_logistic
 
 # README, "Exact samples: nfcli mcmc": 9 targets with nfcli-free truths, each fitted at the
 # defaults, then neutra, independence MH, HMC and random-walk MH (4 chains, the same number of U

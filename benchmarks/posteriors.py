@@ -10,7 +10,9 @@ model); their reference means and sds are in benchmarks/posteriors/reference/, m
 benchmarks/posterior_reference.py from exact formulas, quadrature or NumPyro NUTS (MCSE of each
 mean ≤ 0.02 sd). Each is fitted with nfcli.run.run_fit at FitConfig's defaults, changed only by
 --set (only the fields given are passed, so new FitConfig fields keep their defaults); then
-100,000 draws of q (float64 moments) are compared with the reference, coordinate by coordinate:
+the draws the fit writes (samples.npy: q's own, or MCMC's with the flow where the verdict asks
+for it, FitConfig.sampler) are compared with the reference, coordinate by coordinate (and, for
+comparison, 100,000 of q's own draws, "q alone"):
 
     mean err = max_i |E_q z_i − E_p z_i| / sd_p(z_i)
     sd ratio = sd_q(z_i) / sd_p(z_i) for the coordinate whose ratio is farthest from 1 (in log)
@@ -29,6 +31,7 @@ import math
 import shlex
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,8 +56,11 @@ COLUMNS = [
     "worst_sd_ratio",
     "passes",
     "verdict",
+    "sampler",
+    "q_score",
     "steps",
     "fit_s",
+    "total_s",
     "flow",
     "worst_mean_coord",
     "worst_sd_coord",
@@ -79,13 +85,16 @@ class Row:
     worst_mean_coord: str = ""
     worst_sd_coord: str = ""
     note: str = ""
+    sampler: str = ""  # where samples.npy's draws came from (the report's sampler)
+    q_score: str = ""  # q's own draws: mean err / sd ratio
+    total_s: float = math.nan  # the whole run_fit: start, fit, report, chains, figures
 
     def markdown(self) -> str:
         return (
             f"| {self.posterior} | {self.D} | {self.mean_err_sd:.3f} | {self.worst_sd_ratio:.3f} "
-            f"| {'yes' if self.passes else 'no'} | {self.verdict} | {self.steps or ''} "
-            f"| {self.fit_s:.1f} | {self.flow} | {self.worst_mean_coord} | {self.worst_sd_coord} "
-            f"| {self.note} |"
+            f"| {'yes' if self.passes else 'no'} | {self.verdict} | {self.sampler} "
+            f"| {self.q_score} | {self.steps or ''} | {self.fit_s:.1f} | {self.total_s:.1f} "
+            f"| {self.flow} | {self.worst_mean_coord} | {self.worst_sd_coord} | {self.note} |"
         )
 
 
@@ -142,30 +151,29 @@ def score(name: str, settings: dict[str, Any], seed: int) -> Row:
     if list(energy.names) != ref["names"]:
         raise SystemExit(f"{name}: the file's NAMES differ from its reference's; regenerate it")
     config = FitConfig(**{"seed": seed, **settings})
+    began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix=f"nfcli-{name}-") as out:
             checkpoint, report = run_fit(energy, config, output=out, force=True)
+            written = np.load(Path(out) / "samples.npy").astype(float)
     except NfcliError as e:
         row.note = f"fit failed: {' '.join(str(e).split())[:200]}"
         return row
+    row.total_s = time.perf_counter() - began
     with torch.no_grad():
         draws = checkpoint.flow.sample(DRAWS, torch.Generator().manual_seed(seed + 1))
-    draws = draws.double().numpy()
-    finite = np.isfinite(draws).all(axis=1)
-    if not finite.all():
-        row.note = f"{(~finite).sum()} non-finite draws left out"
-        draws = draws[finite]
     mean_ref, sd_ref = np.asarray(ref["mean"]), np.asarray(ref["sd"])
-    mean_err = np.abs(draws.mean(0) - mean_ref) / sd_ref
-    ratio = draws.std(0, ddof=1) / sd_ref
-    worst_mean, worst_sd = int(np.argmax(mean_err)), int(np.argmax(np.abs(np.log(ratio))))
-    row.mean_err_sd = float(mean_err[worst_mean])
-    row.worst_sd_ratio = float(ratio[worst_sd])
-    row.passes = bool(
-        finite.all()
-        and (mean_err <= MEAN_TOL).all()
-        and ((ratio >= SD_RATIO_LOW) & (ratio <= SD_RATIO_HIGH)).all()
-    )
+    q_err, q_ratio, _, _, _ = compare(draws.double().numpy(), mean_ref, sd_ref)
+    row.q_score = f"{q_err:.3f} / {q_ratio:.3f}"
+    # what the user gets: samples.npy, q's own draws or MCMC's (FitConfig.sampler)
+    row.sampler = getattr(report, "sampler", None) or "q"  # (nfcli before issue 27: q)
+    chains = getattr(report, "chains", None)
+    if chains is not None:
+        row.sampler += f" (R-hat {chains['max_rhat'] or math.nan:.3f})"
+    err, ratio, passes, worst_mean, worst_sd = compare(written, mean_ref, sd_ref)
+    if not np.isfinite(written).all():
+        row.note = f"{(~np.isfinite(written).all(axis=1)).sum()} non-finite draws left out"
+    row.mean_err_sd, row.worst_sd_ratio, row.passes = err, ratio, passes
     row.verdict = report.verdict or ""
     row.steps = report.steps_done
     row.fit_s = float(report.wall_time_s or math.nan)
@@ -173,6 +181,24 @@ def score(name: str, settings: dict[str, Any], seed: int) -> Row:
     row.worst_mean_coord = energy.names[worst_mean]
     row.worst_sd_coord = energy.names[worst_sd]
     return row
+
+
+def compare(
+    draws: np.ndarray, mean_ref: np.ndarray, sd_ref: np.ndarray
+) -> tuple[float, float, bool, int, int]:
+    """The worst |mean error| in reference sds, the sd ratio farthest from 1, whether every
+    coordinate passes, and the coordinates of the two worst; non-finite draws left out."""
+    finite = np.isfinite(draws).all(axis=1)
+    x = draws[finite]
+    mean_err = np.abs(x.mean(0) - mean_ref) / sd_ref
+    ratio = x.std(0, ddof=1) / sd_ref
+    worst_mean, worst_sd = int(np.argmax(mean_err)), int(np.argmax(np.abs(np.log(ratio))))
+    passes = bool(
+        finite.all()
+        and (mean_err <= MEAN_TOL).all()
+        and ((ratio >= SD_RATIO_LOW) & (ratio <= SD_RATIO_HIGH)).all()
+    )
+    return float(mean_err[worst_mean]), float(ratio[worst_sd]), passes, worst_mean, worst_sd
 
 
 def main() -> None:
@@ -204,10 +230,11 @@ def main() -> None:
     print(f"nfcli {nfcli.__version__}, commit {nfcli_commit()}; torch {torch.__version__}")
     print(f"threads: {args.threads}; FitConfig set: {settings or 'nothing (defaults)'}\n")
     print(
-        "| posterior | D | max abs mean err (sd) | worst sd ratio | pass | verdict | steps "
-        "| fit s | flow | worst mean at | worst sd at | note |"
+        "| posterior | D | max abs mean err (sd) | worst sd ratio | pass | verdict | draws "
+        "| q alone: err / sd ratio | steps | fit s | total s | flow | worst mean at "
+        "| worst sd at | note |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name in names:
         row = score(name, settings, args.seed)
