@@ -365,7 +365,7 @@ SamplerOpt = Annotated[
     str | None,
     typer.Option(
         "--sampler",
-        help="The draws written to samples.npy: auto (MCMC with the flow, 16 chains, where the "
+        help="The draws written to samples.npy: auto (MCMC with the flow, 32 chains, where the "
         "verdict is not good, from 3-D on), q (the flow's own), neutra or independence. "
         "(default: auto)",
     ),

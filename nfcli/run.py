@@ -318,9 +318,9 @@ def correct_draws(
     stop: Stop | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """The draws the fit writes (N_SAMPLES of them): q's ``samples``, or, where
+    """The draws the fit writes: q's ``samples`` (N_SAMPLES of them), or, where
     ``nfcli.mcmc.draws_sampler`` says so, those of ``AFTER_FIT`` chains of MCMC with the flow
-    (16 × 625 after 300 warm-up iterations), with their summary in ``report.chains``. Chains
+    (32 × 313 after 200 warm-up iterations), with their summary in ``report.chains``. Chains
     stopped (``stop``) before any draw was kept leave q's draws, and the report says so."""
     sampler, why = draws_sampler(
         config.sampler, energy.dim, report.verdict, report.stopped, is_mixture(flow)

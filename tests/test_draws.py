@@ -46,7 +46,7 @@ def test_neutra_is_refused_for_a_mixture_and_an_unknown_sampler_by_name():
 
 @pytest.fixture
 def small_chains(monkeypatch):
-    """Short chains for the tests (the real ones are 16 × (300 + 625))."""
+    """Short chains for the tests (the real ones are 32 × (200 + 313))."""
     monkeypatch.setattr("nfcli.run.AFTER_FIT", {"chains": 4, "draws": 60, "warmup": 40})
 
 
