@@ -237,10 +237,12 @@ def reweight(
 
 
 def mixture_start(energy: Energy, lowest: Laplace | None, seed: int = 0) -> Components | None:
-    """The mixture start for a target whose start search found several modes (``lowest``: the
-    lowest one's Laplace approximation), or None where a mixture of modes cannot stand for p:
-    the survey finds fewer than two modes, or its set of modes is incomplete (Good–Turing:
-    ``Survey.complete``), as with combinatorially many modes."""
+    """The mixture start from the modes a ``survey`` of U finds (``lowest``: the lowest mode the
+    start's L-BFGS found, its Laplace approximation), or None where one Gaussian start stands:
+    the survey finds fewer than two modes, or a set of modes that is incomplete (Good–Turing:
+    ``Survey.complete``), as with combinatorially many modes. Measured on benchmarks/: every
+    posterior has one mode (the survey costs 1–3 s, 11 s on GARCH's Python-loop U), three
+    Gaussians 10 sds apart in 4-D had one found by the start's L-BFGS and three by the survey."""
     found = survey(energy, lowest, seed=seed)
     if len(found.modes) < 2 or not found.complete:
         return None

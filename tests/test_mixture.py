@@ -184,3 +184,15 @@ def test_no_mixture_where_the_modes_found_are_not_all_of_them():
     energy = energy_of(wells, 8)
     start = gaussian_start(energy)
     assert start.modes > 1 and mixture_start(energy, start.laplace) is None
+
+
+def test_modes_the_starts_lbfgs_did_not_reach_are_found_by_the_survey():
+    """Modes at 0, 10·e1, 10·e2: the start's eight L-BFGS runs (from the origin and N(0, 2²))
+    all end at the origin's; the survey finds the other two, and the fit keeps all three."""
+    far = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]]
+    energy = gaussians(far)
+    assert gaussian_start(energy).modes == 1
+    result = fit(energy, FitConfig(iters=100))
+    assert result.config.components == 3
+    z = result.flow.sample(20_000, torch.Generator().manual_seed(0)).double()
+    assert (nearest_shares(z, far) - 1 / 3).abs().max() < 0.03
