@@ -48,7 +48,7 @@ from nfcli.diagnostics import psis
 from nfcli.energy import Energy
 from nfcli.flows import Flow
 from nfcli.lost_modes import BFGS_BUDGET, MIN_STARTS, _minima, _unique, into_support, minimise
-from nfcli.mode import Laplace, derivatives, distinct_modes
+from nfcli.mode import Laplace, derivatives, distinct_modes, moment_match
 
 SURVEY_STARTS = {1: 1024, 2: 1024}  # starts in 1-D and 2-D, where they are cheap
 SURVEY_STARTS_HIGH = 256  # from 3-D on
@@ -146,18 +146,6 @@ def survey(
         result.unseen = singletons / result.reached if result.reached else 1.0
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def moment_match(modes: list[Laplace], log_weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and covariance of the mixture Σ_k w_k N(m_k, Σ_k), w = softmax(log_weights)."""
-    w = torch.softmax(log_weights.double(), 0)
-    means = torch.stack([m.mode for m in modes])
-    mean = (w[:, None] * means).sum(0)
-    d = means - mean
-    cov = sum(
-        wi * (m.covariance + torch.outer(di, di)) for wi, m, di in zip(w, modes, d, strict=True)
-    )
-    return mean, 0.5 * (cov + cov.T)
 
 
 @dataclass

@@ -337,7 +337,7 @@ def gaussian_start(
     candidates = len(scored)
     modes = distinct_modes(energy, ends, floor) if lap is not None else []
     if len(modes) > 1:  # p has several modes: one Gaussian that covers them, annealed from
-        mean, cov = _moment_match(modes)
+        mean, cov = moment_match(modes)
         terms = _elbo_terms(energy, mean, cov, eps)
         return GaussianStart(
             mean, cov, float(terms.mean()), "modes", lap, candidates + 1, draws, len(modes)
@@ -402,10 +402,12 @@ def is_minimum(
     )
 
 
-def _moment_match(modes: list[Laplace]) -> tuple[Tensor, Tensor]:
-    """Mean and covariance of the mixture of the modes' Laplace Gaussians, each weighted by its
-    Laplace ln Z (its share of the mass)."""
-    w = torch.softmax(torch.tensor([m.log_z for m in modes], dtype=torch.float64), 0)
+def moment_match(modes: list[Laplace], log_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and covariance of the mixture Σ_k w_k N(m_k, Σ_k) of the modes' Laplace Gaussians,
+    w = softmax(``log_weights``), by default each mode's Laplace ln Z (its share of the mass)."""
+    if log_weights is None:
+        log_weights = torch.tensor([m.log_z for m in modes], dtype=torch.float64)
+    w = torch.softmax(log_weights.double(), 0)
     means = torch.stack([m.mode for m in modes])
     mean = (w[:, None] * means).sum(0)
     d = means - mean
