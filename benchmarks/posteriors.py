@@ -151,15 +151,11 @@ def score(name: str, settings: dict[str, Any], seed: int) -> Row:
     if list(energy.names) != ref["names"]:
         raise SystemExit(f"{name}: the file's NAMES differ from its reference's; regenerate it")
     config = FitConfig(**{"seed": seed, **settings})
-    began = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix=f"nfcli-{name}-") as out:
-            checkpoint, report = run_fit(energy, config, output=out, force=True)
-            written = np.load(Path(out) / "samples.npy").astype(float)
+        checkpoint, report, written, row.total_s = fit_once(energy, config, name)
     except NfcliError as e:
         row.note = f"fit failed: {' '.join(str(e).split())[:200]}"
         return row
-    row.total_s = time.perf_counter() - began
     with torch.no_grad():
         draws = checkpoint.flow.sample(DRAWS, torch.Generator().manual_seed(seed + 1))
     mean_ref, sd_ref = np.asarray(ref["mean"]), np.asarray(ref["sd"])
@@ -181,6 +177,16 @@ def score(name: str, settings: dict[str, Any], seed: int) -> Row:
     row.worst_mean_coord = energy.names[worst_mean]
     row.worst_sd_coord = energy.names[worst_sd]
     return row
+
+
+def fit_once(energy, config: FitConfig, name: str) -> tuple[Any, Any, np.ndarray, float]:
+    """``run_fit`` into a temporary folder: the checkpoint, the report, the draws it wrote
+    (samples.npy) and the whole call's seconds. An NfcliError passes through."""
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"nfcli-{name}-") as out:
+        checkpoint, report = run_fit(energy, config, output=out, force=True)
+        written = np.load(Path(out) / "samples.npy").astype(float)
+    return checkpoint, report, written, time.perf_counter() - began
 
 
 def compare(

@@ -44,19 +44,16 @@ import math
 import runpy
 import shlex
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from posteriors import parse_settings
+from posteriors import fit_once, parse_settings
 from provenance import nfcli_commit
 
 import nfcli
 from nfcli import FitConfig, NfcliError, load_energy
-from nfcli.run import run_fit
 
 HERE = Path(__file__).parent
 SUITE = HERE / "suite"
@@ -160,17 +157,12 @@ def run(name: str, settings: dict, seed: int) -> Row:
     energy = load_energy(str(path))
     row = Row(target=name, D=energy.dim)
     config = FitConfig(**{"seed": seed, **settings})
-    began = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix=f"nfcli-{name}-") as out:
-            _, report = run_fit(energy, config, output=out, force=True)
-            draws = np.load(Path(out) / "samples.npy").astype(float)
+        _, report, draws, row.total_s = fit_once(energy, config, name)
     except NfcliError as e:
         row.note = f"fit failed: {' '.join(str(e).split())[:200]}"
         row.goal = "NO"
-        row.total_s = time.perf_counter() - began
         return row
-    row.total_s = time.perf_counter() - began
     row.log_z = report.log_z_is
     if "LOG_Z" in ns:
         row.log_z_err = report.log_z_is - ns["LOG_Z"]
