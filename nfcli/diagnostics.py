@@ -610,10 +610,11 @@ def lost_modes_reason(search: ModeSearch, r: TrustReport, shown: int = 3) -> str
         )
     also = f"; and {len(lost) - shown} more" if len(lost) > shown else ""
     advice = (
-        "Try --start origin --restarts 8: from the mode every restart starts on the same "
-        "Gaussian, while wide annealed starts can each settle on other modes."
+        "The fit started on every mode that its survey of U found, so the survey missed these "
+        "or the fit let them go: try a longer fit (--iters) or --restarts 8."
         if r.start == "mode"
-        else "Try --restarts 8 or a longer fit (--iters)."
+        else "Try --start mode (the default), which surveys U and starts on every mode it "
+        "finds, or --restarts 8 or a longer fit (--iters)."
     )
     return (
         f"q lost {len(lost)} of the {len(search.modes)} modes of p that a search of U from "

@@ -40,11 +40,11 @@ def rendered(r: TrustReport) -> str:
 
 @pytest.fixture(scope="module")
 def three_modes() -> TrustReport:
-    """The issue's case: 2 planar layers, 300 steps, on three far-apart modes in 4-D; the fit
-    keeps the one at the origin (it starts from the mode, and the L-BFGS search for its start
-    finds only that one), and its report as ``run_fit`` makes it."""
+    """2 planar layers, 300 steps from the origin, on three far-apart modes in 4-D: the fit
+    keeps the one at the origin (``--start origin`` makes no survey of U, so nothing puts q's
+    mass on the other two), and its report as ``run_fit`` makes it."""
     energy = load_energy(mixture(CENTRES))
-    result = fit(energy, FitConfig(K=2, flow="planar", iters=300))
+    result = fit(energy, FitConfig(K=2, flow="planar", iters=300, start="origin"))
     flow = result.flow.to("cpu").eval()
     r = evaluate(flow, energy, flow.sample(1000))
     r = replace(r, vars=list(energy.names), target="three modes", K=2, flow="planar", dim=4)
@@ -72,10 +72,11 @@ def test_a_fit_that_lost_two_of_three_modes_is_do_not_trust_and_names_them(three
     assert "(x1=10, x2=0, x3=0, x4=0)" in reason and "(x1=0, x2=10, x3=0, x4=0)" in reason
     assert "(x1=0, x2=0, x3=0, x4=0)" not in reason  # the kept mode is not named
     assert "33% of p's mass and 0.0% of q's draws" in reason
-    # from the mode every restart starts on the same Gaussian: the advice is wide starts
-    assert r.start == "mode" and "Try --start origin --restarts 8" in reason
-    _, reasons = verdict(replace(r, start="origin"))
-    assert "Try --restarts 8 or a longer fit (--iters)." in next(x for x in reasons if "lost" in x)
+    # from the origin the advice is the default start, which surveys U for modes
+    assert r.start == "origin" and "Try --start mode (the default), which surveys U" in reason
+    _, reasons = verdict(replace(r, start="mode"))
+    lost = next(x for x in reasons if "lost" in x)
+    assert "the survey missed these or the fit let them go" in lost and "--iters" in lost
     assert search.seconds < 2.0  # a small fraction of even this 300-step fit
     text = rendered(r)
     assert "mode search" in text and "3 modes from 256 starts" in text and "q lost 2" in text
