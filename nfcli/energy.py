@@ -417,9 +417,14 @@ def _describe(e: BaseException) -> str:
 def _missing_file(e: BaseException, path: str) -> str:
     """For a file the energy could not open: where it was looked for and how to make it found
     from any folder ('' for other errors)."""
-    if not isinstance(e, FileNotFoundError) or not e.filename:
+    if not isinstance(e, FileNotFoundError):
         return ""
-    missing = str(e.filename)
+    missing = str(e.filename or "")
+    if not missing:  # numpy's loadtxt/genfromtxt: FileNotFoundError("data.csv not found.")
+        said = re.fullmatch(r"(.+?) not found\.?", str(e.args[0]) if e.args else "")
+        missing = said.group(1) if said else ""
+    if not missing:
+        return ""
     if not os.path.isabs(missing):
         return (
             f"The energy reads {missing}, a path relative to the folder nfcli runs in "

@@ -188,6 +188,22 @@ def test_a_relative_data_path_is_explained(tmp_path, monkeypatch):
     assert "Path(__file__).with_name('s.txt')" in result.output
 
 
+@pytest.mark.parametrize(
+    "read", ["np.loadtxt('data.csv')", "np.genfromtxt('data.csv')", "np.load('data.npy')"]
+)
+def test_a_relative_data_path_read_with_numpy_is_explained(tmp_path, monkeypatch, read):
+    """numpy's text readers raise FileNotFoundError('data.csv not found.') with no filename:
+    the hint is the same as for open()."""
+    (tmp_path / "np_rel.py").write_text(
+        f"import numpy as np\nDIM = 1\nS = {read}\ndef energy(z):\n    return z[:, 0]**2\n"
+    )
+    monkeypatch.chdir("/")
+    result = run("fit", tmp_path / "np_rel.py", *QUICK)
+    assert_refused(result, "a path relative to the folder nfcli runs in")
+    name = read.split("'")[1]
+    assert f"Path(__file__).with_name({name!r})" in result.output
+
+
 # --- resume against another target ---------------------------------------------------------------
 
 
