@@ -73,8 +73,8 @@ from nfcli.summary import (
     variables_table,
 )
 from nfcli.targets import FAMILIES, TARGETS
-from nfcli.threads import Work, use_threads
-from nfcli.train import TrainingState, plan
+from nfcli.threads import AUTO, Work, use_threads
+from nfcli.train import TrainingState, fit_work, plan
 from nfcli.train_conditional import CONDITIONAL_ITERS, ConditionalTrainingState
 
 app = typer.Typer(
@@ -564,7 +564,9 @@ def fit(
         if threads is None and values.get("threads") is not None:  # threads: in the YAML
             threads = str(values["threads"])
     cfg = plan(energy, cfg)
-    use_threads(threads, Work(cfg.batch * cfg.restarts, energy.dim))
+    # decided once, here (the fit keeps a count as it is); a resumed fit decides afresh
+    asked = threads if threads is not None else cfg.threads if state is None else AUTO
+    cfg = dataclasses.replace(cfg, threads=use_threads(asked, fit_work(cfg, energy.dim)))
     done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
         err.print(
@@ -723,7 +725,8 @@ def _run_conditional(
     """``run_conditional_fit`` (from ``state`` if resuming) with a progress bar, its table, and
     Ctrl-C → the fit so far written and exit code 130."""
     cfg = cfg.resolve(energy.dim)
-    use_threads(threads, Work(cfg.batch, energy.dim))
+    asked = threads if threads is not None else cfg.threads if state is None else AUTO
+    cfg = dataclasses.replace(cfg, threads=use_threads(asked, Work(cfg.batch, energy.dim)))
     ranges = ", ".join(f"{c.name} in [{c.lo:g}, {c.hi:g}]" for c in energy.conditions)
     done = state.step if state is not None else 0
     with stop_on_signals() as stop, fit_progress() as progress:
@@ -1109,7 +1112,8 @@ def compare(
     Ks = parse_ints(K, "--K")
     flows = [f.strip() for f in flow.split(",")]
     widest = max(e.dim for e in energies)
-    use_threads(threads, Work(cfg.resolve(widest).batch * cfg.restarts, widest))
+    n = use_threads(threads or cfg.threads, fit_work(cfg.resolve(widest), widest))
+    cfg = dataclasses.replace(cfg, threads=n)  # each fit keeps it (a worker of --jobs, its share)
 
     finished = []  # with --jobs, fits end in any order: each line says how many have
 

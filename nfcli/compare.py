@@ -177,7 +177,7 @@ def plan(
 def _matches(ckpt: Checkpoint, energy: Energy, config: FitConfig) -> bool:
     source = ckpt.energy_source
     return (
-        ckpt.config.to_dict() == config.to_dict()
+        ckpt.config.fitted() == config.fitted()
         and source.get("text") == energy.source["text"]
         and tuple(source.get("vars", ())) == energy.names
     )
@@ -387,11 +387,13 @@ def fit_in_workers(
     cancel = ctx.Event()
     count = min(workers, len(jobs))
     futures: dict[Future[None], int] = {}
-    with ProcessPoolExecutor(count, ctx, _start_worker, (cancel, worker_threads(count))) as pool:
+    threads = worker_threads(count)
+    with ProcessPoolExecutor(count, ctx, _start_worker, (cancel, threads)) as pool:
         try:
             with _sigint_held():
                 for k, job in enumerate(jobs):
-                    task = WorkerFit(dict(job.energy.source), job.config, job.folder, str(device))
+                    config = replace(job.config, threads=threads)
+                    task = WorkerFit(dict(job.energy.source), config, job.folder, str(device))
                     futures[pool.submit(_fit_in_worker, task)] = k
             for future in as_completed(futures):
                 try:

@@ -19,12 +19,16 @@ from nfcli.flows import (
     MIXING,
     architecture,
 )
+from nfcli.threads import parse_threads
 
 ANNEAL_FRACTION = 0.375  # the measured defaults: 3000 of 8000 steps
 FLOW_CHOICES = ("auto", *FLOW_TYPES)
 STARTS = ("auto", "origin", "mode")
 SAMPLERS = ("auto", "q", "neutra", "independence")  # the draws a fit writes (nfcli.mcmc)
 SET_BY_THE_FIT = ("components",)  # FitConfig fields that record what the fit chose: no options
+# FitConfig fields that say how a fit runs, not what it fits: --resume may change them, and a
+# fit that differs from another only in them is the same fit (nfcli compare --reuse)
+RUN_SETTINGS = ("threads",)
 AUTO_FLOW = "realnvp"  # --flow auto from 3 dimensions on (README, "Real posteriors")
 # what auto resolves to in 1-2 D, for any D: the settings every measurement before issue 13 used
 # (benchmarks that reproduce those tables pin it; the flow type they set themselves)
@@ -72,6 +76,10 @@ class FitConfig:
     # start's survey found (nfcli.mixture). Set by the fit, not an option: it records, for resume
     # and the checkpoint, what the start was
     components: int = 1
+    # CPU threads for the fit (torch.set_num_threads, process-wide): auto (nfcli.threads' policy,
+    # as on the command line: one thread unless the problem is large and cores are free), or a
+    # count
+    threads: int | str = "auto"
 
     def __post_init__(self) -> None:
         """Fill in the flow type's defaults, so that a config always says what was fitted."""
@@ -135,6 +143,7 @@ class FitConfig:
                 f"--sampler {self.sampler}: choose auto (MCMC with the flow where the verdict is "
                 "not good, from 3-D on), q (the flow's own draws), neutra or independence."
             )
+        parse_threads(self.threads)  # "auto" or a positive count, at most the CPUs
         if self.base not in BASE_TYPES:
             raise NfcliError(
                 f"Unknown base {self.base!r}. Choose one of: {', '.join(BASE_TYPES)} (student_t: "
@@ -267,6 +276,10 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fitted(self) -> dict:
+        """``to_dict`` without ``RUN_SETTINGS``: what decides the fit, for comparing two."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_SETTINGS}
 
 
 def extend(config: FitConfig, iters: int) -> FitConfig:

@@ -46,6 +46,7 @@ from nfcli.mixture import (
 )
 from nfcli.mode import GaussianStart, gaussian_start, resolution
 from nfcli.resume import get_rng, set_rng, to_cpu
+from nfcli.threads import Work, use_threads
 
 
 def beta_schedule(t: int | Tensor, anneal: int, beta0: float = 0.01):
@@ -187,6 +188,8 @@ def fit(
     ends at that new end."""
     config = plan(energy, config)
     config.validate(energy.dim)
+    # the command line's thread policy (nfcli.threads), so that the library fits as fast
+    config = replace(config, threads=use_threads(config.threads, fit_work(config, energy.dim)))
     reuse_freed_memory()
     device = torch.device(device)
     if resume is not None and resume.step > config.iters:
@@ -197,6 +200,12 @@ def fit(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _fit(energy, config, progress, every, device, monitor, stop, resume)
+
+
+def fit_work(config: FitConfig, dim: int) -> Work:
+    """The size of a fit's largest tensors, for its thread count: batch × restarts draws of
+    ``dim`` variables (``config`` resolved)."""
+    return Work(config.batch * config.restarts, dim)
 
 
 def plan(energy: Energy, config: FitConfig) -> FitConfig:

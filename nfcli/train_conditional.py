@@ -34,6 +34,7 @@ from nfcli.config import FitConfig
 from nfcli.devices import resolve_dtype
 from nfcli.errors import NfcliError
 from nfcli.resume import PlainState, get_rng, set_rng
+from nfcli.threads import Work, use_threads
 from nfcli.train import beta_schedule, grad_norm, lr_factor
 
 CONDITIONS_PER_STEP = 16  # M: conditions drawn per step (the batch is split between them)
@@ -113,6 +114,8 @@ def fit_conditional(
     global random state is left as it was; the returned flow and losses are on ``device``."""
     # from the origin: a start at p's mode would be one Gaussian for every c
     config = replace(config, start="origin").resolve(energy.dim)
+    # the command line's thread policy (nfcli.threads) for a batch of draws of z
+    config = replace(config, threads=use_threads(config.threads, Work(config.batch, energy.dim)))
     if resume is not None and resume.step > config.iters:
         raise NfcliError(
             f"The conditional fit to resume has done {resume.step} steps already; ask for more "

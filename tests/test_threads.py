@@ -143,3 +143,48 @@ def test_parse_threads_accepts_auto_and_spaces():
     assert th.parse_threads(None) is None
     assert th.parse_threads(" Auto ") is None
     assert th.parse_threads(" 1 ") == 1
+
+
+# --- the library: fit() and run_fit() apply the same policy (issue 28) ----------------------------
+
+
+def test_the_library_fit_applies_the_policy_not_torchs_default(monkeypatch):
+    """A user's script calling fit() gets what the command line gets: one thread for a 2-D
+    problem (it kept torch's default of one per core, 8x slower with a busy core), and the count
+    recorded in the result's config."""
+    from nfcli import FitConfig, fit, load_energy
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    result = fit(load_energy(GAUSS), FitConfig(iters=5, batch=64, K=2))
+    assert torch.get_num_threads() == 1 and result.config.threads == 1
+
+
+def test_the_library_fit_takes_a_count_and_refuses_a_bad_one(monkeypatch):
+    from nfcli import FitConfig, NfcliError, fit, load_energy
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    energy = load_energy(GAUSS)
+    torch.set_num_threads(1)
+    cpus = th.cpu_count()
+    result = fit(energy, FitConfig(iters=5, batch=64, K=2, threads=cpus))
+    assert torch.get_num_threads() == cpus and result.config.threads == cpus
+    with pytest.raises(NfcliError, match="is not a thread count"):
+        fit(energy, FitConfig(iters=5, threads=0))
+    with pytest.raises(NfcliError, match="is more than the"):
+        fit(energy, FitConfig(iters=5, threads=cpus + 1))
+
+
+def test_threads_in_a_config_file_are_used(tmp_path):
+    (tmp_path / "c.yaml").write_text("threads: 1\niters: 20\nbatch: 64\nK: 2\n")
+    result = run("fit", GAUSS, "--config", tmp_path / "c.yaml", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["threads"] == 1
+
+
+def test_a_fit_that_differs_only_in_threads_is_the_same_fit():
+    """compare --reuse, and what resume may change: threads say how a fit runs, not what."""
+    from nfcli import FitConfig
+
+    a, b = FitConfig(threads=1), FitConfig(threads="auto")
+    assert a.to_dict() != b.to_dict() and a.fitted() == b.fitted()
