@@ -1871,7 +1871,14 @@ def vae(
     latent: int = option(40, "--latent", help="Latent variables."),
     hidden: str = option("400,400", "--hidden", help="Hidden units of encoder and decoder."),
     batch: int = option(100, "--batch", help="Images per update."),
-    anneal: int = option(10000, "--anneal", help="Updates of β from 0.01 to 1 (0: none)."),
+    anneal: Annotated[
+        int | None,
+        typer.Option(
+            "--anneal",
+            help="Updates of β from 0.01 to 1 (0: none). (default: 2/3 of --updates, at most the "
+            "paper's 10,000)",
+        ),
+    ] = None,
     binarize: str = option(
         "dynamic", "--binarize", help="dynamic (a fresh draw every update) or fixed (once)."
     ),

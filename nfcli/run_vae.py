@@ -153,6 +153,9 @@ def vae_metrics(ckpt: VaeCheckpoint) -> dict[str, Any]:
         "config": ckpt.config.to_dict(),
         "data": ckpt.data,
         "updates_done": ckpt.training.step if ckpt.training is not None else None,
+        # β at the last update done: 1 once the schedule (config's anneal) has finished, below 1
+        # for a model stopped before that, whose bound is not yet the ELBO
+        "final_beta": ckpt.config.final_beta(ckpt.training.step if ckpt.training else None),
         "epochs": len(h.updates),
         "train_elbo": h.train_elbo[-1] if h.train_elbo else None,
         "valid_elbo": h.valid_elbo[-1] if h.valid_elbo else None,

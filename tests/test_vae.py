@@ -10,11 +10,12 @@ import torch
 
 from nfcli.checkpoint import VaeCheckpoint, load_vae_checkpoint, save_vae_checkpoint, versions
 from nfcli.datasets import ImageData, fixture
+from nfcli.errors import NfcliError
 from nfcli.train_vae import VaeConfig, VaeHistory, evaluate, fit_vae
 from nfcli.vae import VAE, VaeSpec
 from tests.clitools import assert_refused, run
 
-TINY = dict(latent=2, hidden=(16,), batch=50, anneal=50)
+TINY = dict(latent=2, hidden=(16,), batch=50)  # anneal: 2/3 of the updates
 
 
 def _model(K: int, latent: int = 3, pixels: int = 6, seed: int = 0) -> VAE:
@@ -78,7 +79,7 @@ def test_a_short_fit_raises_the_bound_and_importance_sampling_tightens_it():
     data = fixture()
     results = {}
     for K in (0, 4):
-        r = fit_vae(data, VaeConfig(K=K, updates=600, **TINY))
+        r = fit_vae(data, VaeConfig(K=K, updates=600, anneal=50, **TINY))
         assert r.stopped is None and r.steps == 600 and len(r.history.updates) == 50
         assert r.history.valid_elbo[-1] > r.history.valid_elbo[0] + 5
         results[K] = evaluate(r.model, data.test, samples=50)
@@ -279,3 +280,30 @@ def test_a_users_npy_trains_and_vae_eval_finds_the_same_images_again(tmp_path):
     assert m["test"]["images"] == 20  # a tenth of 200, split by --seed
     r = run("vae-eval", out / "model.pt", "--samples", 3)
     assert r.exit_code == 0 and "20 images" in r.output, r.output
+
+
+# --- β must reach 1: the anneal scales with a short run, and one it cannot finish is refused ---
+
+
+def test_without_anneal_beta_ends_at_one_whatever_the_updates():
+    """The issue: --updates 2000 kept --anneal 10,000, so β ended at 0.21 and the model learnt
+    another objective. Not given, anneal is 2/3 of the updates, at most the paper's 10,000."""
+    for updates, anneal in ((2000, 1333), (15_000, 10_000), (500_000, 10_000), (3, 2)):
+        cfg = VaeConfig(updates=updates).resolve()
+        assert cfg.anneal == anneal and cfg.final_beta() == 1.0
+    assert VaeConfig(updates=2000, anneal=5000).final_beta() == pytest.approx(0.01 + 1999 / 5000)
+    r = fit_vae(fixture(), VaeConfig(K=0, updates=12, **TINY))
+    assert r.config.anneal == 8  # the trained config says what β did
+
+
+def test_an_anneal_beta_cannot_finish_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(NfcliError, match=r"it would end at 0\.21 .* e\.g\. --anneal 1333"):
+        VaeConfig(updates=2000, anneal=10_000).validate()
+    result = run("vae", "--data", "synthetic", "--updates", "30", "--anneal", "100", "-o", tmp_path)
+    assert_refused(result, "--anneal 100 with --updates 30")
+    assert "Leave --anneal out" in result.output and not (tmp_path / "model.pt").exists()
+
+
+def test_metrics_record_the_anneal_and_the_final_beta(table):
+    m = json.loads((table / "K0" / "metrics.json").read_text())
+    assert m["config"]["anneal"] == 20 and m["final_beta"] == 1.0
