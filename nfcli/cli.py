@@ -1208,7 +1208,16 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
         )
     n, sets = r.monte_carlo_samples, r.replicate_sets if r.replicate_sets is not None else 1
     over = f" over {sets} sets of {n:,} draws" if sets > 1 else ""
-    t.add_row("ELBO", f"{r.elbo:.4f} ± {r.elbo_se:.4f}")
+    f = r.outside_share
+    if math.isfinite(r.elbo):
+        t.add_row("ELBO", f"{r.elbo:.4f} ± {r.elbo_se:.4f}")
+    else:  # q has draws where p = 0: no "± s.e." on an infinity; the finite part beside it
+        inside = (
+            ""
+            if r.elbo_inside is None
+            else (f"; over the other draws, {r.elbo_inside:.4f} ± {r.elbo_se:.4f}")
+        )
+        t.add_row("ELBO", f"−∞: U is not finite at {f:.2%} of q's draws (p = 0 there){inside}")
     ess, khat = r.ess_fraction, r.khat
     one_draw = ess * n < 2  # one weight carries everything: no k̂ or ln Z worth printing
     note = r.khat_note or (
@@ -1231,6 +1240,8 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
     khats = [k if math.isfinite(k) else math.inf for k in replicates]
     if not math.isfinite(khat) or one_draw:
         reading = f"not available: {note or 'the Pareto fit failed'} (do not trust)"
+    elif r.verdict is not None and r.verdict != r.khat_verdict:  # not "good" beside DO NOT TRUST
+        reading = f"{khat:.3f} ({r.khat_verdict} by k̂ alone; the verdict weighs everything)"
     else:
         reading = f"{khat:.3f} ({r.khat_verdict})"
     if len(khats) > 1:
@@ -1252,7 +1263,19 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
                 t.add_row(name, "not available (needs ln Z by quadrature)")
         else:
             t.add_row("ln Z (quadrature)", f"{q.log_z:.4f}")
-            t.add_row("KL(q‖p)", f"{q.kl_qp:.4f} ± {q.kl_qp_se:.4f} nats")
+            if math.isfinite(q.kl_qp):
+                t.add_row("KL(q‖p)", f"{q.kl_qp:.4f} ± {q.kl_qp_se:.4f} nats")
+            else:
+                inside = r.kl_qp_inside
+                t.add_row(
+                    "KL(q‖p)",
+                    f"∞: q puts {f:.2%} of its draws where p = 0"
+                    + (
+                        f"; q restricted to p's support: {inside:.4f} ± {q.kl_qp_se:.4f} nats"
+                        if inside is not None
+                        else ""
+                    ),
+                )
             t.add_row("KL(p‖q)", f"{q.kl_pq:.4f} nats")
             t.add_row("total variation", f"{q.tv:.4f}")
     if r.mode_search is not None:

@@ -194,7 +194,9 @@ def psis(log_w: Tensor) -> tuple[Tensor, float]:
 class ImportanceSampling:
     """ln Z ≈ ln mean(w), w = p̃/q = exp(−U − ln q) Pareto-smoothed, with its Monte-Carlo standard
     error (delta method), the Kish effective sample size as a fraction, (Σw)²/(S Σw²), k̂, and the
-    ELBO = mean(ln w) with its standard error (−∞ when U or ln q is not finite at some draw)."""
+    ELBO = mean(ln w) with its standard error (−∞ when U or ln q is not finite at some draw: q
+    has mass where p has none), and ``elbo_inside``, mean(ln w) over the draws where it is finite
+    (its standard error is ``elbo_se``)."""
 
     log_z: float
     log_z_se: float
@@ -205,6 +207,7 @@ class ImportanceSampling:
     samples: int
     nonfinite: int  # samples where U or ln q was not finite (dropped)
     note: str = ""  # why k̂ or ln Z is not available (k̂ = ∞ or ln Z = NaN), else ""
+    elbo_inside: float = math.nan  # mean ln w over the finite draws (= elbo when all are)
 
 
 @torch.no_grad()
@@ -240,12 +243,13 @@ def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
     finite = torch.isfinite(log_w)
     S, nonfinite = int(finite.sum()), int((~finite).sum())
     raw = log_w[finite].double()
-    elbo = float(raw.mean()) if nonfinite == 0 and S else -math.inf
+    inside = float(raw.mean()) if S else math.nan
+    elbo = inside if nonfinite == 0 and S else -math.inf
     elbo_se = float(raw.std() / math.sqrt(S)) if S > 1 else math.nan
     if S < 2:
         note = f"U or ln q is infinite or NaN at {nonfinite:,} of {S + nonfinite:,} draws of q"
         return ImportanceSampling(
-            math.nan, math.nan, 0.0, math.inf, elbo, elbo_se, S, nonfinite, note
+            math.nan, math.nan, 0.0, math.inf, elbo, elbo_se, S, nonfinite, note, inside
         )
     smoothed, khat = psis(raw)
     w = torch.exp(smoothed - smoothed.max())
@@ -264,7 +268,7 @@ def importance_from_log_weights(log_w: Tensor) -> ImportanceSampling:
             if ess * S < 2 or top > 0.5
             else f"the Pareto fit to the largest of {S:,} weights failed"
         )
-    return ImportanceSampling(log_z, se, ess, khat, elbo, elbo_se, S, nonfinite, note)
+    return ImportanceSampling(log_z, se, ess, khat, elbo, elbo_se, S, nonfinite, note, inside)
 
 
 @dataclass
@@ -464,10 +468,19 @@ def tails_advice(exponent: float | None) -> str:
     return TAILS + (HEAVY_ADVICE if exponent < 1.5 else LIGHT_ADVICE).format(a=exponent)
 
 
+# the share of q's draws outside p's support (U not finite) above which a fit is at best usable:
+# benchmarks/textbook.py's pass mark (README, "Textbook densities")
+OUTSIDE_USABLE = 0.001
 MODE_ADVICE = (
     "the largest weights sit inside q's bulk, where p has a mode or region that q underweights, "
     "so importance weights and their ln Z cannot be trusted; try --restarts 8, a larger --K or "
     "more --iters."
+)
+EDGE_ADVICE = (
+    "the largest weights sit inside q, and q also has draws where p = 0 (U is not finite): p's "
+    "density ends at the edge of its support, which q's smooth density cannot follow, so "
+    "importance weights and their ln Z cannot be trusted; fit an unconstrained transform of the "
+    "bounded variables (ln x for x > 0, logit for 0 < x < 1, with the log-Jacobian added to U)."
 )
 UNKNOWN_ADVICE = (
     "q misses mass that p has: a lost mode (try --restarts 8, a larger --K or more --iters) or "
@@ -515,13 +528,21 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
     borderline = khat_verdict(min(ks)) != khat_verdict(k_hi)
     edge = ": borderline" if borderline else ""
     cause = r.khat_cause
+    if cause == "mode" and r.outside_share > 0:
+        cause = "edge"  # inside q, but p has a support boundary there: no mode to restart for
     if khat_verdict(k_mid) == "do not trust":
-        advice = {"tails": tails_advice(r.tail_exponent), "mode": MODE_ADVICE}.get(
-            cause, UNKNOWN_ADVICE
-        )
+        advice = {
+            "tails": tails_advice(r.tail_exponent),
+            "mode": MODE_ADVICE,
+            "edge": EDGE_ADVICE,
+        }.get(cause, UNKNOWN_ADVICE)
         worse(2, f"{shown} (> {KHAT_TRUST} is do not trust{edge}): {advice}")
     elif khat_verdict(k_mid) == "usable" or borderline:
-        why = {"tails": "the largest weights sit in q's tails", "mode": "q underweights a mode"}
+        why = {
+            "tails": "the largest weights sit in q's tails",
+            "mode": "q underweights a mode",
+            "edge": "q cannot follow p at the edge of its support",
+        }
         far = (
             f"; where k̂ > {KHAT_TRUST}, {why.get(cause, 'q misses some of p’s mass')}"
             if khat_verdict(k_hi) == "do not trust"
@@ -534,18 +555,28 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
         )
     a = r.tail_exponent
     heavy = a is None or not math.isfinite(a) or a < 1.5
-    kl = r.kl_qp
+    kl, named = r.kl_qp, "KL(q‖p)"
+    if kl is not None and not math.isfinite(kl) and r.kl_qp_inside is not None:
+        # q has draws where p = 0: KL is ∞ for that alone; judge the fit inside the support
+        kl, named, f = r.kl_qp_inside, "KL(q‖p) over p's support", r.outside_share
+        if f > OUTSIDE_USABLE:
+            worse(
+                1,
+                f"q puts {f:.2%} of its draws where p = 0 (U is not finite there), so KL(q‖p) is "
+                "infinite; sample --resample gives them weight 0. A transform to an unconstrained "
+                "variable (ln x for x > 0, logit for 0 < x < 1) keeps every draw inside.",
+            )
     if kl is not None:
         if not math.isfinite(kl) or kl > 0.2:
-            worse(2, f"KL(q‖p) = {kl:.3f} nats is large: q is a poor match for p.")
+            worse(2, f"{named} = {kl:.3f} nats is large: q is a poor match for p.")
         elif kl > 0.05 and cause == "tails" and k_hi > KHAT_TRUST and heavy:
             worse(
                 1,
-                f"KL(q‖p) = {kl:.3f} nats: a fair match; if the misfit is in the tails (see k̂), "
+                f"{named} = {kl:.3f} nats: a fair match; if the misfit is in the tails (see k̂), "
                 "more --iters or a larger --K will not remove it.",
             )
         elif kl > 0.05:
-            worse(1, f"KL(q‖p) = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
+            worse(1, f"{named} = {kl:.3f} nats: a fair match; more --iters or a larger --K help.")
     esses = r.ess_fraction_replicates or ([r.ess_fraction] if r.ess_fraction is not None else [])
     if esses:
         ess, ess_shown = statistics.median(esses), f"ESS {_span(esses, '.1%')} of the samples{over}"
@@ -554,6 +585,7 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
                 "tails": "a few draws far out in q's tails carry all the weight (see k̂)",
                 "mode": "a few samples carry all the weight, as when q misses a mode; try "
                 "--restarts 8",
+                "edge": "a few samples near the edge of p's support carry all the weight",
             }.get(
                 cause,
                 "a few samples carry all the weight: q misses a mode or its tails are too light",

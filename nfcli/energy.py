@@ -322,6 +322,17 @@ def _file_names(module: types.ModuleType, path: str) -> tuple[str, ...]:
 
 
 @torch.no_grad()
+def _finite_in_float64(energy: Energy, z: Tensor) -> bool:
+    """Whether U is finite at every point of ``z`` when evaluated in float64 (an energy that
+    cannot be is taken as not)."""
+    if z.dtype == torch.float64:
+        return False
+    try:
+        return bool(torch.isfinite(energy(z.double())).all())
+    except Exception:  # a user's energy that only runs in float32
+        return False
+
+
 def undefined_region(energy: Energy, z: Tensor) -> str:
     """Where U is not finite among the points z (N, D) and their mirror images −z, as advice.
     If one variable's sign splits the points where U is finite from those where it is not
@@ -348,11 +359,18 @@ def undefined_region(energy: Energy, z: Tensor) -> str:
                 f"the samples back with {name} = {sign}exp(t). Do not wrap the logarithm in "
                 f"Abs(): that puts a mirror image of p at {name} {side}."
             )
+    if _finite_in_float64(energy, z[bad]):
+        return (
+            "U is not finite in part of where q puts samples in float32, and is in float64 (an "
+            "overflow or underflow): try --dtype float64, or write U so that its terms stay "
+            "within float32's range."
+        )
     return (
-        "U is not finite in part of where q puts samples (a log or sqrt of a negative number, a "
-        "division by zero, or an overflow: try --dtype float64). Where p has no mass, make U "
-        "large and finite rather than undefined (e.g. a Piecewise with a steep wall), or fit an "
-        "unconstrained transform of a constrained variable."
+        "U is not finite in part of where q puts samples, in float64 too (a log or sqrt of a "
+        "negative number, a division by zero), so p has no mass there: make U large and finite "
+        "rather than undefined where p has no mass (e.g. a Piecewise with a steep wall), or fit "
+        "an unconstrained transform of each bounded variable (ln x for x > 0, logit for "
+        "0 < x < 1, with the log-Jacobian added to U)."
     )
 
 

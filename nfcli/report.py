@@ -15,6 +15,7 @@ in ``extra`` and written back at the end. So ``to_dict(from_dict(d)) == d`` for 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,9 @@ class TrustReport:
     large_weights_edge_share: float | None = None  # with khat_cause
     tail_exponent: float | None = None  # U ~ r^a far out; with khat_cause "tails"
     log_z_reference: float | None = None  # a built-in target's exact ln Z
+    # where q has draws at which U is not finite (p = 0 there): the ELBO is −∞ and KL(q‖p) ∞;
+    # this is mean ln w over the other draws (q restricted to p's support; written only then)
+    elbo_inside: float | None = None
     quadrature: Quadrature | None = None  # D ≤ 2 only
     mode_search: ModeSearch | None = None  # D ≥ 3 only: nfcli.lost_modes.search_modes
     warnings: list[str] = field(default_factory=list)
@@ -121,6 +125,23 @@ class TrustReport:
     def kl_qp(self) -> float | None:
         """KL(q‖p) in nats where quadrature gave ln Z (D ≤ 2), else None."""
         return self.quadrature.kl_qp if self.quadrature is not None else None
+
+    @property
+    def outside_share(self) -> float:
+        """The share of q's draws (the first set) where U or ln q is not finite: q's mass where p
+        has none (0 where not known)."""
+        n, bad = self.monte_carlo_samples, self.nonfinite_samples
+        return bad / n if n and bad else 0.0
+
+    @property
+    def kl_qp_inside(self) -> float | None:
+        """Where q has mass outside p's support (``outside_share`` > 0, so KL(q‖p) = ∞): KL from
+        q restricted to the support and renormalised, q_in = q / (1 − f), to p, by quadrature's
+        ln Z: ln Z − E_q_in[ln w] − ln(1 − f). None elsewhere or without quadrature."""
+        f, q = self.outside_share, self.quadrature
+        if not f or f >= 1 or self.elbo_inside is None or q is None or q.log_z is None:
+            return None
+        return q.log_z - self.elbo_inside - math.log1p(-f)
 
     def to_dict(self) -> dict[str, Any]:
         """metrics.json's dict: every key in its place, the conditional ones only when set."""
@@ -216,6 +237,7 @@ _IS_KEYS = (
 )  # fmt: skip
 _IS_OPTIONAL_KEYS = (
     "khat_note", "khat_cause", "large_weights_edge_share", "tail_exponent", "log_z_reference",
+    "elbo_inside",
 )  # fmt: skip
 _QUADRATURE_KEYS = ("log_z_quadrature", "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window")
 _RESTART_KEYS = ("restarts", "restart_kept", "restarts_log_z_spread", "restarts_log_z_noise")

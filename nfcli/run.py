@@ -112,6 +112,7 @@ def evaluate(
         khat_replicates=khats,
         ess_fraction_replicates=esses,
         log_z_is_replicates=[s[0].log_z for s in sets_],
+        elbo_inside=imp.elbo_inside if imp.nonfinite else None,
     )
     notes = [s[0].note for s in sets_ if s[0].note]
     if notes:
@@ -155,7 +156,7 @@ def evaluate(
         r.mode_search = search_modes(energy, sets_[0][1], seed=seed)
     if imp.nonfinite:
         warnings.append(
-            f"U or ln q was infinite or NaN at {imp.nonfinite} of {N_MONTE_CARLO} samples of q."
+            f"U or ln q was infinite or NaN at {imp.nonfinite:,} of {N_MONTE_CARLO:,} samples of q."
         )
     r.warnings = warnings
     return r
