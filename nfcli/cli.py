@@ -38,7 +38,13 @@ from nfcli.checkpoint import (
 from nfcli.compare import run_compare, split_targets
 from nfcli.conditional_figures import write_conditional_figures
 from nfcli.conditional_metrics import ConditionalReport
-from nfcli.conditional_report import ConditionalSummary, ConditionPoint, evaluate_at, summarise
+from nfcli.conditional_report import (
+    ConditionalSummary,
+    ConditionPoint,
+    conditional_verdict,
+    evaluate_at,
+    summarise,
+)
 from nfcli.conditions import ConditionalEnergy, load_conditional_energy, parse_at, parse_conditions
 from nfcli.config import AUTO_FLOW, SET_BY_THE_FIT, FitConfig, extend
 from nfcli.devices import generator as make_generator
@@ -786,6 +792,7 @@ def conditional_table(
         t.add_column(c.name, justify="right")
     for col in ("ELBO", "KL(q‖p)", "KL(p‖q)", "TV", "ESS", "k̂"):
         t.add_column(col, justify="right")
+    t.add_column("verdict")
 
     def num(v: float | None, fmt: str = ".4f") -> str:
         return "—" if v is None else format(v, fmt)
@@ -799,6 +806,7 @@ def conditional_table(
             num(p.tv),
             f"{p.ess_fraction:.1%}",
             f"{p.khat:.2f}" if math.isfinite(p.khat) else "—",
+            p.verdict or "",
         )
     if summary is not None:
         blank = [""] * len(conds)
@@ -809,8 +817,11 @@ def conditional_table(
             t.add_row("worst", *blank[1:], "", num(summary.worst_kl_qp), "", "", "", f"at {at}")
         at = ", ".join(f"{v:.4g}" for v in summary.worst_khat_at)
         t.add_row("worst k̂", *blank[1:], "", "", "", "", "", f"{summary.worst_khat:.2f} at {at}")
-    for w in report.warnings:
-        t.caption = (t.caption + "\n" if t.caption else "") + f"warning: {w}"
+    overall, reasons = conditional_verdict(
+        points, report.condition_names, report.stopped, report.warnings
+    )
+    style = {"good": "bold green", "usable": "bold yellow"}.get(overall, "bold red")
+    t.caption = f"[{style}]verdict: {overall.upper()}[/] — " + " ".join(reasons)
     if written:
         t.caption = (t.caption + "\n" if t.caption else "") + f"written: {written}"
     return t
@@ -1206,6 +1217,30 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
             + f"; kept #{r.restart_kept}; "
             f"their ln Z estimates from {min(scores):.3f} to {max(scores):.3f}",
         )
+    if r.stopped == "improper":  # no distribution to measure q against: no number is shown
+        t.add_row(
+            "ELBO, ln Z, KL, k̂",
+            "none: the target is improper (exp(−U) has infinite mass), so there is no p for q "
+            "to match and nothing for these to measure",
+        )
+    else:
+        _measures_rows(t, r)
+    if r.mode_search is not None:
+        t.add_row("mode search", r.mode_search.describe())
+    style = {"good": "bold green", "usable": "bold yellow"}.get(r.verdict, "bold red")
+    t.add_row("verdict", Text(r.verdict.upper(), style=style))
+    for reason in r.verdict_reasons:
+        t.add_row("", reason)
+    if r.sampler is not None:
+        t.add_row("draws (samples.npy)", draws_row(r))
+    if written:
+        t.add_row("written", written)
+    return t
+
+
+def _measures_rows(t: Table, r: TrustReport) -> None:
+    """The summary table's rows for what q's draws measure: ELBO, ln Z by importance sampling,
+    ESS and k̂, and in 1-D and 2-D ln Z by quadrature, KL and TV."""
     n, sets = r.monte_carlo_samples, r.replicate_sets if r.replicate_sets is not None else 1
     over = f" over {sets} sets of {n:,} draws" if sets > 1 else ""
     f = r.outside_share
@@ -1278,17 +1313,6 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
                 )
             t.add_row("KL(p‖q)", f"{q.kl_pq:.4f} nats")
             t.add_row("total variation", f"{q.tv:.4f}")
-    if r.mode_search is not None:
-        t.add_row("mode search", r.mode_search.describe())
-    style = {"good": "bold green", "usable": "bold yellow"}.get(r.verdict, "bold red")
-    t.add_row("verdict", Text(r.verdict.upper(), style=style))
-    for reason in r.verdict_reasons:
-        t.add_row("", reason)
-    if r.sampler is not None:
-        t.add_row("draws (samples.npy)", draws_row(r))
-    if written:
-        t.add_row("written", written)
-    return t
 
 
 def draws_row(r: TrustReport) -> Text:

@@ -41,6 +41,9 @@ class ConditionalReport:
     # the one kept (its seed: the fit's seed + restart_kept); None for a single fit
     restarts: list[float] | None = None
     restart_kept: int | None = None
+    # the worst condition's verdict, named (``conditional_verdict``); None before issue 28
+    verdict: str | None = None
+    verdict_reasons: list[str] = field(default_factory=list)
 
     @property
     def condition_names(self) -> list[str]:

@@ -614,9 +614,21 @@ def verdict(r: TrustReport) -> tuple[str, list[str]]:
             f"the fit was interrupted after {done} of {iters} steps; nfcli fit --resume "
             "model.pt finishes it.",
         )
-    elif stopped in ("nonfinite", "improper"):
-        what = "had no finite loss" if stopped == "nonfinite" else "kept spreading"
-        worse(2, f"the fit {what} and was stopped after {done} of {iters} steps (see above).")
+    elif stopped == "improper":  # the lead diagnosis: the numbers above it measure nothing
+        why = (
+            "measured after the fit by quadrature: " + r.improper.split(":")[0]
+            if r.improper
+            else f"the fit kept spreading and was stopped after {done} of {iters} steps"
+        )
+        # the only reason: advice on q's tails or KL (--base student_t, more --K) would be about
+        # matching a p that does not exist
+        return "do not trust", [f"the target is improper ({why}); see above."]
+    elif stopped == "nonfinite":
+        worse(
+            2,
+            f"the fit had no finite loss and was stopped after {done} of {iters} steps "
+            "(see above).",
+        )
     if not reasons:
         reasons.append(
             f"k̂ < {KHAT_GOOD}{' in every set of draws' if over else ''}"

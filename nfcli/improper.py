@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nfcli.config import FitConfig
-from nfcli.diagnostics import choose_window
+from nfcli.diagnostics import choose_window, quadrature
 from nfcli.energy import Energy
 from nfcli.mode import derivatives, proper_mode
 
@@ -114,6 +114,61 @@ def proper_by_quadrature(energy: Energy, z: Tensor, tol: float = 1e-6) -> bool:
     its x⁻⁴ tail while the loss falls) does not."""
     grid = choose_window(z.detach().reshape(-1, z.shape[-1]).double().cpu(), energy, tol=tol)
     return math.isfinite(grid.log_z) and grid.edge_mass <= tol
+
+
+# ``mass_keeps_growing``: each axis's window is doubled GROWTH_DOUBLINGS times; the target is
+# improper along it where ln Z still grows by over GROWTH_MIN nats at the last doubling and by at
+# least GROWTH_KEEP of what it grew at the first (a proper p's growth shrinks geometrically: by
+# 2^(1−a) per doubling where its marginal density falls like |x|^−a, a > 1; a = 1, the 1/|x| of
+# U = ½ ln(1 + x²), and a flat direction, a = 0, keep it)
+GROWTH_DOUBLINGS, GROWTH_MIN, GROWTH_KEEP = 3, 1e-3, 0.7
+# the heaviest tail |x|^−a that the test cannot tell from infinite mass: 2^(2(1−a)) = GROWTH_KEEP
+TAIL_BOUND = 1 + math.log(1 / GROWTH_KEEP) / (2 * math.log(2))
+
+
+def mass_keeps_growing(energy: Energy, window: tuple[tuple[float, float], ...]) -> str:
+    """In 1-D and 2-D, whether exp(−U) has infinite mass, measured: ln Z by grid quadrature as
+    each axis of ``window`` is doubled about its centre (the other kept), GROWTH_DOUBLINGS times.
+    Each doubling adds two slabs, each integrated on a grid of its own (so that the cells stay
+    as fine as the window's: one grid over the doubled window would blur p's bulk and lose mass).
+    Returns why, for the user ('' where every axis's growth dies away). Called where the
+    quadrature window that q's draws chose still has mass at its edge after widening."""
+    for axis, name in enumerate(energy.names):
+        (a, b) = window[axis]
+        mid, half = (a + b) / 2, (b - a) / 2
+        log_z = [quadrature(energy, window).log_z]
+        for k in range(GROWTH_DOUBLINGS):
+            total = log_z[-1]
+            for lo, hi in (
+                (half * 2**k, half * 2 ** (k + 1)),
+                (-half * 2 ** (k + 1), -half * 2**k),
+            ):
+                w = list(window)
+                w[axis] = (mid + lo, mid + hi)
+                total = float(
+                    torch.logaddexp(
+                        torch.tensor(total),
+                        torch.tensor(quadrature(energy, tuple(w)).log_z, dtype=torch.float64),
+                    )
+                )
+            log_z.append(total)
+        if not all(math.isfinite(v) for v in log_z):
+            continue
+        steps = [y - x for x, y in itertools.pairwise(log_z)]
+        if steps[-1] > GROWTH_MIN and steps[-1] >= GROWTH_KEEP * steps[0]:
+            grew = ", ".join(f"{s:.3f}" for s in steps)
+            return (
+                f"exp(−U) has infinite mass along {name}: ln Z by quadrature grew by {grew} nats "
+                f"as the window along {name} doubled from {2 * half:.3g} to "
+                f"{2 * half * 2**GROWTH_DOUBLINGS:.3g} wide, where a proper p's growth dies away "
+                f"(or its tails fall slower than |{name}|^−{TAIL_BOUND:.2f}, too heavy for any "
+                "window to hold its mass). So the target is improper, and no ln Z, ELBO or KL "
+                f"describes it. U must "
+                f"grow in every direction faster than ln|{name}|: {name} appears in U only in a "
+                "bounded or periodic term, or grows like a logarithm. Add a confining term (e.g. "
+                f"+ 0.01*{name}**2) or a prior."
+            )
+    return ""
 
 
 def travelling(check: dict[str, Any]) -> bool:

@@ -100,6 +100,8 @@ def draws_sampler(
             )
         return asked, "asked for"
     if stopped is not None:
+        if stopped == "improper":
+            return "q", "the target is improper: no p to sample; q's own draws"
         return "q", f"the fit stopped early ({stopped}): q's own draws"
     if dim <= 2:
         return "q", "in 1-D and 2-D quadrature measures q against p itself (KL, TV)"

@@ -100,6 +100,9 @@ class TrustReport:
     # where q has draws at which U is not finite (p = 0 there): the ELBO is −∞ and KL(q‖p) ∞;
     # this is mean ln w over the other draws (q restricted to p's support; written only then)
     elbo_inside: float | None = None
+    # 1-D and 2-D: why the target is improper, measured after the fit by quadrature's mass
+    # growing with its window (nfcli.improper.mass_keeps_growing); written only then
+    improper: str | None = None
     quadrature: Quadrature | None = None  # D ≤ 2 only
     mode_search: ModeSearch | None = None  # D ≥ 3 only: nfcli.lost_modes.search_modes
     warnings: list[str] = field(default_factory=list)
@@ -237,7 +240,7 @@ _IS_KEYS = (
 )  # fmt: skip
 _IS_OPTIONAL_KEYS = (
     "khat_note", "khat_cause", "large_weights_edge_share", "tail_exponent", "log_z_reference",
-    "elbo_inside",
+    "elbo_inside", "improper",
 )  # fmt: skip
 _QUADRATURE_KEYS = ("log_z_quadrature", "kl_qp", "kl_qp_se", "kl_pq", "tv", "quadrature_window")
 _RESTART_KEYS = ("restarts", "restart_kept", "restarts_log_z_spread", "restarts_log_z_noise")

@@ -32,6 +32,7 @@ from nfcli.energy import Energy, undefined_region
 from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, density_q, preset_window, write_figures
 from nfcli.flows import Flow
+from nfcli.improper import mass_keeps_growing
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.lost_modes import search_modes
 from nfcli.mcmc import AFTER_FIT, McmcSettings, chains_summary, draws_sampler, run_mcmc
@@ -59,6 +60,9 @@ NECK_WARNING = (
 )
 N_MONTE_CARLO = 100_000
 N_SETS = 4  # independent sets of N_MONTE_CARLO draws: the spread of k̂, ESS and ln Z
+# the quadrature window's edge mass above which p's mass is measured for growth (improper): the
+# tolerance choose_window widens to
+EDGE_TOL = 1e-6
 
 
 def evaluate(
@@ -129,7 +133,11 @@ def evaluate(
     if energy.dim <= 2:
         grid = choose_window(samples, energy)
         window = [list(w) for w in grid.window]
-        if math.isfinite(grid.log_z):
+        if math.isfinite(grid.log_z) and grid.edge_mass > EDGE_TOL:
+            r.improper = mass_keeps_growing(energy, grid.window) or None
+        if r.improper:  # no ln Z to compare q with: none is given
+            r.quadrature = Quadrature(window=window, note="the target is improper")
+        elif math.isfinite(grid.log_z):
             if known is not None and not _inside(sets_[0][1], known.window):
                 known = None  # q has mass (1 in 100,000 at least) outside density.png's grid
             kl_pq, tv = compare_on_grid(flow, energy, grid.window, grid.log_z, known=known)
@@ -146,7 +154,7 @@ def evaluate(
             note = quadrature_failure(grid.log_z, window)
             r.quadrature = Quadrature(window=window, note=note)
             warnings.append(f"ln Z by quadrature, KL and TV are not available: {note}.")
-        if math.isfinite(grid.log_z) and grid.edge_mass > 1e-4:
+        if not r.improper and math.isfinite(grid.log_z) and grid.edge_mass > 1e-4:
             warnings.append(
                 f"{grid.edge_mass:.2%} of the target's mass lies at the edge of the quadrature "
                 "window even after widening it: the target may be improper (infinite mass) or "
@@ -299,6 +307,9 @@ def run_fit(
     for note in (result.energy_compiled, result.flow_compiled):
         if note is not None and "failed" in note:
             report.warnings.append(note)
+    if report.improper and report.stopped is None:  # measured after the fit: it ends as one
+        report.stopped = "improper"  # stopped by the fit's own check does (exit 2, no numbers)
+        report.stop_message = f"The target is improper: {report.improper}"
     report.verdict, report.verdict_reasons = verdict(report)
     samples = correct_draws(flow, energy, config, report, samples, stop, chains_progress)
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}

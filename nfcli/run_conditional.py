@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nfcli.checkpoint import ConditionalCheckpoint, save_conditional_checkpoint, versions
 from nfcli.conditional_metrics import ConditionalReport
-from nfcli.conditional_report import evaluate_at, summarise
+from nfcli.conditional_report import conditional_verdict, evaluate_at, summarise
 from nfcli.conditions import Condition, ConditionalEnergy
 from nfcli.config import FitConfig
 from nfcli.errors import NfcliError
@@ -132,6 +132,9 @@ def run_conditional_fit(
             f"β reached only {beta_end:.2f}: q was fitted to a flattened p"
             + (" (the fit stopped while annealing)." if result.stopped else "; lower --anneal.")
         )
+    report.verdict, report.verdict_reasons = conditional_verdict(
+        points, [c.name for c in energy.conditions], report.stopped, report.warnings
+    )
     history = {"loss": result.loss, "loss_beta1": result.loss_beta1}
     ckpt = ConditionalCheckpoint(
         flow,

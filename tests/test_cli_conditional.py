@@ -344,3 +344,52 @@ def test_reweighted_draws_estimate_p_where_q_covers_it():
         mean, torch.tensor([1.0, 0, 0], dtype=torch.float64), atol=0.05, rtol=0
     )
     assert khat < 0.5
+
+
+# --- a verdict per condition and for the fit (issue 28, item 4) ----------------------------------
+
+
+def test_each_condition_and_the_fit_get_a_verdict(fit1d):
+    metrics = json.loads((fit1d / "metrics.json").read_text())
+    assert {p["verdict"] for p in metrics["points"]} <= {"good", "usable", "do not trust"}
+    assert metrics["verdict"] in ("good", "usable", "do not trust") and metrics["verdict_reasons"]
+    r = run("report", fit1d / "model.pt", "--at", "m=-1:1:3", "-n", 2000)
+    assert r.exit_code == 0, r.output
+    assert "verdict" in r.output and "verdict: " in " ".join(r.output.split())
+
+
+def test_the_worst_condition_sets_the_verdict_and_is_named():
+    """The issue: k̂ 1.10 at ρ = 0.9 with no interpretation. One bad condition out of three makes
+    the fit "do not trust", at ρ = 0.9, by the single fit's rules (k̂ > 0.7)."""
+    from nfcli.conditional_report import ConditionPoint, conditional_verdict
+
+    def point(rho: float, khat: float, ess: float, kl: float) -> ConditionPoint:
+        return ConditionPoint([rho], -1.0, -1.0, ess, khat, "", -1.0 + kl, kl)
+
+    points = [
+        point(-0.9, 0.2, 0.95, 0.01),
+        point(0.0, 0.1, 0.98, 0.005),
+        point(0.9, 1.1, 0.02, 0.4),
+    ]
+    verdict, reasons = conditional_verdict(points, ["rho"], None, [])
+    assert verdict == "do not trust" and [p.verdict for p in points][:2] == ["good", "good"]
+    assert reasons[0].startswith("do not trust at 1 of the 3 conditions; the worst, at rho=0.9:")
+    assert "k̂ 1.10" in reasons[0]
+    assert conditional_verdict(points[:2], ["rho"], None, []) == (
+        "good",
+        ["good at every one of the 2 conditions."],
+    )
+    verdict, reasons = conditional_verdict(points[:2], ["rho"], "interrupted", [])
+    assert verdict == "usable" and "--resume" in reasons[-1]
+
+
+def test_an_older_conditional_report_without_verdicts_still_loads():
+    d = {
+        "target": "t", "dim": 1, "vars": ["x"], "conditions": [{"name": "m", "lo": 0, "hi": 1}],
+        "flow": "planar", "K": 2, "iters": 1, "steps_done": 1, "per_step": 16, "stopped": None,
+        "wall_time_s": 1.0, "final_loss": 0.0, "final_loss_beta1": 0.0, "draws": 10,
+        "points": [{"c": [0.0], "elbo": -1.0, "log_z_is": -1.0, "ess_fraction": 0.9,
+                    "khat": 0.1, "khat_verdict": "good"}],
+    }  # fmt: skip
+    r = ConditionalReport.from_dict(d)
+    assert r.verdict is None and r.points[0].verdict is None

@@ -79,3 +79,86 @@ def test_a_heavy_tail_spreading_is_not_improper():
     energy = load_energy("3/2*(log(1 + x**2/2) + log(1 + y**2/2) + log(1 + z**2/2))")
     checks = checks_moving([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], grow=[1, 1.3, 1])
     assert finite_ahead(energy, checks[-1 - SPREAD_SPAN], checks[-1], 0)
+
+
+# --- 1-D and 2-D: infinite mass measured after the fit (issue 28, item 2) -------------------------
+
+SINE = "0.5*((y - sin(x))/0.4)**2"  # free along x: every x holds the same mass
+LOG_TAILS = "0.5*x**2 + 0.5*log(1 + y**2)"  # p ∝ 1/|y| far out: infinite mass
+CAUCHY = "0.5*x**2 + log(1 + y**2)"  # p ∝ 1/y² far out: proper, ln Z = ln(√(2π)·π)
+
+
+@pytest.mark.parametrize(
+    ("target", "window", "axis"),
+    [(SINE, ((-2000, 2000), (-2, 2)), "x"), (LOG_TAILS, ((-5, 5), (-400, 400)), "y")],
+)
+def test_mass_that_keeps_growing_with_the_window_is_improper(target, window, axis):
+    from nfcli.improper import mass_keeps_growing
+
+    why = mass_keeps_growing(load_energy(target), window)
+    assert f"infinite mass along {axis}" in why and f"+ 0.01*{axis}**2" in why
+
+
+@pytest.mark.parametrize(
+    "target", [CAUCHY, "0.5*x**2 + 0.75*log(1 + y**2)", "x**2/2 + y**2/2", "log(1 + x**2 + y**2)"]
+)
+def test_proper_targets_heavy_tails_included_are_not_called_improper(target):
+    from nfcli.improper import mass_keeps_growing
+
+    assert mass_keeps_growing(load_energy(target), ((-400, 400), (-400, 400))) == ""
+
+
+def wide_q(scale_x: float, scale_y: float):
+    """An affine flow: q = N(0, diag(scale_x², scale_y²))."""
+    import math
+
+    from nfcli.flows import Flow
+
+    flow = Flow.of(2, 1, "affine")
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.zero_()
+        flow.transforms[0].log_diag.copy_(torch.tensor([math.log(scale_x), math.log(scale_y)]))
+    return flow.eval()
+
+
+def test_evaluate_marks_an_improper_target_and_gives_no_ln_z():
+    from nfcli.run import evaluate
+
+    torch.manual_seed(0)
+    flow = wide_q(300.0, 0.4)
+    r = evaluate(flow, load_energy(SINE), flow.sample(2000), sets=1)
+    assert "infinite mass along x" in r.improper
+    assert r.quadrature.log_z is None and r.kl_qp is None and "improper" in r.quadrature.note
+    assert r.to_dict()["improper"] == r.improper
+
+
+def test_evaluate_keeps_the_quadrature_of_a_proper_heavy_tail():
+    import math
+
+    from nfcli.run import evaluate
+
+    torch.manual_seed(0)
+    flow = wide_q(1.0, 30.0)
+    r = evaluate(flow, load_energy(CAUCHY), flow.sample(2000), sets=1)
+    assert r.improper is None and "improper" not in r.to_dict()
+    # the window holds all but ~1% of a Cauchy's mass: quadrature's ln Z is that close
+    exact = math.log(math.sqrt(2 * math.pi) * math.pi)
+    assert r.quadrature.log_z == pytest.approx(exact, abs=0.02)
+
+
+@pytest.mark.parametrize("target", [SINE, LOG_TAILS])
+def test_the_fit_of_an_improper_target_exits_2_with_no_numbers(tmp_path, target):
+    """The issue: both exited 0 printing ln Z 11.4067 and KL 5.15, or advising --base
+    student_t. Now: exit 2, improper first and alone, and no ln Z, ELBO or KL in the table."""
+    from tests.clitools import run
+
+    result = run("fit", target, "--iters", "400", "--K", "4", "-o", tmp_path)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    table, error = text.split("error:")
+    assert "improper" in error and "student_t" not in text and "--K" not in table
+    for row in ("ln Z (quadrature)", "KL(q‖p)", "ln Z (importance sampling)", "ELBO "):
+        assert row not in table
+    assert "none: the target is improper" in table
+    assert (tmp_path / "model.pt").exists()  # the fit so far, for inspection
