@@ -115,6 +115,36 @@ def _app_options(
     pass
 
 
+class NfcliCommand(typer.core.TyperCommand):
+    """Every command: an option it does not have gets nfcli's one-paragraph error with the closest
+    option it does have (``nfcli sample MODEL --n 10``: did you mean -n?) and exit code 2, as
+    ``fit``'s words after its target do (``refuse_unknown``), instead of click's bare box."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:  # click's NoSuchOption (typer vendors click: matched by name)
+            if type(e).__name__ != "NoSuchOption":
+                raise
+            known = [
+                o
+                for p in self.params
+                for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+                if o.startswith("-")
+            ]
+            close = difflib.get_close_matches(e.option_name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            err.print(
+                Text.assemble(
+                    ("error: ", "bold red"),
+                    f"nfcli {self.name} does not understand {e.option_name}: it is not one of "
+                    f"its options{hint}. nfcli {self.name} --help lists them.",
+                ),
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
+
+
 def user_errors(fn: F) -> F:
     """Turn NfcliError into a message on stderr and exit code 2."""
 
@@ -448,7 +478,7 @@ def refuse_unknown(ctx: typer.Context, target: str | None, extra: list[str] | No
     )
 
 
-@app.command(context_settings=EXPRESSION_FIRST)
+@app.command(cls=NfcliCommand, context_settings=EXPRESSION_FIRST)
 @user_errors
 def fit(
     ctx: typer.Context,
@@ -1033,7 +1063,7 @@ def fit_progress() -> Iterator[Callable[..., Callable[[int, float, float], None]
         yield start
 
 
-@app.command(context_settings=EXPRESSION_FIRST)
+@app.command(cls=NfcliCommand, context_settings=EXPRESSION_FIRST)
 @user_errors
 def compare(
     ctx: typer.Context,
@@ -1343,7 +1373,7 @@ def _num(x: float | None, fmt: str) -> str:
 # --- sample, plot, targets ---------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def sample(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
@@ -1483,7 +1513,7 @@ def ckpt_names(ckpt: ConditionalCheckpoint) -> list[str]:
     return [c.name for c in ckpt.conditions]
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def logprob(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
@@ -1507,7 +1537,7 @@ def logprob(
         err.print(f"wrote ln q of {len(log_q)} points to {output}")
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def plot(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
@@ -1582,7 +1612,7 @@ def plot(
 PLOT_DRAWS = 10_000  # draws of q(·|c) per condition for plot --at's KL numbers
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def report(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
@@ -1611,7 +1641,7 @@ def report(
     out.print(flow_summary_table(whole.flow, whole.names))
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def summary(
     model: Path = typer.Argument(..., help="A model.pt written by nfcli fit."),
@@ -1633,11 +1663,13 @@ def summary(
     ),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    at: AtOpt = None,
 ) -> None:
     """Per-variable mean, sd, MCSE and quantiles of q (with --resample: of p, and the ESS).
 
     Without --resample: -n draws of the fitted flow q. With it: -n (or --pool) draws of q weighted
-    by p̃/q, which estimate p's statistics (what resampling them estimates, without its noise)."""
+    by p̃/q, which estimate p's statistics (what resampling them estimates, without its noise). A
+    conditional fit is summarised at the one condition of --at."""
     check_summary_options(n, format)
     if pool is not None and (not resample_ or pool <= 0):
         raise NfcliError(
@@ -1645,10 +1677,10 @@ def summary(
             + ("the pool must be positive" if resample_ else "only --resample weights a pool")
             + ", e.g. nfcli summary model.pt --resample --pool 100000."
         )
-    ckpt = _load_fit_to(model, device, dtype)
-    energy = energy_from_source(ckpt.energy_source, trust) if resample_ else None
-    generator = make_generator(ckpt.flow.base.loc.device, seed)
-    s = summarise_flow(ckpt.flow, ckpt.names, pool or n, generator, energy)
+    loaded = _load_to(model, device, dtype, at, "summary")
+    energy = loaded.energy(trust) if resample_ else None
+    generator = make_generator(loaded.flow.base.loc.device, seed)
+    s = summarise_flow(loaded.flow, loaded.names, pool or n, generator, energy)
     if format == "table":
         out.print(variables_table(s))
     else:
@@ -1668,7 +1700,7 @@ def mcmc_progress() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-@app.command(context_settings=EXPRESSION_FIRST)
+@app.command(cls=NfcliCommand, context_settings=EXPRESSION_FIRST)
 @user_errors
 def mcmc(
     ctx: typer.Context,
@@ -1781,7 +1813,7 @@ def mcmc(
         raise typer.Exit(130)
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 def targets() -> None:
     """List the built-in targets with their formulas and reference ln Z."""
     t = Table(title="built-in targets (p ∝ exp(−U), variables z1, z2)", show_lines=True)
@@ -1892,7 +1924,7 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-@app.command()
+@app.command(cls=NfcliCommand)
 @user_errors
 def vae(
     data: str = option(
@@ -2048,7 +2080,7 @@ def vae(
         raise typer.Exit(130)
 
 
-@app.command("vae-eval")
+@app.command("vae-eval", cls=NfcliCommand)
 @user_errors
 def vae_eval(
     model: Annotated[Path, typer.Argument(help="A model.pt written by nfcli vae.")],

@@ -588,3 +588,32 @@ def test_a_file_energy_checkpoint_samples_without_running_its_code(
         assert file_fitted.canary.exists()
     finally:
         file_fitted.canary.unlink(missing_ok=True)
+
+
+# --- an option a command does not have: every command, one paragraph (issue 28, item 8) ---------
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    from nfcli.cli import app
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_explains_an_option_it_does_not_have(command):
+    result = run(command, "--seeed", "1")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"nfcli {command} does not understand --seeed" in text and "--help lists them" in text
+    assert "No such option" not in text and "╭" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "close"),
+    [(["sample", "m.pt", "--n", "10"], "-n"), (["plot", "m.pt", "--dpii", "3"], "--dpi")],
+)
+def test_the_closest_option_is_named(args, close):
+    result = run(*args)
+    assert result.exit_code == 2 and f"(did you mean {close}?)" in result.output

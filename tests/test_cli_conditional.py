@@ -393,3 +393,15 @@ def test_an_older_conditional_report_without_verdicts_still_loads():
     }  # fmt: skip
     r = ConditionalReport.from_dict(d)
     assert r.verdict is None and r.points[0].verdict is None
+
+
+def test_summary_at_a_condition(fit1d):
+    """summary took no --at ("No such option: --at"): a conditional fit is summarised at one c."""
+    r = run("summary", fit1d / "model.pt", "--at", "m=0.5", "-n", 20000, "--format", "json")
+    assert r.exit_code == 0, r.output
+    (x,) = json.loads(r.stdout)["variables"]
+    assert x["mean"] == pytest.approx(0.5, abs=0.1) and x["sd"] == pytest.approx(1, abs=0.1)
+    r = run("summary", fit1d / "model.pt", "--at", "m=0.5", "-n", 5000, "--resample")
+    assert r.exit_code == 0, r.output
+    assert "of p, from draws of q weighted" in r.output
+    assert_refused(run("summary", fit1d / "model.pt"), "needs the condition: give --at")
