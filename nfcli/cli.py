@@ -145,6 +145,14 @@ class NfcliCommand(typer.core.TyperCommand):
             raise typer.Exit(2) from None
 
 
+# said once, after a fit to a Python file, instead of one refusal per later command
+TRUST_NOTE = (
+    "note: model.pt stores the code of {path}, and nfcli runs stored code only when told to: "
+    "the commands that evaluate U from it (sample --resample, summary --resample, report, plot, "
+    "mcmc, fit --resume) need --trust."
+)
+
+
 def user_errors(fn: F) -> F:
     """Turn NfcliError into a message on stderr and exit code 2."""
 
@@ -637,6 +645,8 @@ def fit(
         )
     err.print(summary_table(report, f"{out_dir}/ model.pt samples.npy metrics.json *.png"))
     err.print(flow_summary_table(ckpt.flow, ckpt.names))
+    if energy.source.get("kind") == "file" and state is None:
+        err.print(TRUST_NOTE.format(path=energy.source.get("path")), soft_wrap=True)
     model = out_dir / "model.pt"
     if report.stopped == "interrupted":
         err.print(
@@ -1226,7 +1236,11 @@ def summary_table(r: TrustReport, written: str | None = None) -> Table:
     if done == r.iters:
         steps = f"{done}"
     elif r.stopped is None and r.converged_step is not None:
-        steps = f"{done} of at most {r.iters} (converged at step {r.converged_step})"
+        decay = done - r.converged_step  # the learning rate's decay, run after convergence
+        steps = (
+            f"{done} of at most {r.iters} (converged at step {r.converged_step}, then "
+            f"{decay} steps of learning-rate decay)"
+        )
     else:
         steps = f"{done} of {r.iters} ({r.stopped})"
     if r.start == "mode":

@@ -114,7 +114,10 @@ class ModeSearch:
         text = f"{found} mode{'s' if found != 1 else ''} from {self.starts} starts, "
         text += f"{self.seconds:.2f} s"
         if self.not_minima:
-            text += f"; {self.not_minima} ended at no proper minimum"
+            text += (
+                f"; {self.not_minima} start{'s' if self.not_minima != 1 else ''} stopped where U "
+                "has no proper minimum (a flat direction, a saddle or a funnel's neck): not modes"
+            )
         return text + (f"; q lost {lost}" if lost else "; q lost none" if found else "")
 
     def to_dict(self) -> dict[str, Any]:

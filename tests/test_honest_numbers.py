@@ -140,3 +140,31 @@ def test_a_usable_fit_too_narrow_in_its_tails_is_not_told_to_resample():
     assert "--method neutra" in text and "non-centred" in text
     level, reasons = verdict(dataclasses.replace(r, khat_cause="mode"))
     assert "sample --resample corrects q's samples." in " ".join(reasons)
+
+
+# --- lines that explain themselves (issue 28, item 10) -------------------------------------------
+
+
+def test_the_steps_after_convergence_are_explained(simplex):
+    r = dataclasses.replace(simplex, iters=8000, steps_done=1714, converged_step=1200)
+    text = " ".join(rendered(summary_table(r)).split())
+    assert "1714 of at most 8000 (converged at step 1200, then 514 steps of learning-rate" in text
+
+
+def test_starts_that_found_no_mode_are_explained():
+    from nfcli.lost_modes import ModeSearch
+
+    text = ModeSearch(modes=[], starts=256, outside=0, not_minima=74).describe()
+    assert "74 starts stopped where U has no proper minimum" in text and "not modes" in text
+
+
+def test_a_fit_to_a_python_file_says_once_what_later_commands_need(tmp_path):
+    from clitools import run
+
+    (tmp_path / "g.py").write_text("DIM = 2\ndef energy(z):\n    return 0.5 * (z**2).sum(-1)\n")
+    result = run("fit", tmp_path / "g.py", "--iters", "30", "--K", "2", "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "need --trust" in text and "sample --resample" in text
+    result = run("fit", "x**2/2 + y**2/2", "--iters", "30", "--K", "2", "-o", tmp_path / "e")
+    assert "need --trust" not in result.output
