@@ -2071,7 +2071,8 @@ def vae(
         else:
             rows = run_vae_table(images, cfg, ks, out_dir, force, one)
     table = Table(title=f"nfcli vae: {images.name}, {cfg.updates:,} updates")
-    for col in ("K", "test −ln p(x)", "± s.e.", "−ELBO", "valid bound", "train s", "folder"):
+    # every bound as a positive number of nats, lower better: −ln p(x) ≤ −ELBO
+    for col in ("K", "test −ln p(x)", "± s.e.", "test −ELBO", "valid −ELBO", "train s", "folder"):
         table.add_column(col, justify="right")
     for r in rows:
         ev = r.evaluation
@@ -2080,7 +2081,7 @@ def vae(
             f"{ev.nll:.2f}" if ev else "—",
             f"{ev.nll_se:.2f}" if ev else "—",
             f"{ev.neg_elbo:.2f}" if ev else "—",
-            f"{r.valid_elbo:.2f}" if r.valid_elbo is not None else "—",
+            f"{-r.valid_elbo:.2f}" if r.valid_elbo is not None else "—",
             f"{r.train_seconds:.0f}" if r.train_seconds is not None else "—",
             str(r.folder),
         )

@@ -292,6 +292,22 @@ def default_layers(K: int, most: int = 36) -> list[int]:
     return sorted({round(i * K / (most - 1)) for i in range(most)})
 
 
+SCALE_RATIO = 4.0  # square panels drawn to scale while the two ranges differ at most this much
+
+
+def square_up(window: Window) -> Window:
+    """A 2-D window whose panels can be drawn to scale (equal units on both axes, in square
+    panels): the narrower range widened about its centre to the wider one's, where they differ
+    at most SCALE_RATIO-fold; else ``window`` as it is (a strip of a figure would show nothing)."""
+    (x0, x1), (y0, y1) = window
+    wx, wy = x1 - x0, y1 - y0
+    if not (wx > 0 and wy > 0) or max(wx, wy) > SCALE_RATIO * min(wx, wy):
+        return window
+    half = max(wx, wy) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return ((cx - half, cx + half), (cy - half, cy + half))
+
+
 def layers_figure(
     zs: Sequence[Tensor],
     radius: Tensor,
@@ -312,6 +328,12 @@ def layers_figure(
         xs = torch.cat([pts[k][0] for k in layers]).double()
         ys = torch.cat([pts[k][1] for k in layers]).double()
         window = sample_window(torch.stack([xs, ys], 1), pad=0.05)
+        if dim > 1:  # square panels: equal units on both axes (a --window is kept as given)
+            window = square_up(window)
+    if dim > 1:
+        (x0, x1), (y0, y1) = window
+        if not math.isclose(x1 - x0, y1 - y0):
+            title += f" (axes not to scale: their ranges differ over {SCALE_RATIO:g}-fold)"
     n = len(layers)
     cols = min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)

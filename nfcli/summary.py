@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from torch import Tensor
 
@@ -172,11 +174,38 @@ def decimals(mcse: float) -> int:
     return min(6, max(0, math.ceil(-math.log10(mcse))))
 
 
-def variables_table(s: Summary) -> Table:
-    """The summary as a rich Table: one row per variable, its mean, sd and quantiles to the
+STATS = ("mean", "sd", "mcse_mean")
+QUANTILES = tuple(f"{round(p * 100)}%" for p in PROBS)
+
+
+def variables_table(s: Summary) -> VariablesTable:
+    """The summary as a rich renderable: one row per variable, its mean, sd and quantiles to the
     decimal places its MCSE supports; the ESS column only for weighted draws (for plain i.i.d.
-    draws it is the number of draws)."""
-    title = f"per-variable summary of {s.of} ({s.draws:,} draws)"
+    draws it is the number of draws). One table where the terminal is wide enough, else two
+    (the statistics, then the quantiles): a narrow terminal never cuts a number."""
+    return VariablesTable(s)
+
+
+class VariablesTable:
+    """``variables_table``'s renderable: the one table, or two where it does not fit."""
+
+    def __init__(self, s: Summary) -> None:
+        self.summary = s
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        s = self.summary
+        ess = ("ess_mean",) if s.weighted else ()
+        whole = _table(s, (*STATS, *QUANTILES, *ess))
+        natural = Measurement.get(console, options.update(max_width=10**6), whole).maximum
+        if natural <= options.max_width:
+            yield whole
+            return
+        yield _table(s, (*STATS, *ess), caption=False)
+        yield _table(s, QUANTILES, title=False)
+
+
+def _table(s: Summary, columns: Sequence[str], title: bool = True, caption: bool = True) -> Table:
+    """The summary's table with these ``columns`` (of STATS, QUANTILES and ess_mean)."""
     notes = []
     if s.weighted:
         k = s.khat if s.khat is not None else math.nan
@@ -186,8 +215,8 @@ def variables_table(s: Summary) -> Table:
     if s.dropped:
         notes.append(f"{s.dropped:,} draws with a non-finite value or weight left out")
     t = Table(
-        title=title,
-        caption="; ".join(notes) or None,
+        title=f"per-variable summary of {s.of} ({s.draws:,} draws)" if title else None,
+        caption=("; ".join(notes) or None) if caption else None,
         title_justify="left",
         caption_justify="left",
         box=box.SIMPLE_HEAD,
@@ -195,20 +224,27 @@ def variables_table(s: Summary) -> Table:
         collapse_padding=True,
     )
     t.add_column("variable", style="bold", no_wrap=True)
-    for c in ("mean", "sd", "mcse_mean", *(f"{round(p * 100)}%" for p in PROBS)):
+    for c in columns:
         t.add_column(c, justify="right", no_wrap=True)
-    if s.weighted:
-        t.add_column("ess_mean", justify="right", no_wrap=True)
     for v in s.variables:
         d = decimals(v.mcse_mean)
-        cells = [f"{x:.{d}f}" for x in (v.mean, v.sd)] + [f"{v.mcse_mean:.2g}"]
-        cells += [f"{x:.{d}f}" for x in (v.q05, v.q25, v.q50, v.q75, v.q95)]
-        cells += [f"{v.ess_mean:,.0f}"] if s.weighted else []
-        t.add_row(v.name, *cells)
+        cell = {
+            "mean": f"{v.mean:.{d}f}",
+            "sd": f"{v.sd:.{d}f}",
+            "mcse_mean": f"{v.mcse_mean:.2g}",
+            "ess_mean": f"{v.ess_mean:,.0f}",
+        }
+        cell.update(
+            (name, f"{x:.{d}f}")
+            for name, x in zip(QUANTILES, (v.q05, v.q25, v.q50, v.q75, v.q95), strict=True)
+        )
+        t.add_row(v.name, *(cell[c] for c in columns))
     return t
 
 
-def flow_summary_table(flow: Flow, names: Sequence[str], n: int = 20_000, seed: int = 0) -> Table:
+def flow_summary_table(
+    flow: Flow, names: Sequence[str], n: int = 20_000, seed: int = 0
+) -> VariablesTable:
     """The table of ``summarise_flow`` for n seeded draws of q on the CPU (fast: report, fit)."""
     return variables_table(summarise_flow(flow, names, n, torch.Generator().manual_seed(seed)))
 

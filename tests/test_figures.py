@@ -503,3 +503,34 @@ def test_write_figures_draws_a_known_q_grid_on_its_window_and_computes_q_elsewhe
         figures.write_figures(ckpt, None, tmp_path, known=known)
     assert torch.equal(drawn[0], fake.exp())
     torch.testing.assert_close(drawn[1], figures.density_q(ckpt.flow, window).log_q.exp())
+
+
+def test_layer_panels_are_drawn_to_scale_or_say_they_are_not():
+    """layers.png drew U1's 22 × 12 window in square panels, so its crescents looked like one
+    thin ellipse: the window is squared (equal units), or, where the ranges differ over 4-fold,
+    the title says the axes are not to scale."""
+    from nfcli.plots import layers_figure, square_up
+
+    assert square_up(((-11.0, 11.0), (-6.0, 6.0))) == ((-11.0, 11.0), (-11.0, 11.0))
+    assert square_up(((0.0, 100.0), (0.0, 1.0))) == ((0.0, 100.0), (0.0, 1.0))
+    torch.manual_seed(0)
+    z = torch.randn(500, 2) * torch.tensor([11.0, 6.0])
+    fig = layers_figure([z, z], torch.rand(500), [0, 1], ["x", "y"], "t")
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x1 - x0 == pytest.approx(y1 - y0) and "not to scale" not in fig._suptitle.get_text()
+    z = torch.randn(500, 2) * torch.tensor([100.0, 1.0])
+    fig = layers_figure([z, z], torch.rand(500), [0, 1], ["x", "y"], "t")
+    assert "axes not to scale" in fig._suptitle.get_text()
+
+
+def test_vae_images_are_framed_apart():
+    """reconstructions.png had no gaps: '\\' beside '/' read as 'V'."""
+    from nfcli.vae_figures import FRAME, grid_figure
+
+    fig = grid_figure(torch.rand(4, 16), (4, 4), "t", columns=2)
+    ax = fig.axes[0]
+    assert ax.spines["left"].get_visible() and ax.spines["left"].get_edgecolor()[:3] == (
+        pytest.approx((float(FRAME),) * 3)
+    )
+    assert fig.subplotpars.wspace >= 0.15

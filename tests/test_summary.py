@@ -194,3 +194,23 @@ def test_version_prints_nfcli_torch_and_python_versions():
 def test_no_arguments_still_show_help_listing_the_summary_command():
     result = run()
     assert "Usage" in result.output and "summary" in result.output and "--version" in result.output
+
+
+def test_a_narrow_terminal_splits_the_table_and_never_cuts_a_number():
+    """At 80 columns summary --resample cut numbers ("mcse_me…", "−0.7…"): a table that does
+    not fit becomes two (statistics, quantiles), every cell whole."""
+    from rich.console import Console
+
+    from nfcli.summary import variables_table
+
+    torch.manual_seed(0)
+    x = torch.randn(20_000, 2, dtype=torch.float64) * torch.tensor([1000.0, 0.001]).double()
+    s = summarise(x, ["a_long_variable_name", "b"], -0.1 * x[:, 0] ** 2 / 1e6)
+    for width in (80, 200):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        console.print(variables_table(s))
+        text = console.export_text()
+        assert "…" not in text and "mcse_mean" in text and "ess_mean" in text and "95%" in text
+        v = s.variables[1]
+        assert f"{v.q05:.6f}" in text and f"{v.sd:.6f}" in text
+        assert text.count(" variable ") == (2 if width == 80 else 1)

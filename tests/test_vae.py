@@ -142,6 +142,7 @@ def table(tmp_path_factory):
         out,
     )
     assert r.exit_code == 0, r.output
+    (out / "cli-output.txt").write_text(r.output)
     return out
 
 
@@ -307,3 +308,11 @@ def test_an_anneal_beta_cannot_finish_is_refused_with_the_fix(tmp_path):
 def test_metrics_record_the_anneal_and_the_final_beta(table):
     m = json.loads((table / "K0" / "metrics.json").read_text())
     assert m["config"]["anneal"] == 20 and m["final_beta"] == 1.0
+
+
+def test_the_table_gives_every_bound_as_positive_nats(table):
+    """It mixed "−ELBO 62.59" with "valid bound −63.60"."""
+    text = " ".join((table / "cli-output.txt").read_text().split())
+    assert "test −ELBO" in text and "valid −ELBO" in text and "valid bound" not in text
+    m = json.loads((table / "K0" / "metrics.json").read_text())
+    assert f"{-m['valid_elbo']:.2f}" in text
