@@ -103,7 +103,7 @@ def test_plot_at_a_grid_writes_the_figures(fit1d, tmp_path):
         ),
         (("report", "{m}", "--at", "m=-3:0:4"), "m in [-1, 1]"),
         (("sample", "{m}", "--at", "s=0"), "s is not a condition of this fit"),
-        (("summary", "{m}"), "is a conditional fit, q(z | m) over m in [-1, 1]"),
+        (("summary", "{m}"), "so nfcli summary needs the condition: give --at"),
         (("mcmc", "{m}"), "is a conditional fit"),
         (("sample", ONE_TARGET, "--at", "m=0"), "is a fit to one target, not a conditional fit"),
         (("report", ONE_TARGET, "--at", "m=0"), "Drop --at"),
