@@ -13,7 +13,9 @@ not the quality), and its digest holds a SHA-256 of
     metrics     metrics.json with the keys that measure time (seconds, wall time, it/s, the
                 share of time in U) removed, as sorted JSON
 
-One thread (torch.set_num_threads(1)): a sum reduced over two threads can round differently.
+and a short VAE fit (``vae-planar``) hashes its parameters, its history less its times, and its
+test evaluation. One thread (torch.set_num_threads(1)): a sum over two threads can round
+differently.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ CASES = {  # name: (target, FitConfig settings)
         {"flow": "spline", "K": 2, "iters": 200, "restarts": 2, "start": "origin"},
     ),
 }
+VAE_CASE = "vae-planar"  # fit_vae on the generated images: the model and its history
 TIMING = ("seconds", "wall_time_s", "iters_per_s", "energy_share", "time")
 
 
@@ -67,7 +70,32 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def vae_digest() -> dict[str, str]:
+    """A short VAE fit (K = 2 planar, 60 updates) on the generated images, and its evaluation."""
+    from nfcli.datasets import fixture
+    from nfcli.train_vae import VaeConfig, evaluate, fit_vae
+
+    data = fixture()
+    config = VaeConfig(K=2, latent=2, hidden=(16,), batch=50, updates=60)
+    result = fit_vae(data, config)
+    h = hashlib.sha256()
+    for key, tensor in result.model.state_dict().items():
+        h.update(f"{key}{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().double().numpy().tobytes())
+    history = result.history.to_dict()
+    history.pop("seconds", None)
+    ev = evaluate(result.model, data.test[:50], samples=10).to_dict()
+    ev = scrub(ev)
+    return {
+        "parameters": h.hexdigest(),
+        "history": sha(json.dumps(history, sort_keys=True).encode()),
+        "evaluation": sha(json.dumps(ev, sort_keys=True).encode()),
+    }
+
+
 def digest(name: str) -> dict[str, str]:
+    if name == VAE_CASE:
+        return vae_digest()
     target, settings = CASES[name]
     energy = load_energy(target)
     with tempfile.TemporaryDirectory() as out:
@@ -96,7 +124,7 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated case names (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    names = args.only.split(",") if args.only else list(CASES)
+    names = args.only.split(",") if args.only else [*CASES, VAE_CASE]
     found = {}
     for name in names:
         found[name] = digest(name)
