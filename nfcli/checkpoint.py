@@ -47,7 +47,7 @@ Format 4 is a VAE with a flow posterior (``nfcli vae``, ``nfcli.vae``):
       "history": {...},                   # VaeHistory.to_dict(): per epoch
       "evaluation": {...} or None,        # VaeEvaluation.to_dict(): the test −ln p(x)
       "versions": {...},
-      "training": {...},                  # nfcli.train_vae.VaeTrainingState
+      "training": {...},                  # nfcli.vae.train.VaeTrainingState
     }
 
 ``training`` is what ``nfcli fit --resume`` needs to go on with a conditional fit; a format-3
@@ -86,8 +86,8 @@ from nfcli.io import atomic_write
 from nfcli.report import TrustReport
 from nfcli.train import TrainingState
 from nfcli.train_conditional import ConditionalTrainingState
-from nfcli.train_vae import VaeConfig, VaeEvaluation, VaeHistory, VaeTrainingState
-from nfcli.vae import VAE, VaeSpec
+from nfcli.vae.model import VAE, VaeSpec
+from nfcli.vae.train import VaeConfig, VaeEvaluation, VaeHistory, VaeTrainingState
 
 FORMAT = "nfcli-checkpoint"
 FORMAT_VERSION = 2  # what an unconditional fit is written as

@@ -1897,7 +1897,7 @@ def plain_help() -> None:
 plain_help()
 
 
-# --- nfcli vae, nfcli vae-eval: the paper's MNIST experiment (nfcli.run_vae) --------------------
+# --- nfcli vae, nfcli vae-eval: the paper's MNIST experiment (nfcli.vae.run) --------------------
 
 
 @contextlib.contextmanager
@@ -2000,9 +2000,9 @@ def vae(
     of K, one folder per K plus summary.csv and nll.png. Ctrl-C stops after the current update
     and writes the model so far (go on with --resume)."""
     from nfcli.checkpoint import load_vae_checkpoint
-    from nfcli.datasets import load_images
-    from nfcli.run_vae import check_evaluation, run_vae, run_vae_table, table_row
-    from nfcli.train_vae import VaeConfig, with_budget
+    from nfcli.vae.data import load_images
+    from nfcli.vae.run import check_evaluation, run_vae, run_vae_table, table_row
+    from nfcli.vae.train import VaeConfig, with_budget
 
     if resume is not None:
         ckpt = load_vae_checkpoint(resume)
@@ -2113,9 +2113,9 @@ def vae_eval(
     import json as _json
 
     from nfcli.checkpoint import load_vae_checkpoint
-    from nfcli.datasets import load_images
-    from nfcli.run_vae import check_evaluation
-    from nfcli.train_vae import evaluate
+    from nfcli.vae.data import load_images
+    from nfcli.vae.run import check_evaluation
+    from nfcli.vae.train import evaluate
 
     check_evaluation(samples, test_images)
     ckpt = load_vae_checkpoint(model)

@@ -526,7 +526,7 @@ def test_layer_panels_are_drawn_to_scale_or_say_they_are_not():
 
 def test_vae_images_are_framed_apart():
     """reconstructions.png had no gaps: '\\' beside '/' read as 'V'."""
-    from nfcli.vae_figures import FRAME, grid_figure
+    from nfcli.vae.figures import FRAME, grid_figure
 
     fig = grid_figure(torch.rand(4, 16), (4, 4), "t", columns=2)
     ax = fig.axes[0]

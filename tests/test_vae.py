@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from nfcli.checkpoint import VaeCheckpoint, load_vae_checkpoint, save_vae_checkpoint, versions
-from nfcli.datasets import ImageData, fixture
 from nfcli.errors import NfcliError
-from nfcli.train_vae import VaeConfig, VaeHistory, evaluate, fit_vae
-from nfcli.vae import VAE, VaeSpec
+from nfcli.vae.data import ImageData, fixture
+from nfcli.vae.model import VAE, VaeSpec
+from nfcli.vae.train import VaeConfig, VaeHistory, evaluate, fit_vae
 from tests.clitools import assert_refused, run
 
 TINY = dict(latent=2, hidden=(16,), batch=50)  # anneal: 2/3 of the updates
@@ -226,7 +226,7 @@ def test_history_round_trips():
 
 
 def test_a_stopped_run_writes_the_model_so_far_without_an_evaluation(tmp_path):
-    from nfcli.run_vae import run_vae
+    from nfcli.vae.run import run_vae
 
     steps = iter(range(10**6))
     run_ = run_vae(

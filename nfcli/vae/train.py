@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfcli.datasets import ImageData, binarize, fixed_binarization
 from nfcli.errors import NfcliError
 from nfcli.resume import PlainState, get_rng, set_rng
 from nfcli.train import beta_schedule
-from nfcli.vae import VAE, VAE_FLOWS, VaeSpec
+from nfcli.vae.data import ImageData, binarize, fixed_binarization
+from nfcli.vae.model import VAE, VAE_FLOWS, VaeSpec
 
 OPTIMIZERS = ("adam", "rmsprop")
 BINARIZATIONS = ("dynamic", "fixed")

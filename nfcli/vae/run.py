@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from nfcli.checkpoint import VaeCheckpoint, save_vae_checkpoint, versions
-from nfcli.datasets import ImageData, binarize
 from nfcli.errors import NfcliError
 from nfcli.io import atomic_write
 from nfcli.plots import save_figure
 from nfcli.run import check_output
-from nfcli.train_vae import (
+from nfcli.vae.data import ImageData, binarize
+from nfcli.vae.figures import curves_figure, grid_figure, nll_figure, reconstruction_figure
+from nfcli.vae.train import (
     Progress,
     VaeConfig,
     VaeEvaluation,
@@ -35,7 +36,6 @@ from nfcli.train_vae import (
     evaluate,
     fit_vae,
 )
-from nfcli.vae_figures import curves_figure, grid_figure, nll_figure, reconstruction_figure
 
 EVAL_SAMPLES = 200  # the paper's importance samples per test image
 GRID_IMAGES = 50  # images in samples.png and test images in reconstructions.png
@@ -52,7 +52,7 @@ class VaeRun:
 
 def data_record(data: ImageData, spec: str, seed: int) -> dict[str, Any]:
     """What a checkpoint says of its training data: ``spec`` and ``seed`` load it again
-    (``nfcli.datasets.load_images``)."""
+    (``nfcli.vae.data.load_images``)."""
     return {
         "spec": spec,
         "seed": seed,

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from nfcli.plots import fit_title
-from nfcli.train_vae import VaeHistory
+from nfcli.vae.train import VaeHistory
 
 
 def curves_figure(history: VaeHistory, title: str, anneal: int = 0) -> Figure:
