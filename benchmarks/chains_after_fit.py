@@ -22,7 +22,7 @@ from posteriors import REFERENCE
 
 from nfcli.checkpoint import load_checkpoint
 from nfcli.energy import energy_from_source
-from nfcli.mcmc import McmcSettings, run_mcmc
+from nfcli.mcmc.chains import McmcSettings, run_mcmc
 
 
 def score(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> str:

@@ -58,7 +58,7 @@ from provenance import nfcli_commit
 import nfcli
 from nfcli import FitConfig, NfcliError, load_energy
 from nfcli.convergence import RHAT_OK, convergence
-from nfcli.mcmc import METHODS, McmcRun, McmcSettings, run_mcmc
+from nfcli.mcmc.chains import METHODS, McmcRun, McmcSettings, run_mcmc
 from nfcli.run import run_fit
 
 TARGET_FILES = Path(__file__).parent / "targets"

@@ -55,7 +55,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, parse_ints, parse_window, write_figures
 from nfcli.flows import DEFAULT_BINS, DEFAULT_HIDDEN, DEFAULT_K, FLOW_TYPES
 from nfcli.io import atomic_write, check_sample_path, ensure_dir, load_points, save_samples
-from nfcli.mcmc import (
+from nfcli.mcmc.chains import (
     DEFAULT_WARMUP,
     McmcSettings,
     chains_table,
@@ -64,11 +64,11 @@ from nfcli.mcmc import (
     run_mcmc,
     write_mcmc,
 )
+from nfcli.mcmc.kernels import Watch
 from nfcli.mixture import is_mixture
 from nfcli.report import TrustReport
 from nfcli.run import check_output, run_fit
 from nfcli.run_conditional import REPORT_DRAWS, check_conditional_options, run_conditional_fit
-from nfcli.samplers import Watch
 from nfcli.signals import stop_on_signals
 from nfcli.summary import (
     check_summary_options,

@@ -45,7 +45,7 @@ from nfcli.errors import NfcliError
 from nfcli.figures import N_SAMPLES, FigureOptions, preset_window, range_1d
 from nfcli.flows import COUPLING_TYPES, FLOW_TYPES
 from nfcli.io import atomic_write, ensure_dir
-from nfcli.mcmc import FLOW_METHODS, METHODS, McmcRun, McmcSettings, run_mcmc, write_mcmc
+from nfcli.mcmc.chains import FLOW_METHODS, METHODS, McmcRun, McmcSettings, run_mcmc, write_mcmc
 from nfcli.plots import (
     ComparePanel,
     CompareRow,

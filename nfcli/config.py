@@ -70,7 +70,7 @@ class FitConfig:
     # is expected to save exceeds compiling's; nfcli.compiled.choose_flow), on, or off
     compile_flow: str = "auto"
     # the draws the fit writes: auto (MCMC with the flow where the verdict is not good, from 3-D
-    # on; nfcli.mcmc.draws_sampler), q (the flow's own), neutra or independence
+    # on; nfcli.mcmc.chains.draws_sampler), q (the flow's own), neutra or independence
     sampler: str = "auto"
     # the base's components: 1, a Gaussian; M > 1, a mixture of the M modes' Gaussians that the
     # start's survey found (nfcli.mixture). Set by the fit, not an option: it records, for resume

@@ -114,8 +114,9 @@ class TrustReport:
     # nfcli.diagnostics.verdict of all the above
     verdict: str | None = None  # "good", "usable", "do not trust"
     verdict_reasons: list[str] = field(default_factory=list)
-    # the draws the fit wrote (nfcli.mcmc.draws_sampler): "q", "neutra" or "independence", why,
-    # and for MCMC its chains' summary (nfcli.mcmc.chains_summary); None before issue 27
+    # the draws the fit wrote (nfcli.mcmc.chains.draws_sampler): "q", "neutra" or
+    # "independence", why, and for MCMC its chains' summary (nfcli.mcmc.chains.chains_summary);
+    # None before issue 27
     sampler: str | None = None
     sampler_reason: str | None = None
     chains: dict[str, Any] | None = None

@@ -35,10 +35,10 @@ from nfcli.flows import Flow
 from nfcli.improper import mass_keeps_growing
 from nfcli.io import atomic_write, ensure_dir, save_samples
 from nfcli.lost_modes import search_modes
-from nfcli.mcmc import AFTER_FIT, McmcSettings, chains_summary, draws_sampler, run_mcmc
+from nfcli.mcmc.chains import AFTER_FIT, McmcSettings, chains_summary, draws_sampler, run_mcmc
+from nfcli.mcmc.kernels import Watch
 from nfcli.mixture import is_mixture
 from nfcli.report import Quadrature, TrustReport
-from nfcli.samplers import Watch
 from nfcli.train import (
     FitConfig,
     Progress,
@@ -331,7 +331,7 @@ def correct_draws(
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """The draws the fit writes: q's ``samples`` (N_SAMPLES of them), or, where
-    ``nfcli.mcmc.draws_sampler`` says so, those of ``AFTER_FIT`` chains of MCMC with the flow
+    ``nfcli.mcmc.chains.draws_sampler`` says so, those of ``AFTER_FIT`` chains of MCMC with the flow
     (32 × 313 after 200 warm-up iterations), with their summary in ``report.chains``. Chains
     stopped (``stop``) before any draw was kept leave q's draws, and the report says so."""
     sampler, why = draws_sampler(

@@ -13,7 +13,7 @@ import torch
 from clitools import assert_refused, run
 
 from nfcli import FitConfig, NfcliError, load_energy
-from nfcli.mcmc import draws_sampler
+from nfcli.mcmc.chains import draws_sampler
 from nfcli.run import run_fit
 
 # Neal's funnel in 3-D: v ~ N(0, 3²), x | v ~ N(0, eᵛ); a short fit's verdict is not good

@@ -20,8 +20,8 @@ from nfcli.checkpoint import load_checkpoint
 from nfcli.convergence import convergence, worries
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
-from nfcli.mcmc import McmcSettings, default_method, run_mcmc
-from nfcli.samplers import Watch
+from nfcli.mcmc.chains import McmcSettings, default_method, run_mcmc
+from nfcli.mcmc.kernels import Watch
 
 # p = N((0.5, −1), diag(0.7², 1.3²)) written out
 GAUSSIAN = "(x - 0.5)**2/(2*0.7**2) + (y + 1)**2/(2*1.3**2)"

@@ -16,8 +16,8 @@ from scipy.integrate import quad
 from scipy.stats import multivariate_normal, norm
 
 from nfcli.convergence import convergence
-from nfcli.mcmc import McmcRun, McmcSettings
-from nfcli.samplers import Chains
+from nfcli.mcmc.chains import McmcRun, McmcSettings
+from nfcli.mcmc.kernels import Chains
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 MIXTURES = ["mix4_far", "mix8_near", "mix20", "mix6_hidden"]

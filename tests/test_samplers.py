@@ -7,7 +7,7 @@ import torch
 
 from nfcli.energy import load_energy
 from nfcli.flows import Flow
-from nfcli.samplers import hmc, independence, leapfrog, neutra, pulled_back, rwmh
+from nfcli.mcmc.kernels import hmc, independence, leapfrog, neutra, pulled_back, rwmh
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.8], [0.8, 2.0]], dtype=torch.float64)

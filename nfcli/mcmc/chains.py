@@ -1,7 +1,7 @@
 """``nfcli mcmc``'s library: run several chains of one sampler on an energy, with or without a
 fitted flow, summarise them (``nfcli.convergence``) and write the draws and the summary.
 
-The kernels are in ``nfcli.samplers``. Which ones need what:
+The kernels are in ``nfcli.mcmc.kernels``. Which ones need what:
 
 - ``independence`` and ``neutra`` use a fitted flow q (a checkpoint): asymptotically exact samples
   of p, preconditioned by q. Their chains start at draws of q.
@@ -33,8 +33,8 @@ from nfcli.energy import Energy
 from nfcli.errors import NfcliError
 from nfcli.flows import Flow
 from nfcli.io import atomic_write, check_sample_path, save_samples
+from nfcli.mcmc.kernels import Chains, Watch, hmc, independence, neutra, rwmh
 from nfcli.mixture import is_mixture
-from nfcli.samplers import Chains, Watch, hmc, independence, neutra, rwmh
 
 METHODS = ("neutra", "independence", "hmc", "rwmh")
 FLOW_METHODS = ("neutra", "independence")  # they need a fitted flow
