@@ -126,14 +126,7 @@ class NfcliCommand(typer.core.TyperCommand):
         except Exception as e:  # click's NoSuchOption (typer vendors click: matched by name)
             if type(e).__name__ != "NoSuchOption":
                 raise
-            known = [
-                o
-                for p in self.params
-                for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
-                if o.startswith("-")
-            ]
-            close = difflib.get_close_matches(e.option_name, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(self.params, e.option_name)
             err.print(
                 Text.assemble(
                     ("error: ", "bold red"),
@@ -143,6 +136,18 @@ class NfcliCommand(typer.core.TyperCommand):
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
+
+
+def did_you_mean(params: list[Any], word: str) -> str:
+    """' (did you mean --seed?)' for the option of ``params`` closest to ``word``, or ''."""
+    known = [
+        o
+        for p in params
+        for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+        if o.startswith("-")
+    ]
+    close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # said once, after a fit to a Python file, instead of one refusal per later command
@@ -475,10 +480,8 @@ def refuse_unknown(ctx: typer.Context, target: str | None, extra: list[str] | No
     )
     if not words:
         return
-    known = [o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith("-")]
     first = next((w for w in words if w.startswith("-")), words[0])
-    close = difflib.get_close_matches(first.split("=")[0], known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    hint = did_you_mean(ctx.command.params, first)
     raise NfcliError(
         f"nfcli {ctx.command.name} does not understand {' '.join(words)}: {first} is not one of "
         f"its options{hint}. nfcli {ctx.command.name} --help lists them; an expression that "

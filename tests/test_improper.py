@@ -89,14 +89,18 @@ CAUCHY = "0.5*x**2 + log(1 + y**2)"  # p ∝ 1/y² far out: proper, ln Z = ln(�
 
 
 @pytest.mark.parametrize(
-    ("target", "window", "axis"),
-    [(SINE, ((-2000, 2000), (-2, 2)), "x"), (LOG_TAILS, ((-5, 5), (-400, 400)), "y")],
+    ("target", "window", "axis", "grew"),
+    [
+        (SINE, ((-2000, 2000), (-2, 2)), "x", "0.693, 0.693, 0.693"),  # ln 2: every x alike
+        (LOG_TAILS, ((-5, 5), (-400, 400)), "y", "0.099, 0.090, 0.082"),  # README's numbers
+    ],
 )
-def test_mass_that_keeps_growing_with_the_window_is_improper(target, window, axis):
+def test_mass_that_keeps_growing_with_the_window_is_improper(target, window, axis, grew):
     from nfcli.improper import mass_keeps_growing
 
     why = mass_keeps_growing(load_energy(target), window)
     assert f"infinite mass along {axis}" in why and f"+ 0.01*{axis}**2" in why
+    assert f"grew by {grew} nats" in why
 
 
 @pytest.mark.parametrize(
